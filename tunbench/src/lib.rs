@@ -1,0 +1,1 @@
+//! tunbench: measure IP tunnels honestly.

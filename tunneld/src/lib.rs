@@ -1,0 +1,22 @@
+//! tunneld: a userspace site-to-site IP tunnel over Linux TUN devices.
+//!
+//! Layers, from the wire up (protocol modules do no I/O; only `tun`,
+//! `transport`, `dataplane` and `control` touch the operating system):
+//! - [`units`]: sizes, rates and durations with units.
+//! - [`config`]: the typed YAML config, validated into a checked form.
+//! - [`wire`]: zero-copy views over IP headers and our frame format.
+//! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
+//! - [`peer`]: per-peer session state machine (handshake, rekey, keepalive).
+//! - [`tun`], [`transport`]: the two edges of the data path.
+//! - [`dataplane`]: the loop that moves packets between them.
+//! - [`control`]: metrics and status over a Unix socket.
+
+pub mod config;
+pub mod control;
+pub mod crypto;
+pub mod dataplane;
+pub mod peer;
+pub mod transport;
+pub mod tun;
+pub mod units;
+pub mod wire;
