@@ -1,1 +1,2 @@
 //! tunbench: measure IP tunnels honestly.
+pub mod topo;

@@ -4,6 +4,7 @@
 //! `transport`, `dataplane` and `control` touch the operating system):
 //! - [`units`]: sizes, rates and durations with units.
 //! - [`config`]: the typed YAML config, validated into a checked form.
+//! - [`keys`], [`prefix`]: X25519 key text and IP prefixes.
 //! - [`wire`]: zero-copy views over IP headers and our frame format.
 //! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
 //! - [`peer`]: per-peer session state machine (handshake, rekey, keepalive).
@@ -14,6 +15,8 @@
 pub mod config;
 pub mod control;
 pub mod crypto;
+pub mod keys;
+pub mod prefix;
 pub mod dataplane;
 pub mod peer;
 pub mod transport;

@@ -1,0 +1,1 @@
+//! Network-namespace topologies (filled in by the topo branch).
