@@ -1,1 +1,297 @@
-//! TODO
+//! Status and metrics over a Unix control socket.
+//!
+//! The data path publishes a [`Status`] snapshot every tick into a
+//! [`StatusCell`]; the control thread answers requests from that snapshot, so
+//! the data path never waits for a client. Protocol: the client writes one
+//! line, `status` (JSON) or `metrics` (Prometheus text format), and reads the
+//! answer until the server closes the connection.
+
+use crate::device::{Counters, Device, PeerStatus};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest request line accepted; anything longer is not one of our commands.
+const MAX_REQUEST: u64 = 256;
+/// How long a client may take to send its request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors of the data path's I/O that the protocol core never sees.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IoCounters {
+    /// Transport sends that failed (socket buffer full, no route to peer).
+    pub send_errors: u64,
+    /// Transport receives that failed (e.g. ICMP port unreachable surfacing).
+    pub recv_errors: u64,
+    /// Packets the TUN device refused.
+    pub tun_write_errors: u64,
+}
+
+/// What `tunneld status` prints.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Status {
+    pub interface: String,
+    pub listen: String,
+    pub cipher: String,
+    pub uptime_secs: f64,
+    pub peers: Vec<PeerStatus>,
+    pub counters: Counters,
+    pub io: IoCounters,
+}
+
+impl Status {
+    /// Takes a snapshot of `device`.
+    pub fn snapshot(device: &Device, io: IoCounters, started: Instant, now: Instant) -> Status {
+        Status {
+            uptime_secs: now.duration_since(started).as_secs_f64(),
+            peers: device.peer_status(now),
+            counters: device.counters().clone(),
+            io,
+            ..Status::default()
+        }
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut s = String::new();
+        let iface = &self.interface;
+        let c = &self.counters;
+        for (name, help, v) in [
+            (
+                "tunneld_rx_packets_total",
+                "Inner packets delivered to the TUN device.",
+                c.rx_packets,
+            ),
+            (
+                "tunneld_rx_bytes_total",
+                "Inner bytes delivered to the TUN device.",
+                c.rx_bytes,
+            ),
+            (
+                "tunneld_tx_packets_total",
+                "Inner packets sealed and sent.",
+                c.tx_packets,
+            ),
+            (
+                "tunneld_tx_bytes_total",
+                "Inner bytes sealed and sent.",
+                c.tx_bytes,
+            ),
+            (
+                "tunneld_handshakes_total",
+                "Handshakes completed.",
+                c.handshakes,
+            ),
+        ] {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            s.push_str(&format!("{name}{{interface=\"{iface}\"}} {v}\n"));
+        }
+        s.push_str("# HELP tunneld_drops_total Packets dropped, by reason.\n# TYPE tunneld_drops_total counter\n");
+        for (reason, v) in [
+            ("malformed", c.drop_malformed),
+            ("bad_tag", c.drop_bad_tag),
+            ("replay", c.drop_replay),
+            ("unknown_index", c.drop_unknown_index),
+            ("spoofed_source", c.drop_spoofed_source),
+            ("handshake_invalid", c.drop_handshake_invalid),
+            ("handshake_ratelimit", c.drop_handshake_ratelimit),
+            ("no_route", c.drop_no_route),
+            ("no_session", c.drop_no_session),
+        ] {
+            s.push_str(&format!(
+                "tunneld_drops_total{{interface=\"{iface}\",reason=\"{reason}\"}} {v}\n"
+            ));
+        }
+        s.push_str("# HELP tunneld_io_errors_total Data-path I/O errors, by operation.\n# TYPE tunneld_io_errors_total counter\n");
+        for (op, v) in [
+            ("send", self.io.send_errors),
+            ("recv", self.io.recv_errors),
+            ("tun_write", self.io.tun_write_errors),
+        ] {
+            s.push_str(&format!(
+                "tunneld_io_errors_total{{interface=\"{iface}\",op=\"{op}\"}} {v}\n"
+            ));
+        }
+        s.push_str("# HELP tunneld_peer_session Whether a usable session exists with the peer.\n# TYPE tunneld_peer_session gauge\n");
+        for p in &self.peers {
+            s.push_str(&format!(
+                "tunneld_peer_session{{interface=\"{iface}\",peer=\"{}\"}} {}\n",
+                p.name, p.session as u8
+            ));
+        }
+        s.push_str("# HELP tunneld_peer_bytes_total Inner bytes per peer and direction.\n# TYPE tunneld_peer_bytes_total counter\n");
+        for p in &self.peers {
+            s.push_str(&format!(
+                "tunneld_peer_bytes_total{{interface=\"{iface}\",peer=\"{}\",direction=\"tx\"}} {}\n",
+                p.name, p.tx_bytes
+            ));
+            s.push_str(&format!(
+                "tunneld_peer_bytes_total{{interface=\"{iface}\",peer=\"{}\",direction=\"rx\"}} {}\n",
+                p.name, p.rx_bytes
+            ));
+        }
+        s
+    }
+}
+
+/// The latest snapshot, shared between the data path and the control thread.
+#[derive(Debug, Default)]
+pub struct StatusCell {
+    inner: Mutex<Status>,
+    base: Status,
+}
+
+impl StatusCell {
+    /// A cell whose snapshots carry the fixed fields of `base` (interface,
+    /// listen address, cipher).
+    pub fn new(base: Status) -> StatusCell {
+        StatusCell {
+            inner: Mutex::new(base.clone()),
+            base,
+        }
+    }
+
+    /// Replaces the snapshot (fixed fields are filled in from the base).
+    pub fn publish(&self, mut s: Status) {
+        s.interface.clone_from(&self.base.interface);
+        s.listen.clone_from(&self.base.listen);
+        s.cipher.clone_from(&self.base.cipher);
+        if let Ok(mut g) = self.inner.lock() {
+            *g = s;
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn get(&self) -> Status {
+        self.inner.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+/// Why the control socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another process answers on the socket path: a second daemon for the
+    /// same interface is refused.
+    #[error("{0} is in use by a running tunneld")]
+    InUse(PathBuf),
+    /// Creating the directory or binding the socket failed.
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// The control socket server; the socket file is removed on drop.
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Binds `path` (replacing a stale socket file) and serves `status`.
+    pub fn start(path: &Path, status: Arc<StatusCell>) -> Result<ControlServer, ControlError> {
+        let err = |source| ControlError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(err)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(err)?;
+            }
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket; refusing to remove it",
+                )));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        let listener = UnixListener::bind(path).map_err(err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        listener.set_nonblocking(true).map_err(err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve(listener, status, stop2))
+            .map_err(err)?;
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: UnixListener, status: Arc<StatusCell>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = answer(stream, &status) {
+                    log::debug!("control client: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                log::warn!("control socket accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn answer(stream: UnixStream, status: &StatusCell) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(io::Read::take(&stream, MAX_REQUEST)).read_line(&mut line)?;
+    let reply = match line.trim() {
+        "status" => serde_json::to_string_pretty(&status.get()).map_err(io::Error::other)? + "\n",
+        "metrics" => status.get().prometheus(),
+        other => format!(
+            "error: unknown command {:?} (expected status or metrics)\n",
+            other
+        ),
+    };
+    (&stream).write_all(reply.as_bytes())
+}
+
+/// Sends `command` to the daemon at `path` and returns its answer.
+pub fn query(path: &Path, command: &str) -> io::Result<String> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{}: {e} (is tunneld running?)", path.display()),
+        )
+    })?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let mut out = String::new();
+    io::Read::read_to_string(&mut stream, &mut out)?;
+    Ok(out)
+}

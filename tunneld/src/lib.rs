@@ -7,7 +7,7 @@
 //! - [`keys`], [`prefix`]: X25519 key text and IP prefixes.
 //! - [`wire`]: zero-copy views over IP headers and our frame format.
 //! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
-//! - [`peer`]: per-peer session state machine (handshake, rekey, keepalive).
+//! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core.
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`control`]: metrics and status over a Unix socket.
@@ -15,10 +15,11 @@
 pub mod config;
 pub mod control;
 pub mod crypto;
-pub mod keys;
-pub mod prefix;
 pub mod dataplane;
+pub mod device;
+pub mod keys;
 pub mod peer;
+pub mod prefix;
 pub mod transport;
 pub mod tun;
 pub mod units;

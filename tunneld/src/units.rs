@@ -215,7 +215,11 @@ impl<T> serde::de::Visitor<'_> for QuantityVisitor<T> {
     type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a {} such as a number or a string with a unit", self.what)
+        write!(
+            f,
+            "a {} such as a number or a string with a unit",
+            self.what
+        )
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
@@ -295,7 +299,10 @@ mod tests {
         assert!(matches!(parse_size("-1"), Err(UnitError::BadNumber(_))));
         assert!(matches!(parse_size("8X"), Err(UnitError::BadUnit { .. })));
         assert_eq!(parse_size(""), Err(UnitError::Empty));
-        assert!(matches!(parse_size("99999999T"), Err(UnitError::Overflow(_))));
+        assert!(matches!(
+            parse_size("99999999T"),
+            Err(UnitError::Overflow(_))
+        ));
     }
 
     #[test]

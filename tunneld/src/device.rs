@@ -1,0 +1,717 @@
+//! The tunnel's protocol core, free of I/O: given packets from the TUN device,
+//! datagrams from the transport and the passage of time, it decides what to
+//! seal, open, send, drop and count. The dataplane owns the sockets and the
+//! clock and calls in here (the quinn-proto / smoltcp way), so every path is
+//! unit-testable with a virtual clock and no sockets.
+//!
+//! Buffers: an outbound packet is read into `buf[HEADROOM..]` so the frame
+//! header is written in front of it and the tag behind it, sealing in place.
+//! An inbound frame is opened in place and the inner packet handed back as a
+//! range of the same buffer.
+
+use crate::config::{CipherKind, Config};
+use crate::crypto::aead::{new_aead, TAG_LEN};
+use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
+use crate::peer::{Peer, Pending, Session, Slot};
+use crate::wire::{self, MessageType};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// Bytes in front of an inner packet: the data frame header.
+pub const HEADROOM: usize = wire::DATA_HEADER_LEN;
+/// Bytes behind an inner packet: the AEAD tag.
+pub const TAILROOM: usize = TAG_LEN;
+/// Frame overhead added to every inner packet.
+pub const OVERHEAD: usize = HEADROOM + TAILROOM;
+const INIT_FRAME_LEN: usize = 8 + INIT_NOISE_LEN;
+const RESPONSE_FRAME_LEN: usize = 12 + RESPONSE_NOISE_LEN;
+/// Handshake initiations processed per second across all peers before the
+/// rest are dropped: each costs several X25519 operations, so this bounds the
+/// CPU an attacker can burn (about 1% of a core), while a real peer needs one
+/// every two minutes.
+const HANDSHAKES_PER_SEC: f64 = 50.0;
+const HANDSHAKE_BURST: f64 = 20.0;
+/// A session whose peer stays silent this long after we sent data is
+/// presumed dead and a new handshake starts.
+const DEAD_PEER_AFTER: Duration = Duration::from_secs(15);
+/// Send a keepalive when we received data but have had nothing to send for
+/// this long, so the peer's dead-peer detection stays quiet.
+const PASSIVE_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// The clock readings the caller supplies.
+#[derive(Debug, Clone, Copy)]
+pub struct Time {
+    /// Monotonic time for all timers.
+    pub now: Instant,
+    /// Wall-clock time since the Unix epoch, for handshake timestamps only.
+    pub unix: Duration,
+}
+
+/// A control datagram to send (handshakes, keepalives, flushed staged packets).
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Packet and drop counters, by reason.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames or inner packets that failed to parse.
+    pub drop_malformed: u64,
+    /// Data frames whose AEAD tag did not verify.
+    pub drop_bad_tag: u64,
+    /// Data frames whose counter was already seen or is too old.
+    pub drop_replay: u64,
+    /// Data frames or responses for an index we do not hold.
+    pub drop_unknown_index: u64,
+    /// Inner packets whose source is outside the sending peer's prefixes.
+    pub drop_spoofed_source: u64,
+    /// Handshake messages that failed to verify, came from an unknown key, or replayed a timestamp.
+    pub drop_handshake_invalid: u64,
+    /// Handshake initiations dropped by the rate limiter.
+    pub drop_handshake_ratelimit: u64,
+    /// Packets from the TUN device whose destination no peer covers.
+    pub drop_no_route: u64,
+    /// Staged packets pushed out while waiting for a handshake.
+    pub drop_no_session: u64,
+    /// Handshakes completed (as initiator or responder).
+    pub handshakes: u64,
+}
+
+/// A snapshot of one peer for `tunneld status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub endpoint: Option<String>,
+    pub session: bool,
+    pub last_handshake_secs_ago: Option<f64>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub handshakes: u64,
+}
+
+/// Why a packet from the TUN device was not sent at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sealed in place: send `buf[..len]` to `to`.
+    Send { to: SocketAddr, len: usize },
+    /// Queued until a handshake completes, or dropped and counted.
+    Held,
+}
+
+/// The protocol state of one tunnel interface.
+pub struct Device {
+    identity: Identity,
+    cipher: CipherKind,
+    peers: Vec<Peer>,
+    /// Local session/handshake index → peer position.
+    indexes: HashMap<u32, usize>,
+    /// Allowed prefixes, longest first, with their peer.
+    routes: Vec<(crate::prefix::Prefix, usize)>,
+    mss_v4: Option<u16>,
+    mss_v6: Option<u16>,
+    rekey_after_time: Duration,
+    reject_after_time: Duration,
+    rekey_after_bytes: u64,
+    counters: Counters,
+    bucket: f64,
+    bucket_at: Option<Instant>,
+    dropped: Vec<u32>,
+}
+
+impl Device {
+    /// Builds the device state from a checked config.
+    pub fn new(cfg: &Config) -> Self {
+        let identity = Identity::new(*cfg.private_key.as_bytes(), *cfg.public_key.as_bytes());
+        let peers: Vec<Peer> = cfg
+            .peers
+            .iter()
+            .map(|p| {
+                Peer::new(
+                    p.name.clone(),
+                    *p.public_key.as_bytes(),
+                    p.endpoint,
+                    p.allowed_prefixes.clone(),
+                    p.keepalive,
+                )
+            })
+            .collect();
+        let mut routes: Vec<_> = peers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.allowed.iter().map(move |pr| (*pr, i)))
+            .collect();
+        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let mtu = cfg.interface.mtu;
+        let (mss_v4, mss_v6) = if cfg.mss_clamp {
+            (Some(mtu.saturating_sub(40)), Some(mtu.saturating_sub(60)))
+        } else {
+            (None, None)
+        };
+        // Sessions stay usable for half a rekey period past the rekey point,
+        // long enough for the new handshake and its retries to finish.
+        let reject_after_time = cfg.rekey_after_time + cfg.rekey_after_time / 2;
+        Device {
+            identity,
+            cipher: cfg.cipher,
+            peers,
+            indexes: HashMap::new(),
+            routes,
+            mss_v4,
+            mss_v6,
+            rekey_after_time: cfg.rekey_after_time,
+            reject_after_time,
+            rekey_after_bytes: cfg.rekey_after_bytes,
+            counters: Counters::default(),
+            bucket: HANDSHAKE_BURST,
+            bucket_at: None,
+            dropped: Vec::new(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Per-peer status at `now`.
+    pub fn peer_status(&self, now: Instant) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.name.clone(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                session: p
+                    .current
+                    .as_ref()
+                    .is_some_and(|s| s.can_send(now, self.reject_after_time)),
+                last_handshake_secs_ago: p
+                    .last_handshake
+                    .map(|t| now.duration_since(t).as_secs_f64()),
+                tx_bytes: p.tx_bytes,
+                rx_bytes: p.rx_bytes,
+                handshakes: p.handshakes,
+            })
+            .collect()
+    }
+
+    fn route(&self, dst: IpAddr) -> Option<usize> {
+        self.routes
+            .iter()
+            .find(|(p, _)| p.contains(dst))
+            .map(|(_, i)| *i)
+    }
+
+    fn new_index(&mut self, peer: usize) -> u32 {
+        loop {
+            let mut b = [0u8; 4];
+            // getrandom failing means the OS has no entropy source at all; a
+            // counter-derived index still works (indexes need uniqueness, not secrecy).
+            if getrandom::getrandom(&mut b).is_err() {
+                b = (self.indexes.len() as u32 + 1).to_le_bytes();
+            }
+            let idx = u32::from_le_bytes(b);
+            if idx != 0 && !self.indexes.contains_key(&idx) {
+                self.indexes.insert(idx, peer);
+                return idx;
+            }
+        }
+    }
+
+    fn forget_dropped(&mut self) {
+        for idx in self.dropped.drain(..) {
+            self.indexes.remove(&idx);
+        }
+    }
+
+    fn make_session(&self, keys: &handshake::SessionKeys, now: Instant) -> Option<Session> {
+        let cipher = self.cipher;
+        Session::new(keys, |k| new_aead(cipher, k), now).ok()
+    }
+
+    /// Handles one packet read from the TUN device into `buf[HEADROOM..HEADROOM + len]`
+    /// (`buf` must have `TAILROOM` more bytes behind it).
+    pub fn encapsulate(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        t: &Time,
+        out: &mut Vec<Datagram>,
+    ) -> Outcome {
+        if buf.len() < HEADROOM + len + TAILROOM {
+            self.counters.drop_malformed += 1;
+            return Outcome::Held;
+        }
+        let packet = &mut buf[HEADROOM..HEADROOM + len];
+        let dst = match wire::inner_ip_info(packet) {
+            Ok(info) => info.dst,
+            Err(_) => {
+                self.counters.drop_malformed += 1;
+                return Outcome::Held;
+            }
+        };
+        let Some(pi) = self.route(dst) else {
+            self.counters.drop_no_route += 1;
+            return Outcome::Held;
+        };
+        let max_mss = if dst.is_ipv4() {
+            self.mss_v4
+        } else {
+            self.mss_v6
+        };
+        if let Some(mss) = max_mss {
+            wire::clamp_tcp_mss(packet, mss);
+        }
+        let now = t.now;
+        let reject = self.reject_after_time;
+        let peer = &mut self.peers[pi];
+        let (Some(to), Some(session)) = (
+            peer.endpoint,
+            peer.current.as_mut().filter(|s| s.can_send(now, reject)),
+        ) else {
+            if !peer.stage(&buf[HEADROOM..HEADROOM + len]) {
+                self.counters.drop_no_session += 1;
+            }
+            self.maybe_initiate(pi, t, out);
+            return Outcome::Held;
+        };
+        let total = seal_frame(session, MessageType::Data, &mut buf[..OVERHEAD + len]);
+        session.sent_bytes += len as u64;
+        peer.tx_bytes += len as u64;
+        peer.sent(now, true);
+        self.counters.tx_packets += 1;
+        self.counters.tx_bytes += len as u64;
+        Outcome::Send { to, len: total }
+    }
+
+    /// Handles one datagram received from `from` in `buf[..len]`. Returns the
+    /// range of `buf` holding an inner packet to write to the TUN device.
+    pub fn decapsulate(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        from: SocketAddr,
+        t: &Time,
+        out: &mut Vec<Datagram>,
+    ) -> Option<Range<usize>> {
+        let frame = buf.get_mut(..len)?;
+        match wire::message_type(frame) {
+            Ok(MessageType::HandshakeInit) => {
+                self.on_initiation(frame, from, t, out);
+                None
+            }
+            Ok(MessageType::HandshakeResponse) => {
+                self.on_response(frame, from, t, out);
+                None
+            }
+            Ok(MessageType::Data) | Ok(MessageType::Keepalive) => self.on_data(frame, from, t, out),
+            Ok(MessageType::CookieReply) | Err(_) => {
+                self.counters.drop_malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn take_token(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.bucket_at {
+            let refill = now.duration_since(at).as_secs_f64() * HANDSHAKES_PER_SEC;
+            self.bucket = (self.bucket + refill).min(HANDSHAKE_BURST);
+        }
+        self.bucket_at = Some(now);
+        if self.bucket >= 1.0 {
+            self.bucket -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn on_initiation(&mut self, frame: &[u8], from: SocketAddr, t: &Time, out: &mut Vec<Datagram>) {
+        let Ok(msg) = wire::HandshakeInit::new_checked(frame) else {
+            self.counters.drop_malformed += 1;
+            return;
+        };
+        if !self.take_token(t.now) {
+            self.counters.drop_handshake_ratelimit += 1;
+            return;
+        }
+        let received =
+            match handshake::read_initiation(&self.identity, msg.noise(), msg.sender_index()) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::debug!("initiation from {from} refused: {e}");
+                    self.counters.drop_handshake_invalid += 1;
+                    return;
+                }
+            };
+        let Some(pi) = self
+            .peers
+            .iter()
+            .position(|p| p.public == received.peer_public)
+        else {
+            log::info!("initiation from {from} with an unknown static key: dropped");
+            self.counters.drop_handshake_invalid += 1;
+            return;
+        };
+        if received.timestamp <= self.peers[pi].last_timestamp {
+            log::info!(
+                "replayed initiation for peer {} from {from}: dropped",
+                self.peers[pi].name
+            );
+            self.counters.drop_handshake_invalid += 1;
+            return;
+        }
+        // Both gateways initiated at once (typical at start-up): the one with
+        // the greater public key keeps its own fresh initiation and ignores the
+        // other's; the other answers and abandons its own, so both converge on
+        // one session with one initiator. A stale initiation of ours (the peer
+        // was unreachable) never blocks the peer's.
+        if let Some(p) = &self.peers[pi].pending {
+            let fresh = t.now.duration_since(p.sent_at) < crate::peer::HANDSHAKE_RETRY_BASE;
+            if fresh && self.identity.public() > &self.peers[pi].public {
+                log::debug!(
+                    "simultaneous initiation with peer {}: ours goes first",
+                    self.peers[pi].name
+                );
+                return;
+            }
+        }
+        if let Some(p) = self.peers[pi].pending.take() {
+            self.indexes.remove(&p.initiation.local_index());
+            self.peers[pi].next_attempt = None;
+        }
+        let timestamp = received.timestamp;
+        let local = self.new_index(pi);
+        let mut frame_out = vec![0u8; RESPONSE_FRAME_LEN];
+        frame_out[0] = MessageType::HandshakeResponse as u8;
+        frame_out[4..8].copy_from_slice(&local.to_le_bytes());
+        frame_out[8..12].copy_from_slice(&received.remote_index.to_le_bytes());
+        let (keys, n) = match received.respond(local, &mut frame_out[12..]) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("writing handshake response failed: {e}");
+                self.indexes.remove(&local);
+                return;
+            }
+        };
+        frame_out.truncate(12 + n);
+        let Some(session) = self.make_session(&keys, t.now) else {
+            self.indexes.remove(&local);
+            return;
+        };
+        let peer = &mut self.peers[pi];
+        peer.last_timestamp = timestamp;
+        peer.endpoint = Some(from);
+        peer.install_next(session, &mut self.dropped);
+        log::debug!("answered initiation from peer {} at {from}", peer.name);
+        out.push(Datagram {
+            to: from,
+            data: frame_out,
+        });
+        self.forget_dropped();
+    }
+
+    fn on_response(&mut self, frame: &[u8], from: SocketAddr, t: &Time, out: &mut Vec<Datagram>) {
+        let Ok(msg) = wire::HandshakeResponse::new_checked(frame) else {
+            self.counters.drop_malformed += 1;
+            return;
+        };
+        let idx = msg.receiver_index();
+        let Some(&pi) = self.indexes.get(&idx) else {
+            self.counters.drop_unknown_index += 1;
+            return;
+        };
+        let peer = &mut self.peers[pi];
+        if peer.pending.as_ref().map(|p| p.initiation.local_index()) != Some(idx) {
+            self.counters.drop_unknown_index += 1;
+            return;
+        }
+        let Some(pending) = peer.pending.take() else {
+            return;
+        };
+        let keys = match pending.initiation.finish(msg.noise(), msg.sender_index()) {
+            Ok(k) => k,
+            Err(e) => {
+                log::debug!("response from {from} refused: {e}");
+                self.counters.drop_handshake_invalid += 1;
+                self.indexes.remove(&idx);
+                return;
+            }
+        };
+        let Some(session) = self.make_session(&keys, t.now) else {
+            self.indexes.remove(&idx);
+            return;
+        };
+        let peer = &mut self.peers[pi];
+        peer.endpoint = Some(from);
+        peer.install_current(session, &mut self.dropped);
+        peer.last_handshake = Some(t.now);
+        peer.next_attempt = None;
+        peer.handshakes += 1;
+        self.counters.handshakes += 1;
+        log::info!(
+            "session established with peer {} at {from} (initiator)",
+            peer.name
+        );
+        self.forget_dropped();
+        self.flush_staged(pi, t, out);
+    }
+
+    /// Sends what waited for a session, or a keepalive so the responder can
+    /// confirm the new session at once.
+    fn flush_staged(&mut self, pi: usize, t: &Time, out: &mut Vec<Datagram>) {
+        let peer = &mut self.peers[pi];
+        let (Some(to), Some(session)) = (peer.endpoint, peer.current.as_mut()) else {
+            return;
+        };
+        let data_sent = !peer.staged.is_empty();
+        if !data_sent {
+            let mut data = vec![0u8; OVERHEAD];
+            seal_frame(session, MessageType::Keepalive, &mut data);
+            out.push(Datagram { to, data });
+        }
+        while let Some(p) = peer.staged.pop_front() {
+            let mut data = vec![0u8; OVERHEAD + p.len()];
+            data[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
+            seal_frame(session, MessageType::Data, &mut data);
+            session.sent_bytes += p.len() as u64;
+            peer.tx_bytes += p.len() as u64;
+            self.counters.tx_packets += 1;
+            self.counters.tx_bytes += p.len() as u64;
+            out.push(Datagram { to, data });
+        }
+        peer.sent(t.now, data_sent);
+    }
+
+    fn on_data(
+        &mut self,
+        frame: &mut [u8],
+        from: SocketAddr,
+        t: &Time,
+        out: &mut Vec<Datagram>,
+    ) -> Option<Range<usize>> {
+        let (idx, counter, is_keepalive) = match wire::DataFrame::new_checked(&*frame) {
+            Ok(f) if f.payload().len() >= TAG_LEN => (
+                f.receiver_index(),
+                f.counter(),
+                frame[0] == MessageType::Keepalive as u8,
+            ),
+            _ => {
+                self.counters.drop_malformed += 1;
+                return None;
+            }
+        };
+        let Some(&pi) = self.indexes.get(&idx) else {
+            self.counters.drop_unknown_index += 1;
+            // A peer that lost its state (restart) keeps sending with old
+            // indexes; answering with a handshake recovers at once.
+            if let Some(pi) = self.peers.iter().position(|p| p.endpoint == Some(from)) {
+                self.maybe_initiate(pi, t, out);
+            }
+            return None;
+        };
+        let reject = self.reject_after_time;
+        let peer = &mut self.peers[pi];
+        let Some(slot) = peer.slot_of(idx) else {
+            // The index belongs to a handshake in flight, not a session.
+            self.counters.drop_unknown_index += 1;
+            return None;
+        };
+        let Some(session) = peer.session_mut(slot) else {
+            return None;
+        };
+        if t.now.duration_since(session.created) >= reject {
+            self.counters.drop_unknown_index += 1;
+            return None;
+        }
+        if !session.replay.check(counter) {
+            self.counters.drop_replay += 1;
+            return None;
+        }
+        let (header, body) = frame.split_at_mut(HEADROOM);
+        let Ok(plain_len) = session.recv.open_in_place(counter, header, body) else {
+            self.counters.drop_bad_tag += 1;
+            return None;
+        };
+        if !session.replay.mark(counter) {
+            self.counters.drop_replay += 1;
+            return None;
+        }
+        peer.received(t.now, !is_keepalive && plain_len > 0);
+        if peer.endpoint != Some(from) {
+            log::info!("peer {} moved to {from}", peer.name);
+            peer.endpoint = Some(from);
+        }
+        if slot == Slot::Next {
+            peer.confirm_next(&mut self.dropped);
+            peer.last_handshake = Some(t.now);
+            peer.handshakes += 1;
+            self.counters.handshakes += 1;
+            log::info!(
+                "session established with peer {} at {from} (responder)",
+                peer.name
+            );
+            self.forget_dropped();
+            self.flush_staged_data_only(pi, t, out);
+        }
+        if is_keepalive || plain_len == 0 {
+            return None;
+        }
+        let inner = &frame[HEADROOM..HEADROOM + plain_len];
+        let info = match wire::inner_ip_info(inner) {
+            Ok(i) => i,
+            Err(_) => {
+                self.counters.drop_malformed += 1;
+                return None;
+            }
+        };
+        let peer = &mut self.peers[pi];
+        if !peer.allows(info.src) {
+            self.counters.drop_spoofed_source += 1;
+            return None;
+        }
+        let n = info.total_len;
+        peer.rx_bytes += n as u64;
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += n as u64;
+        Some(HEADROOM..HEADROOM + n)
+    }
+
+    fn flush_staged_data_only(&mut self, pi: usize, t: &Time, out: &mut Vec<Datagram>) {
+        if !self.peers[pi].staged.is_empty() {
+            self.flush_staged(pi, t, out);
+        }
+    }
+
+    /// Starts a handshake with peer `pi` unless one is in flight or backoff
+    /// says to wait.
+    fn maybe_initiate(&mut self, pi: usize, t: &Time, out: &mut Vec<Datagram>) {
+        let peer = &self.peers[pi];
+        if peer.pending.is_some() || peer.endpoint.is_none() {
+            return;
+        }
+        if peer.next_attempt.is_some_and(|at| t.now < at) {
+            return;
+        }
+        self.initiate(pi, 0, t, out);
+    }
+
+    fn initiate(&mut self, pi: usize, attempt: u32, t: &Time, out: &mut Vec<Datagram>) {
+        let Some(to) = self.peers[pi].endpoint else {
+            return;
+        };
+        if let Some(old) = self.peers[pi].pending.take() {
+            self.indexes.remove(&old.initiation.local_index());
+        }
+        let local = self.new_index(pi);
+        let ts = handshake::timestamp(t.unix.as_secs(), t.unix.subsec_nanos());
+        let mut data = vec![0u8; INIT_FRAME_LEN];
+        data[0] = MessageType::HandshakeInit as u8;
+        data[4..8].copy_from_slice(&local.to_le_bytes());
+        let public = self.peers[pi].public;
+        match handshake::start_initiation(&self.identity, &public, local, ts, &mut data[8..]) {
+            Ok((initiation, n)) => {
+                data.truncate(8 + n);
+                let peer = &mut self.peers[pi];
+                peer.pending = Some(Pending {
+                    initiation,
+                    sent_at: t.now,
+                    attempt,
+                });
+                peer.next_attempt = Some(t.now + Peer::retry_delay(attempt));
+                log::debug!(
+                    "initiating handshake with peer {} at {to} (attempt {})",
+                    peer.name,
+                    attempt + 1
+                );
+                out.push(Datagram { to, data });
+            }
+            Err(e) => {
+                log::warn!("cannot start handshake: {e}");
+                self.indexes.remove(&local);
+            }
+        }
+    }
+
+    /// Runs timers: handshake retries, rekeys, keepalives, session expiry.
+    /// Call at least every 100 ms.
+    pub fn tick(&mut self, t: &Time, out: &mut Vec<Datagram>) {
+        let now = t.now;
+        for pi in 0..self.peers.len() {
+            let reject = self.reject_after_time;
+            self.peers[pi].expire(now, reject, &mut self.dropped);
+            self.forget_dropped();
+            let peer = &self.peers[pi];
+            if let Some(p) = &peer.pending {
+                if now.duration_since(p.sent_at) >= Peer::retry_delay(p.attempt) {
+                    let attempt = p.attempt.saturating_add(1);
+                    self.initiate(pi, attempt, t, out);
+                }
+                continue;
+            }
+            let usable = peer.current.as_ref().filter(|s| s.can_send(now, reject));
+            let need = match usable {
+                // Gateways keep their tunnels up: no session and a known endpoint.
+                None => peer.endpoint.is_some(),
+                Some(s) => {
+                    let age = now.duration_since(s.created);
+                    // The initiator rekeys on time; the responder a little later,
+                    // so both sides do not race to initiate.
+                    let due = if s.initiator {
+                        self.rekey_after_time
+                    } else {
+                        self.rekey_after_time + self.rekey_after_time / 10
+                    };
+                    let silent = peer
+                        .unanswered_since
+                        .is_some_and(|since| now.duration_since(since) >= DEAD_PEER_AFTER);
+                    age >= due || s.sent_bytes >= self.rekey_after_bytes || silent
+                }
+            };
+            if need {
+                self.maybe_initiate(pi, t, out);
+                continue;
+            }
+            // Keepalives on an established session.
+            let peer = &mut self.peers[pi];
+            let want = match peer.keepalive {
+                Some(k) => peer.last_sent.is_none_or(|s| now.duration_since(s) >= k),
+                None => peer
+                    .ack_due_since
+                    .is_some_and(|since| now.duration_since(since) >= PASSIVE_KEEPALIVE),
+            };
+            if let (true, Some(to), Some(session)) = (want, peer.endpoint, peer.current.as_mut()) {
+                let mut data = vec![0u8; OVERHEAD];
+                seal_frame(session, MessageType::Keepalive, &mut data);
+                peer.sent(now, false);
+                out.push(Datagram { to, data });
+            }
+        }
+    }
+}
+
+/// Writes the data header for `ty` into `buf[..HEADROOM]` and seals
+/// `buf[HEADROOM..]` (inner packet followed by room for the tag) in place.
+/// Returns the frame length.
+fn seal_frame(session: &mut Session, ty: MessageType, buf: &mut [u8]) -> usize {
+    let counter = session.next_counter();
+    let (header, body) = buf.split_at_mut(HEADROOM);
+    wire::DataFrame::emit_header(header, ty, session.remote_index, counter);
+    // Sealing only fails for buffers without room for a tag, which callers
+    // never pass; the frame would then be dropped by the peer as a bad tag.
+    if session.send.seal_in_place(counter, header, body).is_err() {
+        log::error!("seal failed for a {} byte buffer", body.len());
+    }
+    buf.len()
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;
