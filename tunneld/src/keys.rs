@@ -301,9 +301,18 @@ impl serde::Serialize for PublicKey {
 
 impl<'de> serde::Deserialize<'de> for PublicKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        PublicKey::from_base64(&text)
-            .map_err(|e| serde::de::Error::custom(format!("invalid public key: {e}")))
+        // Checked inside the visitor so serde_norway reports the value's line.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PublicKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a base64 X25519 public key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PublicKey, E> {
+                PublicKey::from_base64(v).map_err(|e| E::custom(format!("invalid public key: {e}")))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 

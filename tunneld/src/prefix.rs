@@ -203,8 +203,18 @@ impl serde::Serialize for Prefix {
 impl<'de> serde::Deserialize<'de> for Prefix {
     /// Deserializes a network prefix (host bits refused) from a string.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        // Parsed inside the visitor so serde_norway reports the value's line.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Prefix;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an IP prefix such as 198.18.2.0/24")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Prefix, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
