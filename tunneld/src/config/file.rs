@@ -1,0 +1,490 @@
+//! The tunnel config file format as serde structs, and the single-field rules.
+//!
+//! These structs are what the YAML looks like (tunbench's lab builds them and
+//! serializes them to generate configs). Single-field rules (name charset, MTU
+//! range, socket address syntax, prefix syntax...) run inside `Deserialize`,
+//! so serde_norway reports the line and column of a bad value; the same rule
+//! functions run again in [`super::check`] for structs built in code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use std::fmt;
+
+use serde::de::{self, Error as _, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::CipherKind;
+use crate::keys::PublicKey;
+use crate::prefix::Prefix;
+use crate::units::{self, Size, Span};
+
+/// Default tunnel MTU: 1500 on the underlay minus 80 bytes of worst-case
+/// overhead (IPv6 40 + UDP 8 + our header 16 + tag 16), as WireGuard does.
+pub const DEFAULT_MTU: u16 = 1420;
+/// MTU range: 576 is the IPv4 minimum reassembly size, 9000 a jumbo frame.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
+/// IPv6 requires links of at least 1280 bytes (RFC 8200).
+pub const IPV6_MIN_MTU: u16 = 1280;
+/// Default UDP socket buffer: about 1 Gbit/s × 30 ms RTT (3.75 MB), rounded up.
+pub const DEFAULT_SOCKET_BUFFER: u64 = 4 << 20;
+/// Socket buffer bounds: below 64 KiB batching stalls; above 1 GiB is a typo.
+pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
+/// Default rekey interval, as WireGuard's REKEY_AFTER_TIME.
+pub const DEFAULT_REKEY_TIME: Duration = Duration::from_secs(120);
+/// Shortest rekey interval (short values exist for tests).
+pub const MIN_REKEY_TIME: Duration = Duration::from_secs(1);
+/// Default rekey volume: 64 GiB, far below the AES-GCM per-key limits.
+pub const DEFAULT_REKEY_BYTES: u64 = 64 << 30;
+/// Smallest rekey volume (for tests that force rekeying).
+pub const MIN_REKEY_BYTES: u64 = 64 << 10;
+/// Persistent keepalive bounds.
+pub const KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+/// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Peer names appear in metrics labels and logs; keep them short.
+pub const MAX_PEER_NAME_LEN: usize = 32;
+
+/// The `kind:` of a profile; tunneld reads only `tunnel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// A tunneld config.
+    #[default]
+    Tunnel,
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("tunnel")
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrRule {
+            expecting: "the profile kind `tunnel`",
+            parse: |s| {
+                if s == "tunnel" {
+                    Ok(Kind::Tunnel)
+                } else {
+                    Err(format!(
+                        "\"{s}\" profiles are not tunneld configs; tunneld reads only \
+                         `kind: tunnel` (scenario and sweep profiles are for tunbench)"
+                    ))
+                }
+            },
+        })
+    }
+}
+
+/// The whole file (`kind: tunnel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelFile {
+    /// Must be `tunnel`.
+    pub kind: Kind,
+    /// The TUN device.
+    pub interface: InterfaceFile,
+    /// UDP listen address.
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub listen: SocketAddr,
+    /// Private key file; relative to the config file's directory.
+    pub private_key_file: PathBuf,
+    /// AEAD for the data path.
+    #[serde(default)]
+    pub cipher: CipherKind,
+    /// Required to allow `cipher: none`.
+    #[serde(default)]
+    pub insecure_lab_only: bool,
+    /// Control socket path; default `/run/tunneld/<interface>.sock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// SO_SNDBUF / SO_RCVBUF of the UDP socket.
+    #[serde(
+        default = "default_socket_buffer",
+        deserialize_with = "de_socket_buffer"
+    )]
+    pub socket_buffer: Size,
+    /// Clamp the TCP MSS of SYNs crossing the tunnel.
+    #[serde(default = "default_true")]
+    pub mss_clamp: bool,
+    /// Rekey thresholds.
+    #[serde(default)]
+    pub rekey: RekeyFile,
+    /// The remote gateways (at least one).
+    #[serde(deserialize_with = "de_peers")]
+    pub peers: Vec<PeerFile>,
+}
+
+/// `interface:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceFile {
+    /// Device name, 1..=15 of `[A-Za-z0-9_.-]`.
+    #[serde(deserialize_with = "de_if_name")]
+    pub name: String,
+    /// Interface addresses with subnet length (host bits allowed), at least one.
+    #[serde(deserialize_with = "de_if_addrs")]
+    pub addresses: Vec<Prefix>,
+    /// Tunnel MTU.
+    #[serde(default = "default_mtu", deserialize_with = "de_mtu")]
+    pub mtu: u16,
+}
+
+/// `rekey:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyFile {
+    /// Start a new handshake after this time.
+    #[serde(default = "default_rekey_time", deserialize_with = "de_rekey_time")]
+    pub after_time: Span,
+    /// Start a new handshake after this many bytes sent with one key.
+    #[serde(default = "default_rekey_bytes", deserialize_with = "de_rekey_bytes")]
+    pub after_bytes: Size,
+}
+
+impl Default for RekeyFile {
+    fn default() -> Self {
+        RekeyFile {
+            after_time: default_rekey_time(),
+            after_bytes: default_rekey_bytes(),
+        }
+    }
+}
+
+/// One item of `peers:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    /// Unique name, 1..=32 of `[A-Za-z0-9_.-]`.
+    #[serde(deserialize_with = "de_peer_name")]
+    pub name: String,
+    /// The peer's static public key.
+    pub public_key: PublicKey,
+    /// Where to send the first handshake; absent = wait for the peer.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_endpoint"
+    )]
+    pub endpoint: Option<SocketAddr>,
+    /// Inner prefixes routed to and accepted from this peer (at least one).
+    #[serde(deserialize_with = "de_allowed")]
+    pub allowed_prefixes: Vec<Prefix>,
+    /// Persistent keepalive interval.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_keepalive"
+    )]
+    pub keepalive: Option<Span>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+fn default_socket_buffer() -> Size {
+    Size(DEFAULT_SOCKET_BUFFER)
+}
+fn default_rekey_time() -> Span {
+    Span(DEFAULT_REKEY_TIME)
+}
+fn default_rekey_bytes() -> Size {
+    Size(DEFAULT_REKEY_BYTES)
+}
+
+// ---- single-field rules, shared by Deserialize and super::check ----
+
+fn check_name(name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max {
+        return Err(format!(
+            "\"{name}\" must be 1 to {max} characters long (it has {})",
+            name.chars().count()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "\"{name}\" contains {c:?}; use only letters, digits, '_', '.' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_if_name(name: &str) -> Result<(), String> {
+    check_name(name, MAX_IFNAME_LEN)
+}
+
+pub(crate) fn check_peer_name(name: &str) -> Result<(), String> {
+    check_name(name, MAX_PEER_NAME_LEN)
+}
+
+pub(crate) fn check_mtu(mtu: u64) -> Result<u16, String> {
+    u16::try_from(mtu)
+        .ok()
+        .filter(|m| MTU_RANGE.contains(m))
+        .ok_or_else(|| {
+            format!(
+                "{mtu} is out of range {}..={}",
+                MTU_RANGE.start(),
+                MTU_RANGE.end()
+            )
+        })
+}
+
+pub(crate) fn check_socket_buffer(s: Size) -> Result<(), String> {
+    if SOCKET_BUFFER_RANGE.contains(&s.0) {
+        Ok(())
+    } else {
+        Err(format!("{} bytes is out of range 64K..=1G", s.0))
+    }
+}
+
+pub(crate) fn check_rekey_time(s: Span) -> Result<(), String> {
+    if s.0 >= MIN_REKEY_TIME {
+        Ok(())
+    } else {
+        Err(format!("{:?} is below the minimum of 1s", s.0))
+    }
+}
+
+pub(crate) fn check_rekey_bytes(s: Size) -> Result<(), String> {
+    if s.0 >= MIN_REKEY_BYTES {
+        Ok(())
+    } else {
+        Err(format!("{} bytes is below the minimum of 64K", s.0))
+    }
+}
+
+pub(crate) fn check_keepalive(s: Span) -> Result<(), String> {
+    if KEEPALIVE_RANGE.contains(&s.0) {
+        Ok(())
+    } else {
+        Err(format!("{:?} is out of range 1s..=1h", s.0))
+    }
+}
+
+pub(crate) fn check_endpoint(a: SocketAddr) -> Result<(), String> {
+    if a.port() == 0 {
+        return Err(format!("{a} has port 0"));
+    }
+    if a.ip().is_unspecified() || a.ip().is_multicast() {
+        return Err(format!("{a} is not a unicast address of the peer"));
+    }
+    Ok(())
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!("invalid socket address \"{text}\" (expected IP:PORT, or [IPv6]:PORT)")
+    })
+}
+
+// ---- deserialize_with helpers ----
+//
+// serde_norway attaches the line, column and field path of the YAML node
+// being read when an error is raised *inside* a visitor. So each rule runs in
+// a visitor method, never after `T::deserialize` has returned (that would
+// blame the enclosing mapping instead of the value).
+
+/// Visits a string scalar and applies `parse` to it.
+struct StrRule<T> {
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> Visitor<'_> for StrRule<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(E::custom)
+    }
+}
+
+/// Visits a string or a number (sizes, durations) and applies `parse` to its text.
+struct QuantityRule<T> {
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> Visitor<'_> for QuantityRule<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+}
+
+/// Visits a sequence and refuses an empty one.
+struct NonEmpty<T> {
+    what: &'static str,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for NonEmpty<T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a list of {}", self.what)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut v = Vec::new();
+        while let Some(x) = seq.next_element()? {
+            v.push(x);
+        }
+        if v.is_empty() {
+            return Err(A::Error::custom(format!(
+                "the list is empty; at least one {} is required",
+                self.what
+            )));
+        }
+        Ok(v)
+    }
+}
+
+fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    what: &'static str,
+) -> Result<Vec<T>, D::Error> {
+    d.deserialize_seq(NonEmpty {
+        what,
+        _t: std::marker::PhantomData,
+    })
+}
+
+fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_str(StrRule {
+        expecting: "a socket address IP:PORT",
+        parse: parse_socket_addr,
+    })
+}
+
+fn de_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    d.deserialize_str(StrRule {
+        expecting: "a socket address IP:PORT",
+        parse: |s| {
+            let a = parse_socket_addr(s)?;
+            check_endpoint(a)?;
+            Ok(Some(a))
+        },
+    })
+}
+
+fn de_if_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    d.deserialize_str(StrRule {
+        expecting: "an interface name",
+        parse: |s| check_if_name(s).map(|()| s.to_string()),
+    })
+}
+
+fn de_peer_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    d.deserialize_str(StrRule {
+        expecting: "a peer name",
+        parse: |s| check_peer_name(s).map(|()| s.to_string()),
+    })
+}
+
+fn de_mtu<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u16;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an MTU in bytes (576..=9000)")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u16, E> {
+            check_mtu(v).map_err(E::custom)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u16, E> {
+            check_mtu(u64::try_from(v).unwrap_or(0)).map_err(E::custom)
+        }
+    }
+    d.deserialize_u64(V)
+}
+
+fn de_socket_buffer<'de, D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+    d.deserialize_any(QuantityRule {
+        expecting: "a size such as 4M",
+        parse: |s| {
+            let v = Size(units::parse_size(s).map_err(|e| e.to_string())?);
+            check_socket_buffer(v).map(|()| v)
+        },
+    })
+}
+
+fn de_rekey_time<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+    d.deserialize_any(QuantityRule {
+        expecting: "a duration such as 120s",
+        parse: |s| {
+            let v = Span(units::parse_duration(s).map_err(|e| e.to_string())?);
+            check_rekey_time(v).map(|()| v)
+        },
+    })
+}
+
+fn de_rekey_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+    d.deserialize_any(QuantityRule {
+        expecting: "a size such as 64G",
+        parse: |s| {
+            let v = Size(units::parse_size(s).map_err(|e| e.to_string())?);
+            check_rekey_bytes(v).map(|()| v)
+        },
+    })
+}
+
+fn de_keepalive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
+    d.deserialize_any(QuantityRule {
+        expecting: "a duration such as 25s",
+        parse: |s| {
+            let v = Span(units::parse_duration(s).map_err(|e| e.to_string())?);
+            check_keepalive(v).map(|()| Some(v))
+        },
+    })
+}
+
+/// An interface address: host bits allowed.
+struct IfAddr(Prefix);
+
+impl<'de> Deserialize<'de> for IfAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrRule {
+            expecting: "an interface address such as 198.19.0.1/24",
+            parse: |s| {
+                Prefix::parse_interface_addr(s)
+                    .map(IfAddr)
+                    .map_err(|e| e.to_string())
+            },
+        })
+    }
+}
+
+fn de_if_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
+    let v: Vec<IfAddr> = non_empty(d, "interface address (e.g. 198.19.0.1/24)")?;
+    Ok(v.into_iter().map(|a| a.0).collect())
+}
+
+fn de_allowed<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
+    non_empty(d, "prefix (e.g. 198.18.2.0/24)")
+}
+
+fn de_peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerFile>, D::Error> {
+    non_empty(d, "peer")
+}

@@ -1,0 +1,475 @@
+//! The tunneld YAML config: strict parsing (unknown fields are errors), the
+//! checked [`Config`] the daemon runs from, and errors that name the file,
+//! line, column and field path (`tunnel.yaml:12:7: peers[0].endpoint: ...`).
+//!
+//! Layers: [`file`] holds the file-format structs ([`TunnelFile`] and friends,
+//! also used by tunbench to generate configs) with single-field rules checked
+//! during deserialization; [`check`] applies the cross-field rules (unique
+//! names and keys, no overlapping prefixes between peers, `cipher: none`
+//! needs `insecure_lab_only`, IPv6 needs MTU >= 1280), loads the private key
+//! and resolves paths; `locate` finds lines for errors found after parsing.
+//! The format is documented field by field in docs/config.md.
+
+mod file;
+mod locate;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::{
+    InterfaceFile, Kind, PeerFile, RekeyFile, TunnelFile, DEFAULT_MTU, DEFAULT_REKEY_BYTES,
+    DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER, IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN,
+    MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, SOCKET_BUFFER_RANGE,
+};
+
+use crate::keys::{KeyError, PrivateKey, PublicKey};
+use crate::prefix::Prefix;
+
+/// The AEAD that protects data frames.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum CipherKind {
+    /// AES-256-GCM (ring; AES-NI/VAES). The default: fastest on x86-64 servers.
+    #[default]
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// ChaCha20-Poly1305: for CPUs without AES instructions.
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+    /// No encryption nor authentication; lab measurements only.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl CipherKind {
+    /// The config spelling: `aes-256-gcm`, `chacha20-poly1305` or `none`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CipherKind::Aes256Gcm => "aes-256-gcm",
+            CipherKind::ChaCha20Poly1305 => "chacha20-poly1305",
+            CipherKind::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for CipherKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CipherKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "aes-256-gcm" => Ok(CipherKind::Aes256Gcm),
+            "chacha20-poly1305" => Ok(CipherKind::ChaCha20Poly1305),
+            "none" => Ok(CipherKind::None),
+            _ => Err(format!(
+                "unknown cipher \"{s}\" (expected aes-256-gcm, chacha20-poly1305 or none)"
+            )),
+        }
+    }
+}
+
+/// The checked config the daemon runs from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The TUN device.
+    pub interface: InterfaceConfig,
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Our static private key (loaded from `private_key_file`).
+    pub private_key: PrivateKey,
+    /// Our static public key, derived from `private_key`.
+    pub public_key: PublicKey,
+    /// Data-path AEAD.
+    pub cipher: CipherKind,
+    /// Whether lab-only insecure settings (cipher none) are allowed.
+    pub insecure_lab_only: bool,
+    /// Control socket path (absolute, or relative to the working directory
+    /// only if the config's own directory was relative).
+    pub control_socket: PathBuf,
+    /// SO_SNDBUF / SO_RCVBUF in bytes.
+    pub socket_buffer: usize,
+    /// Clamp TCP MSS of SYNs to fit the tunnel MTU.
+    pub mss_clamp: bool,
+    /// Rekey after this time with one session key.
+    pub rekey_after_time: Duration,
+    /// Rekey after this many bytes with one session key.
+    pub rekey_after_bytes: u64,
+    /// Remote gateways (at least one).
+    pub peers: Vec<PeerConfig>,
+}
+
+/// The TUN device settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    /// Device name (1..=15 of `[A-Za-z0-9_.-]`).
+    pub name: String,
+    /// Interface addresses with subnet length (host bits kept).
+    pub addresses: Vec<Prefix>,
+    /// Tunnel MTU.
+    pub mtu: u16,
+}
+
+/// One remote gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Unique name (logs, metrics labels).
+    pub name: String,
+    /// Its static public key (unique, not ours).
+    pub public_key: PublicKey,
+    /// Where to send handshakes; `None` = wait for the peer to connect.
+    pub endpoint: Option<SocketAddr>,
+    /// Inner prefixes routed to it and accepted from it (network prefixes).
+    pub allowed_prefixes: Vec<Prefix>,
+    /// Persistent keepalive interval.
+    pub keepalive: Option<Duration>,
+}
+
+/// Why a config could not be loaded. `Display` reads
+/// `FILE:LINE:COLUMN: FIELD: MESSAGE` (line and column when known).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{}: cannot read config: {source}", path.display())]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reported by the YAML parser: broken syntax, a wrong type, an unknown,
+    /// missing or duplicate field, or a value failing a single-field rule.
+    /// The message starts with the field path when there is one.
+    #[error("{}{message}", Loc(file, *line, *column))]
+    Yaml {
+        /// The file name (or `<config>` for text without a file).
+        file: String,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// 1-based column, when known.
+        column: Option<usize>,
+        /// The parser's message, without its own "at line" suffix.
+        message: String,
+    },
+    /// A field breaks a rule checked after parsing (uniqueness, overlap,
+    /// combinations of fields, or ranges of a struct built in code).
+    #[error("{}{field}: {message}", Loc(file, *line, *column))]
+    Invalid {
+        /// The file name.
+        file: String,
+        /// The field path, e.g. `peers[1].allowed_prefixes[0]`.
+        field: String,
+        /// 1-based line, when found.
+        line: Option<usize>,
+        /// 1-based column, when found.
+        column: Option<usize>,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The private key file could not be loaded (missing, bad mode, not a key).
+    #[error("{}private_key_file: {source}", Loc(file, *line, *column))]
+    Key {
+        /// The config file name.
+        file: String,
+        /// 1-based line of `private_key_file`, when found.
+        line: Option<usize>,
+        /// 1-based column, when found.
+        column: Option<usize>,
+        /// The key error (it names the key file).
+        #[source]
+        source: KeyError,
+    },
+}
+
+impl ConfigError {
+    /// The 1-based line the error points at, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Io { .. } => None,
+            ConfigError::Yaml { line, .. }
+            | ConfigError::Invalid { line, .. }
+            | ConfigError::Key { line, .. } => *line,
+        }
+    }
+}
+
+/// Formats `file:line:col: ` or `file: `.
+struct Loc<'a>(&'a str, Option<usize>, Option<usize>);
+
+impl fmt::Display for Loc<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.1, self.2) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: ", self.0),
+            (Some(l), None) => write!(f, "{}:{l}: ", self.0),
+            _ => write!(f, "{}: ", self.0),
+        }
+    }
+}
+
+/// Reads, parses and checks a config file and loads its private key.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_named(&text, base, &path.display().to_string())
+}
+
+/// Parses and checks config text; relative paths resolve against `base_dir`.
+/// Also loads the private key file.
+pub fn parse_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    parse_named(text, base_dir, "<config>")
+}
+
+/// Parses config text only into the file-format structs (no cross-field
+/// checks, no key loading); for tools that edit or generate configs.
+pub fn parse_file_format(text: &str, file_name: &str) -> Result<TunnelFile, ConfigError> {
+    serde_norway::from_str(text).map_err(|e| yaml_error(e, file_name))
+}
+
+fn parse_named(text: &str, base_dir: &Path, file_name: &str) -> Result<Config, ConfigError> {
+    let raw = parse_file_format(text, file_name)?;
+    check(&raw, base_dir, file_name, Some(text))
+}
+
+fn yaml_error(e: serde_norway::Error, file: &str) -> ConfigError {
+    let loc = e.location();
+    let mut message = e.to_string();
+    if let Some(l) = &loc {
+        let suffix = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(m) = message.strip_suffix(&suffix) {
+            message = m.to_string();
+        }
+    }
+    ConfigError::Yaml {
+        file: file.to_string(),
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        message,
+    }
+}
+
+/// Collects the context an error needs to find its line.
+struct Ctx<'a> {
+    file: &'a str,
+    text: Option<&'a str>,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, field: String, message: String) -> ConfigError {
+        let at = self.text.and_then(|t| locate::locate(t, &field));
+        ConfigError::Invalid {
+            file: self.file.to_string(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            field,
+            message,
+        }
+    }
+}
+
+/// Applies every rule to a file-format struct and builds the checked
+/// [`Config`], loading the private key. `text` (the YAML it came from) is
+/// used only to find line numbers for errors.
+pub fn check(
+    raw: &TunnelFile,
+    base_dir: &Path,
+    file_name: &str,
+    text: Option<&str>,
+) -> Result<Config, ConfigError> {
+    let cx = Ctx {
+        file: file_name,
+        text,
+    };
+    let rule = |field: &str, r: Result<(), String>| r.map_err(|m| cx.invalid(field.into(), m));
+
+    // Single-field rules again, for structs built in code.
+    let iface = &raw.interface;
+    rule("interface.name", file::check_if_name(&iface.name))?;
+    if iface.addresses.is_empty() {
+        return Err(cx.invalid(
+            "interface.addresses".into(),
+            "at least one interface address is required".into(),
+        ));
+    }
+    let mtu =
+        file::check_mtu(u64::from(iface.mtu)).map_err(|m| cx.invalid("interface.mtu".into(), m))?;
+    if let Some(i) = iface.addresses.iter().position(|a| a.is_ipv6()) {
+        if mtu < IPV6_MIN_MTU {
+            return Err(cx.invalid(
+                "interface.mtu".into(),
+                format!(
+                    "{mtu} is below {IPV6_MIN_MTU}, the IPv6 minimum, but \
+                     interface.addresses[{i}] is IPv6 ({})",
+                    iface.addresses[i]
+                ),
+            ));
+        }
+    }
+    rule(
+        "socket_buffer",
+        file::check_socket_buffer(raw.socket_buffer),
+    )?;
+    rule(
+        "rekey.after_time",
+        file::check_rekey_time(raw.rekey.after_time),
+    )?;
+    rule(
+        "rekey.after_bytes",
+        file::check_rekey_bytes(raw.rekey.after_bytes),
+    )?;
+    if raw.cipher == CipherKind::None && !raw.insecure_lab_only {
+        return Err(cx.invalid(
+            "cipher".into(),
+            "none sends traffic unencrypted and unauthenticated; it is refused \
+             unless `insecure_lab_only: true` is also set"
+                .into(),
+        ));
+    }
+    if raw.peers.is_empty() {
+        return Err(cx.invalid("peers".into(), "at least one peer is required".into()));
+    }
+
+    for (i, p) in raw.peers.iter().enumerate() {
+        let at = |f: &str| format!("peers[{i}].{f}");
+        rule(&at("name"), file::check_peer_name(&p.name))?;
+        if let Some(e) = p.endpoint {
+            rule(&at("endpoint"), file::check_endpoint(e))?;
+            if raw.listen.is_ipv4() && e.is_ipv6() {
+                return Err(cx.invalid(
+                    at("endpoint"),
+                    format!(
+                        "{e} is IPv6 but listen {} is an IPv4 socket; \
+                         listen on [::]:{} to reach IPv6 peers",
+                        raw.listen,
+                        raw.listen.port()
+                    ),
+                ));
+            }
+        }
+        if let Some(k) = p.keepalive {
+            rule(&at("keepalive"), file::check_keepalive(k))?;
+        }
+        if p.allowed_prefixes.is_empty() {
+            return Err(cx.invalid(
+                at("allowed_prefixes"),
+                "at least one allowed prefix is required".into(),
+            ));
+        }
+        for (a, pre) in p.allowed_prefixes.iter().enumerate() {
+            if pre.network() != pre.addr() {
+                return Err(cx.invalid(
+                    format!("peers[{i}].allowed_prefixes[{a}]"),
+                    format!("{pre} has host bits set; did you mean {}?", pre.trunc()),
+                ));
+            }
+        }
+        for (j, q) in raw.peers[..i].iter().enumerate() {
+            if q.name == p.name {
+                return Err(cx.invalid(
+                    at("name"),
+                    format!("duplicate peer name \"{}\" (also peers[{j}])", p.name),
+                ));
+            }
+            if q.public_key == p.public_key {
+                return Err(cx.invalid(
+                    at("public_key"),
+                    format!(
+                        "same public key as peers[{j}] ({}); each peer needs its own key",
+                        q.name
+                    ),
+                ));
+            }
+            for (a, pa) in p.allowed_prefixes.iter().enumerate() {
+                if let Some((b, pb)) = q
+                    .allowed_prefixes
+                    .iter()
+                    .enumerate()
+                    .find(|(_, pb)| pb.overlaps(pa))
+                {
+                    return Err(cx.invalid(
+                        format!("peers[{i}].allowed_prefixes[{a}]"),
+                        format!(
+                            "{pa} overlaps {pb} of peers[{j}] ({}) allowed_prefixes[{b}]; \
+                             a destination must route to exactly one peer",
+                            q.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    let key_path = base_dir.join(&raw.private_key_file);
+    let private_key = PrivateKey::load_file(&key_path).map_err(|source| {
+        let at = text.and_then(|t| locate::locate(t, "private_key_file"));
+        ConfigError::Key {
+            file: file_name.to_string(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            source,
+        }
+    })?;
+    let public_key = private_key.public();
+    if let Some(i) = raw.peers.iter().position(|p| p.public_key == public_key) {
+        return Err(cx.invalid(
+            format!("peers[{i}].public_key"),
+            "this is our own public key (derived from private_key_file); \
+             the peer's public key is needed here"
+                .into(),
+        ));
+    }
+
+    let control_socket = match &raw.control_socket {
+        Some(p) => base_dir.join(p),
+        None => PathBuf::from(format!("/run/tunneld/{}.sock", iface.name)),
+    };
+    let socket_buffer = usize::try_from(raw.socket_buffer.0)
+        .map_err(|_| cx.invalid("socket_buffer".into(), "too large for this platform".into()))?;
+
+    Ok(Config {
+        interface: InterfaceConfig {
+            name: iface.name.clone(),
+            addresses: iface.addresses.clone(),
+            mtu,
+        },
+        listen: raw.listen,
+        private_key,
+        public_key,
+        cipher: raw.cipher,
+        insecure_lab_only: raw.insecure_lab_only,
+        control_socket,
+        socket_buffer,
+        mss_clamp: raw.mss_clamp,
+        rekey_after_time: raw.rekey.after_time.0,
+        rekey_after_bytes: raw.rekey.after_bytes.0,
+        peers: raw
+            .peers
+            .iter()
+            .map(|p| PeerConfig {
+                name: p.name.clone(),
+                public_key: p.public_key,
+                endpoint: p.endpoint,
+                allowed_prefixes: p.allowed_prefixes.clone(),
+                keepalive: p.keepalive.map(|k| k.0),
+            })
+            .collect(),
+    })
+}
+
+impl TunnelFile {
+    /// The YAML text of this config (what tunbench writes to generate one).
+    pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
+        serde_norway::to_string(self)
+    }
+}

@@ -1,0 +1,570 @@
+//! Config tests: one per rule (each asserts the field path and line appear in
+//! the message), strictness, defaults, round trip and the example profile.
+
+use super::*;
+use crate::keys::tests::TempDir;
+use crate::units::{Size, Span};
+
+/// A directory with our key file `a.key` (mode 0600) and two peer keys.
+struct Fixture {
+    dir: TempDir,
+    ours: PublicKey,
+    b: PublicKey,
+    c: PublicKey,
+}
+
+fn fixture() -> Fixture {
+    let dir = TempDir::new("config");
+    let k = PrivateKey::generate().expect("rng");
+    k.save_file(&dir.0.join("a.key")).expect("save key");
+    Fixture {
+        ours: k.public(),
+        b: PrivateKey::generate().expect("rng").public(),
+        c: PrivateKey::generate().expect("rng").public(),
+        dir,
+    }
+}
+
+impl Fixture {
+    /// A valid two-peer config.
+    fn yaml(&self) -> String {
+        format!(
+            "\
+kind: tunnel
+interface:
+  name: tun-a
+  addresses: [198.19.0.1/24, \"fd00:19::1/64\"]
+  mtu: 1420
+listen: 0.0.0.0:51820
+private_key_file: a.key
+cipher: aes-256-gcm
+peers:
+  - name: dc-b
+    public_key: \"{b}\"
+    endpoint: 198.18.0.2:51820
+    allowed_prefixes: [198.19.0.2/32, 198.18.2.0/24, \"fd00:2::/64\"]
+    keepalive: 10s
+  - name: dc-c
+    public_key: \"{c}\"
+    allowed_prefixes:
+      - 198.19.0.3/32
+      - 198.18.3.0/24
+",
+            b = self.b,
+            c = self.c
+        )
+    }
+
+    fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+        parse_str(text, &self.dir.0)
+    }
+
+    /// Parses `text`, expects an error, checks it names `field` and the line
+    /// of the first line containing `marker`, and returns the message.
+    fn expect_err(&self, text: &str, field: &str, marker: &str) -> String {
+        let line = text
+            .lines()
+            .position(|l| l.contains(marker))
+            .map(|i| i + 1)
+            .expect("marker is in the text");
+        self.expect_err_line(text, field, line)
+    }
+
+    /// Like `expect_err` with the expected 1-based line given.
+    fn expect_err_line(&self, text: &str, field: &str, line: usize) -> String {
+        let err = self.parse(text).expect_err("config must be refused");
+        let msg = err.to_string();
+        eprintln!("{msg}");
+        assert!(msg.contains(field), "field {field} missing in: {msg}");
+        assert!(
+            msg.starts_with(&format!("<config>:{line}:")),
+            "line {line} missing in: {msg}"
+        );
+        assert_eq!(err.line(), Some(line), "{msg}");
+        msg
+    }
+}
+
+#[test]
+fn valid_config_parses() {
+    let f = fixture();
+    let c = f.parse(&f.yaml()).expect("valid config");
+    assert_eq!(c.interface.name, "tun-a");
+    assert_eq!(c.interface.addresses.len(), 2);
+    assert_eq!(c.interface.addresses[0].to_string(), "198.19.0.1/24");
+    assert_eq!(c.public_key, f.ours);
+    assert_eq!(c.peers.len(), 2);
+    assert_eq!(c.peers[0].public_key, f.b);
+    assert_eq!(
+        c.peers[0].endpoint,
+        Some("198.18.0.2:51820".parse().expect("addr"))
+    );
+    assert_eq!(c.peers[0].keepalive, Some(Duration::from_secs(10)));
+    assert_eq!(c.peers[1].endpoint, None);
+    assert_eq!(c.peers[1].allowed_prefixes[1].to_string(), "198.18.3.0/24");
+}
+
+#[test]
+fn defaults_applied() {
+    let f = fixture();
+    let text = format!(
+        "kind: tunnel\ninterface:\n  name: t0\n  addresses: [198.19.0.1/24]\n\
+         listen: \"[::]:51820\"\nprivate_key_file: a.key\npeers:\n  - name: p\n    \
+         public_key: {}\n    allowed_prefixes: [198.18.2.0/24]\n",
+        f.b
+    );
+    let c = f.parse(&text).expect("minimal config");
+    assert_eq!(c.interface.mtu, 1420);
+    assert_eq!(c.cipher, CipherKind::Aes256Gcm);
+    assert!(!c.insecure_lab_only);
+    assert_eq!(c.control_socket, PathBuf::from("/run/tunneld/t0.sock"));
+    assert_eq!(c.socket_buffer, 4 << 20);
+    assert!(c.mss_clamp);
+    assert_eq!(c.rekey_after_time, Duration::from_secs(120));
+    assert_eq!(c.rekey_after_bytes, 64 << 30);
+    assert_eq!(c.peers[0].keepalive, None);
+    assert!(c.listen.is_ipv6());
+}
+
+#[test]
+fn explicit_values_and_relative_paths() {
+    let f = fixture();
+    let text = f.yaml().replace(
+        "cipher: aes-256-gcm\n",
+        "cipher: chacha20-poly1305\ncontrol_socket: run/a.sock\nsocket_buffer: 8M\n\
+         mss_clamp: false\nrekey:\n  after_time: 2s\n  after_bytes: 1M\n",
+    );
+    let c = f.parse(&text).expect("valid");
+    assert_eq!(c.cipher, CipherKind::ChaCha20Poly1305);
+    assert_eq!(c.control_socket, f.dir.0.join("run/a.sock"));
+    assert_eq!(c.socket_buffer, 8 << 20);
+    assert!(!c.mss_clamp);
+    assert_eq!(c.rekey_after_time, Duration::from_secs(2));
+    assert_eq!(c.rekey_after_bytes, 1 << 20);
+}
+
+#[test]
+fn endpoint_without_port() {
+    let f = fixture();
+    let text = f
+        .yaml()
+        .replace("endpoint: 198.18.0.2:51820", "endpoint: 198.18.0.2");
+    let msg = f.expect_err(&text, "peers[0].endpoint", "endpoint:");
+    assert!(
+        msg.contains("<config>:12:15: peers[0].endpoint: invalid socket address \"198.18.0.2\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn endpoint_port_zero() {
+    let f = fixture();
+    let text = f.yaml().replace("198.18.0.2:51820", "198.18.0.2:0");
+    let msg = f.expect_err(&text, "peers[0].endpoint", "endpoint:");
+    assert!(msg.contains("port 0"), "{msg}");
+}
+
+#[test]
+fn listen_bad() {
+    let f = fixture();
+    let text = f.yaml().replace("listen: 0.0.0.0:51820", "listen: 0.0.0.0");
+    f.expect_err(&text, "listen: invalid socket address", "listen:");
+}
+
+#[test]
+fn ipv6_endpoint_with_ipv4_listen() {
+    let f = fixture();
+    let text = f.yaml().replace("198.18.0.2:51820", "\"[fd00::2]:51820\"");
+    let msg = f.expect_err(&text, "peers[0].endpoint", "endpoint:");
+    assert!(msg.contains("[::]:51820"), "{msg}");
+}
+
+#[test]
+fn interface_name_bad_chars() {
+    let f = fixture();
+    let text = f.yaml().replace("name: tun-a", "name: \"tun a\"");
+    let msg = f.expect_err(&text, "interface.name", "tun a");
+    assert!(msg.contains("letters, digits"), "{msg}");
+}
+
+#[test]
+fn interface_name_too_long() {
+    let f = fixture();
+    let text = f.yaml().replace("name: tun-a", "name: tunnel-to-dc-b-01");
+    let msg = f.expect_err(&text, "interface.name", "tunnel-to-dc-b-01");
+    assert!(msg.contains("1 to 15"), "{msg}");
+}
+
+#[test]
+fn mtu_out_of_range() {
+    let f = fixture();
+    let text = f.yaml().replace("mtu: 1420", "mtu: 9001");
+    let msg = f.expect_err(&text, "interface.mtu", "mtu:");
+    assert!(msg.contains("576..=9000"), "{msg}");
+}
+
+#[test]
+fn mtu_too_small_for_ipv6() {
+    let f = fixture();
+    let text = f.yaml().replace("mtu: 1420", "mtu: 1200");
+    let msg = f.expect_err(&text, "interface.mtu", "mtu:");
+    assert!(msg.contains("interface.addresses[1] is IPv6"), "{msg}");
+    // without the IPv6 address it is fine
+    let v4 = text.replace(", \"fd00:19::1/64\"", "");
+    assert_eq!(f.parse(&v4).expect("v4 only").interface.mtu, 1200);
+}
+
+#[test]
+fn interface_address_bad() {
+    let f = fixture();
+    let text = f.yaml().replace("198.19.0.1/24", "198.19.0.1/33");
+    let msg = f.expect_err(&text, "interface.addresses[0]", "addresses:");
+    assert!(msg.contains("0..=32"), "{msg}");
+}
+
+#[test]
+fn interface_addresses_empty() {
+    let f = fixture();
+    let text = f.yaml().replace("[198.19.0.1/24, \"fd00:19::1/64\"]", "[]");
+    f.expect_err(&text, "interface.addresses", "addresses:");
+}
+
+#[test]
+fn allowed_prefix_host_bits() {
+    let f = fixture();
+    let text = f.yaml().replace("198.18.2.0/24", "198.18.2.1/24");
+    let msg = f.expect_err(&text, "peers[0].allowed_prefixes[1]", "198.18.2.1/24");
+    assert!(msg.contains("did you mean 198.18.2.0/24?"), "{msg}");
+}
+
+#[test]
+fn allowed_prefixes_empty() {
+    let f = fixture();
+    let text = f
+        .yaml()
+        .replace("[198.19.0.2/32, 198.18.2.0/24, \"fd00:2::/64\"]", "[]");
+    f.expect_err(&text, "peers[0].allowed_prefixes", "allowed_prefixes: []");
+}
+
+#[test]
+fn allowed_prefixes_overlap_between_peers() {
+    let f = fixture();
+    let text = f.yaml().replace("- 198.18.3.0/24", "- 198.18.2.128/25");
+    let msg = f.expect_err(&text, "peers[1].allowed_prefixes[1]", "198.18.2.128/25");
+    assert!(
+        msg.contains("overlaps 198.18.2.0/24 of peers[0] (dc-b)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn peer_name_duplicate() {
+    let f = fixture();
+    let text = f.yaml().replace("name: dc-c", "name: dc-b");
+    let line = f
+        .yaml()
+        .lines()
+        .position(|l| l.contains("dc-c"))
+        .expect("dc-c")
+        + 1;
+    let msg = f.expect_err_line(&text, "peers[1].name", line);
+    assert!(
+        msg.contains("duplicate peer name \"dc-b\" (also peers[0])"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn peer_name_bad() {
+    let f = fixture();
+    let text = f.yaml().replace("name: dc-c", "name: dc/c");
+    f.expect_err(&text, "peers[1].name", "dc/c");
+}
+
+#[test]
+fn public_key_bad() {
+    let f = fixture();
+    let text = f.yaml().replace(&f.c.to_string(), "AAAA");
+    let msg = f.expect_err(&text, "peers[1].public_key", "AAAA");
+    assert!(msg.contains("32"), "{msg}");
+}
+
+#[test]
+fn public_key_duplicate() {
+    let f = fixture();
+    let text = f.yaml().replace(&f.c.to_string(), &f.b.to_string());
+    let b = f.b.to_string();
+    let second = text.rfind(&b).expect("two copies");
+    let line = text[..second].lines().count();
+    let msg = f.parse(&text).expect_err("dup").to_string();
+    assert!(msg.starts_with(&format!("<config>:{line}:")), "{msg}");
+    assert!(
+        msg.contains("peers[1].public_key: same public key as peers[0]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn public_key_is_our_own() {
+    let f = fixture();
+    let text = f.yaml().replace(&f.c.to_string(), &f.ours.to_string());
+    let msg = f.expect_err(&text, "peers[1].public_key", &f.ours.to_string());
+    assert!(msg.contains("our own public key"), "{msg}");
+}
+
+#[test]
+fn keepalive_out_of_range() {
+    let f = fixture();
+    let text = f.yaml().replace("keepalive: 10s", "keepalive: 2h");
+    let msg = f.expect_err(&text, "peers[0].keepalive", "keepalive:");
+    assert!(msg.contains("1s..=1h"), "{msg}");
+}
+
+#[test]
+fn rekey_too_small() {
+    let f = fixture();
+    let base = f.yaml();
+    let t = base.replace("peers:\n", "rekey:\n  after_time: 500ms\npeers:\n");
+    f.expect_err(&t, "rekey.after_time", "after_time:");
+    let t = base.replace("peers:\n", "rekey:\n  after_bytes: 1K\npeers:\n");
+    f.expect_err(&t, "rekey.after_bytes", "after_bytes:");
+}
+
+#[test]
+fn socket_buffer_out_of_range() {
+    let f = fixture();
+    let t = f.yaml().replace("peers:\n", "socket_buffer: 2G\npeers:\n");
+    let msg = f.expect_err(&t, "socket_buffer", "socket_buffer:");
+    assert!(msg.contains("64K..=1G"), "{msg}");
+}
+
+#[test]
+fn cipher_unknown() {
+    let f = fixture();
+    let t = f
+        .yaml()
+        .replace("cipher: aes-256-gcm", "cipher: aes-128-cbc");
+    let msg = f.expect_err(&t, "cipher", "cipher:");
+    assert!(msg.contains("aes-128-cbc"), "{msg}");
+}
+
+#[test]
+fn cipher_none_needs_insecure_lab_only() {
+    let f = fixture();
+    let t = f.yaml().replace("cipher: aes-256-gcm", "cipher: none");
+    let msg = f.expect_err(&t, "cipher", "cipher:");
+    assert!(msg.contains("insecure_lab_only: true"), "{msg}");
+    let ok = t.replace("cipher: none", "cipher: none\ninsecure_lab_only: true");
+    assert_eq!(f.parse(&ok).expect("allowed").cipher, CipherKind::None);
+}
+
+#[test]
+fn wrong_kind() {
+    let f = fixture();
+    let t = f.yaml().replace("kind: tunnel", "kind: scenario");
+    let msg = f.expect_err(&t, "kind", "kind:");
+    assert!(msg.contains("tunbench"), "{msg}");
+    let missing = f.yaml().replace("kind: tunnel\n", "");
+    let msg = f.parse(&missing).expect_err("no kind").to_string();
+    assert!(msg.contains("missing field `kind`"), "{msg}");
+}
+
+#[test]
+fn unknown_field_top_level() {
+    let f = fixture();
+    let t = f
+        .yaml()
+        .replace("cipher: aes-256-gcm", "cipher: aes-256-gcm\nmtu: 1400");
+    let msg = f.expect_err(&t, "unknown field `mtu`", "mtu: 1400");
+    assert!(msg.starts_with("<config>:9:1:"), "{msg}");
+}
+
+#[test]
+fn unknown_field_in_peer() {
+    let f = fixture();
+    let t = f.yaml().replace(
+        "    keepalive: 10s",
+        "    keepalive: 10s\n    persistent_keepalive: 25",
+    );
+    f.expect_err(
+        &t,
+        "peers[0]: unknown field `persistent_keepalive`",
+        "persistent_keepalive",
+    );
+}
+
+#[test]
+fn peers_empty_and_missing() {
+    let f = fixture();
+    let y = f.yaml();
+    let cut = y.find("peers:").expect("peers");
+    let t = format!("{}peers: []\n", &y[..cut]);
+    f.expect_err(&t, "peers", "peers:");
+    let msg = f.parse(&y[..cut]).expect_err("no peers").to_string();
+    assert!(msg.contains("missing field `peers`"), "{msg}");
+}
+
+#[test]
+fn broken_yaml() {
+    let f = fixture();
+    let t = f.yaml().replace("  mtu: 1420", "  mtu: [1420");
+    let err = f.parse(&t).expect_err("broken");
+    assert!(
+        matches!(err, ConfigError::Yaml { line: Some(_), .. }),
+        "{err}"
+    );
+    let t = f.yaml().replace("listen: 0.0.0.0:51820", "listen: {a");
+    assert!(f.parse(&t).is_err());
+    assert!(f.parse("").is_err());
+    assert!(f.parse("- 1\n- 2\n").is_err());
+    let msg = f
+        .parse(&f.yaml().replace("mtu: 1420", "mtu: big"))
+        .expect_err("type")
+        .to_string();
+    assert!(
+        msg.contains("interface.mtu") && msg.starts_with("<config>:5:"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn key_file_mode_0644_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture();
+    std::fs::set_permissions(
+        f.dir.0.join("a.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let text = f.yaml();
+    let msg = f.expect_err(&text, "private_key_file", "private_key_file:");
+    assert!(msg.contains("chmod 600"), "{msg}");
+}
+
+#[test]
+fn key_file_missing() {
+    let f = fixture();
+    let t = f.yaml().replace("a.key", "nope.key");
+    let err = f.parse(&t).expect_err("missing key");
+    assert!(matches!(err, ConfigError::Key { .. }), "{err}");
+    assert!(err.to_string().contains("nope.key"), "{err}");
+}
+
+#[test]
+fn load_reads_file_and_names_it() {
+    let f = fixture();
+    let path = f.dir.0.join("tunnel.yaml");
+    std::fs::write(&path, f.yaml()).expect("write");
+    let c = load(&path).expect("loads");
+    assert_eq!(c.peers.len(), 2);
+    std::fs::write(&path, f.yaml().replace("198.18.0.2:51820", "198.18.0.2")).expect("write");
+    let msg = load(&path).expect_err("bad").to_string();
+    assert!(
+        msg.starts_with(&format!("{}:12:15: peers[0].endpoint", path.display())),
+        "{msg}"
+    );
+    let missing = f.dir.0.join("missing.yaml");
+    assert!(matches!(load(&missing), Err(ConfigError::Io { .. })));
+}
+
+#[test]
+fn round_trip_generated_config() {
+    let f = fixture();
+    let raw = TunnelFile {
+        kind: Kind::Tunnel,
+        interface: InterfaceFile {
+            name: "tun-x".into(),
+            addresses: vec![
+                Prefix::parse_interface_addr("198.19.0.1/24").expect("addr"),
+                Prefix::parse_interface_addr("fd00:19::1/64").expect("addr"),
+            ],
+            mtu: 1380,
+        },
+        listen: "[::]:51821".parse().expect("addr"),
+        private_key_file: "a.key".into(),
+        cipher: CipherKind::None,
+        insecure_lab_only: true,
+        control_socket: Some("/tmp/x.sock".into()),
+        socket_buffer: Size(16 << 20),
+        mss_clamp: false,
+        rekey: RekeyFile {
+            after_time: Span(Duration::from_millis(1500)),
+            after_bytes: Size(1 << 20),
+        },
+        peers: vec![
+            PeerFile {
+                name: "dc-b".into(),
+                public_key: f.b,
+                endpoint: Some("[fd00::2]:51820".parse().expect("addr")),
+                allowed_prefixes: vec!["198.18.2.0/24".parse().expect("p")],
+                keepalive: Some(Span(Duration::from_secs(25))),
+            },
+            PeerFile {
+                name: "dc-c".into(),
+                public_key: f.c,
+                endpoint: None,
+                allowed_prefixes: vec!["fd00:3::/64".parse().expect("p")],
+                keepalive: None,
+            },
+        ],
+    };
+    let yaml = raw.to_yaml().expect("serializes");
+    assert_eq!(parse_file_format(&yaml, "gen").expect("reparses"), raw);
+    let from_text = f.parse(&yaml).expect("generated config parses");
+    let direct = check(&raw, &f.dir.0, "gen", None).expect("struct checks");
+    assert_eq!(from_text, direct);
+    assert_eq!(from_text.interface.mtu, 1380);
+    assert_eq!(from_text.rekey_after_time, Duration::from_millis(1500));
+    assert_eq!(from_text.peers[1].endpoint, None);
+
+    // A struct built in code is held to the same rules (no line then).
+    let mut bad = raw.clone();
+    bad.peers[1].allowed_prefixes = vec!["198.18.2.0/25".parse().expect("p")];
+    let err = check(&bad, &f.dir.0, "gen", None).expect_err("overlap");
+    assert!(
+        err.to_string()
+            .starts_with("gen: peers[1].allowed_prefixes[0]"),
+        "{err}"
+    );
+    let mut bad = raw;
+    bad.interface.name = "has space".into();
+    assert!(check(&bad, &f.dir.0, "gen", None).is_err());
+}
+
+#[test]
+fn example_profile_parses() {
+    let f = fixture();
+    let text = include_str!("../../../profiles/tunnel-example.yaml");
+    // The profile names gw-a.key; our fixture key stands in for it.
+    std::fs::copy(f.dir.0.join("a.key"), f.dir.0.join("gw-a.key")).expect("copy key");
+    let c = f.parse(text).expect("example profile parses");
+    assert_eq!(c.interface.name, "tun-a");
+    assert!(c
+        .interface
+        .addresses
+        .iter()
+        .any(|a| a.to_string() == "198.19.0.1/24"));
+    assert!(c.peers.iter().any(|p| p
+        .allowed_prefixes
+        .iter()
+        .any(|a| a.to_string() == "198.18.2.0/24")));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let f = fixture();
+    let y = f.yaml();
+    // Every prefix of a valid file and some byte mutations: errors, never panics.
+    for cut in 0..y.len() {
+        if y.is_char_boundary(cut) {
+            let _ = f.parse(&y[..cut]);
+        }
+    }
+    for (i, c) in y.char_indices().step_by(7) {
+        for r in [":", "-", "[", "\"", " ", "\n"] {
+            let mut t = y.clone();
+            t.replace_range(i..i + c.len_utf8(), r);
+            let _ = f.parse(&t);
+        }
+    }
+}
