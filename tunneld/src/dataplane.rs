@@ -12,6 +12,7 @@
 //!    reused buffer, opened in place and written to the TUN device.
 //! 5. Every [`TICK`]: the device's timers run (handshakes, rekey, keepalive)
 //!    and the status snapshot is published.
+//!
 //! No allocation happens per data packet; control messages (handshakes,
 //! keepalives) are rare and allocate.
 
@@ -66,7 +67,7 @@ pub fn run(
     let started = Instant::now();
     let mut last_tick = Instant::now() - TICK;
 
-    let mut send_control = |control: &mut Vec<Datagram>, io_counters: &mut IoCounters| {
+    let send_control = |control: &mut Vec<Datagram>, io_counters: &mut IoCounters| {
         for d in control.drain(..) {
             if let Err(e) = transport.send_to(&d.data, d.to) {
                 io_counters.send_errors += 1;

@@ -524,9 +524,7 @@ impl Device {
             self.counters.drop_unknown_index += 1;
             return None;
         };
-        let Some(session) = peer.session_mut(slot) else {
-            return None;
-        };
+        let session = peer.session_mut(slot)?;
         if t.now.duration_since(session.created) >= reject {
             self.counters.drop_unknown_index += 1;
             return None;
@@ -703,11 +701,13 @@ impl Device {
 fn seal_frame(session: &mut Session, ty: MessageType, buf: &mut [u8]) -> usize {
     let counter = session.next_counter();
     let (header, body) = buf.split_at_mut(HEADROOM);
-    wire::DataFrame::emit_header(header, ty, session.remote_index, counter);
-    // Sealing only fails for buffers without room for a tag, which callers
-    // never pass; the frame would then be dropped by the peer as a bad tag.
-    if session.send.seal_in_place(counter, header, body).is_err() {
-        log::error!("seal failed for a {} byte buffer", body.len());
+    // Both only fail for buffers without room for header and tag, or a
+    // non-data type, which callers never pass; such a frame would be dropped
+    // by the peer.
+    if wire::DataFrame::emit_header(header, ty, session.remote_index, counter).is_err()
+        || session.send.seal_in_place(counter, header, body).is_err()
+    {
+        log::error!("sealing a {} byte buffer failed", body.len());
     }
     buf.len()
 }

@@ -82,7 +82,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Genkey => {
-            println!("{}", PrivateKey::generate().to_base64());
+            println!("{}", PrivateKey::generate()?.to_base64());
             Ok(())
         }
         Cmd::Pubkey => {

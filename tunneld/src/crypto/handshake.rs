@@ -379,7 +379,7 @@ mod tests {
         let mut m2 = [0u8; 256];
         let (_, n2) = recv.respond(2, &mut m2).expect("respond");
         let mut bad = m2[..n2].to_vec();
-        bad[50] ^= 1;
+        bad[40] ^= 1;
         assert!(init.finish(&bad, 2).is_err());
     }
 
