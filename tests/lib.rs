@@ -168,7 +168,11 @@ pub fn genkey() -> anyhow::Result<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if key.is_empty() {
+        bail!("tunneld genkey printed no key");
+    }
+    Ok(key)
 }
 
 /// Runs `tunneld pubkey` with `private` on stdin; returns the public key.
@@ -195,7 +199,11 @@ pub fn pubkey(private: &str) -> anyhow::Result<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if key.is_empty() {
+        bail!("tunneld pubkey printed no key");
+    }
+    Ok(key)
 }
 
 /// Writes a key file with mode 0600 (created so, never world-readable).

@@ -327,3 +327,75 @@ fn errors_are_specific() {
     let br = lab.ifname("br").expect("fits");
     assert!(br.starts_with(lab.prefix()) && br.len() <= topo::IFNAME_MAX);
 }
+
+/// Child half of `sigterm_tears_down_live_labs`: only acts when re-executed
+/// with TOPO_SIGNAL_CHILD=1.
+#[test]
+fn signal_child() {
+    if std::env::var_os("TOPO_SIGNAL_CHILD").is_none() {
+        return;
+    }
+    topo::install_signal_cleanup().expect("install");
+    topo::install_signal_cleanup().expect("idempotent");
+    let lab = Lab::new("signal").expect("lab");
+    let a = lab.add_ns("a").expect("ns");
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60");
+    let pid = lab.spawn(&a, cmd).expect("spawn");
+    println!("READY {a} {pid} {}", lab.dir().display());
+    std::thread::sleep(Duration::from_secs(60));
+    panic!("no signal arrived");
+}
+
+#[test]
+fn sigterm_tears_down_live_labs() {
+    let Some(_g) = privileged() else { return };
+    use std::io::BufRead;
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "signal_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("TOPO_SIGNAL_CHILD", "1")
+        .env_remove(topo::KEEP_LOGS_ENV)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("re-exec the test binary");
+    let stdout = child.stdout.take().expect("stdout");
+    let ready = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        // libtest prints "test signal_child ... " before our line.
+        .find_map(|l| l.find("READY ").map(|i| l[i..].to_string()));
+    let Some(ready) = ready else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("child never got ready");
+    };
+    let parts: Vec<&str> = ready.split_whitespace().collect();
+    let (ns, pid, dir) = (
+        parts[1].to_string(),
+        parts[2].to_string(),
+        parts[3].to_string(),
+    );
+    assert!(ns_exists(&ns));
+    // SAFETY: kill(2) on our own child's PID.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let st = child.wait().expect("wait");
+    assert_eq!(
+        st.code(),
+        Some(128 + libc::SIGTERM),
+        "exit code after SIGTERM"
+    );
+    assert!(!ns_exists(&ns), "{ns} removed by the signal handler");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "spawned {pid} killed"
+    );
+    assert!(!Path::new(&dir).exists(), "{dir} removed");
+}
