@@ -18,9 +18,13 @@ pub use capture::{contains, udp_payloads, Capture};
 pub use traffic::{tcp_transfer, Pattern, Transfer};
 pub use tunnels::{tunnel_config, Side, TunnelLab};
 
+/// Set to a directory to test binaries from there instead of `target/`
+/// (e.g. installed ones); it is searched first.
+pub const BIN_DIR_ENV: &str = "E2E_BIN_DIR";
+
 /// Path of the workspace binary `name`, built next to this test executable
-/// (`target/release/NAME`, else `target/debug/NAME`). Panics with the build
-/// command if it is missing.
+/// (`target/release/NAME`, else `target/debug/NAME`; `$E2E_BIN_DIR/NAME`
+/// first when that is set). Panics with the build command if it is missing.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe of the test binary");
     // target/<profile>/deps/<test-exe> → target/<profile>
@@ -28,7 +32,11 @@ pub fn bin(name: &str) -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("test executable lives in target/<profile>/deps");
-    let mut candidates = vec![profile_dir.join(name)];
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        candidates.push(PathBuf::from(dir).join(name));
+    }
+    candidates.push(profile_dir.join(name));
     if let Some(target) = profile_dir.parent() {
         candidates.push(target.join("release").join(name));
         candidates.push(target.join("debug").join(name));
