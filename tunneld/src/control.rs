@@ -32,6 +32,19 @@ pub struct IoCounters {
     pub tun_write_errors: u64,
 }
 
+/// The data path's shape and which offloads are active (probed at start).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DataplaneStatus {
+    pub workers: usize,
+    pub batch: usize,
+    /// TUN TSO/GRO via IFF_VNET_HDR.
+    pub tun_offload: bool,
+    /// Datagrams per UDP send (1: no GSO).
+    pub udp_gso_segments: usize,
+    /// Datagrams per UDP receive buffer (1: no GRO).
+    pub udp_gro_segments: usize,
+}
+
 /// What `tunneld status` prints.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Status {
@@ -39,6 +52,7 @@ pub struct Status {
     pub listen: String,
     pub cipher: String,
     pub uptime_secs: f64,
+    pub dataplane: DataplaneStatus,
     pub peers: Vec<PeerStatus>,
     pub counters: Counters,
     pub io: IoCounters,
@@ -115,6 +129,17 @@ impl Status {
         ] {
             s.push_str(&format!(
                 "tunneld_io_errors_total{{interface=\"{iface}\",op=\"{op}\"}} {v}\n"
+            ));
+        }
+        let d = &self.dataplane;
+        s.push_str("# HELP tunneld_offload Offloads in use (1 = on; udp_gso/udp_gro: segments per call).\n# TYPE tunneld_offload gauge\n");
+        for (what, v) in [
+            ("tun", u64::from(d.tun_offload)),
+            ("udp_gso", d.udp_gso_segments as u64),
+            ("udp_gro", d.udp_gro_segments as u64),
+        ] {
+            s.push_str(&format!(
+                "tunneld_offload{{interface=\"{iface}\",kind=\"{what}\"}} {v}\n"
             ));
         }
         s.push_str("# HELP tunneld_peer_session Whether a usable session exists with the peer.\n# TYPE tunneld_peer_session gauge\n");

@@ -1,39 +1,102 @@
-//! The data path: the only place that knows about threads, polling and
-//! buffers. The protocol decisions are the [`Device`]'s.
+//! The data path: the only place that knows about threads, polling, batches
+//! and buffers. Protocol decisions are the [`Device`]'s.
 //!
-//! Parallelism model (the foundation: plain, correct, single-threaded):
-//! 1. One OS thread runs [`run`]; the control socket has a thread of its own
-//!    and only ever reads a published [`Status`] snapshot.
-//! 2. `poll()` waits on the TUN device and the transport socket, at most
-//!    [`TICK`] at a time, so timers and the shutdown flag are seen promptly.
-//! 3. TUN readable: up to [`BATCH`] packets are read, each into the headroom
-//!    offset of one reused buffer, sealed in place and sent.
-//! 4. Transport readable: up to [`BATCH`] frames are received into a second
-//!    reused buffer, opened in place and written to the TUN device.
-//! 5. Every [`TICK`]: the device's timers run (handshakes, rekey, keepalive)
-//!    and the status snapshot is published.
+//! Parallelism model:
+//! 1. `workers: 1` runs one loop for both directions; `workers: 2` runs a TX
+//!    thread (TUN → network) and an RX thread (network → TUN), so system calls
+//!    and crypto of the two directions overlap. The control socket has a
+//!    thread of its own and only reads a published [`Status`] snapshot.
+//! 2. Each loop `poll()`s its descriptors at most [`TICK`] at a time, so timers
+//!    and the shutdown flag are seen promptly.
+//! 3. TX: one read returns a packet or, with TUN offload, a TCP super-packet
+//!    split into up to [`MAX_SPLIT`] packets, each at the headroom offset of a
+//!    pooled buffer (without offload, up to `batch` reads fill the batch). The
+//!    device lock is taken once per batch to seal every packet in place; then,
+//!    unlocked, runs of equal-sized frames to the same peer are copied back to
+//!    back and sent with one GSO `sendmsg` of up to `batch` segments.
+//! 4. RX: one `recvmmsg` returns up to [`MAX_RECV_BATCH`] buffers, each a
+//!    GRO train of frames; the device lock is taken once to open every frame in
+//!    place; then, unlocked, the inner packets are copied into pooled buffers
+//!    and written with one batched TUN write that coalesces TCP flows (GRO).
+//! 5. The RX loop (or the only loop) also runs the device's timers every
+//!    [`TICK`] and publishes the status snapshot.
 //!
-//! No allocation happens per data packet; control messages (handshakes,
-//! keepalives) are rare and allocate.
+//! Buffers are allocated once per worker; no allocation, lock or system call
+//! happens per data packet. Control messages (handshakes, keepalives) are rare
+//! and allocate.
 
-use crate::control::{IoCounters, Status, StatusCell};
-use crate::device::{Datagram, Device, Outcome, Time, HEADROOM, OVERHEAD};
-use crate::transport::Transport;
-use crate::tun::Tun;
-use std::io;
+use crate::config::DataplaneConfig;
+use crate::control::{DataplaneStatus, IoCounters, Status, StatusCell};
+use crate::device::{Datagram, Device, Outcome, Time, HEADROOM, OVERHEAD, TAILROOM};
+use crate::transport::{Received, Transport, MAX_RECV_BATCH};
+use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
+use std::io::{self, IoSliceMut};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Packets handled per readiness event on one side before the loop turns to
-/// the other side: bounds the latency one direction can add to the other.
-pub const BATCH: usize = 64;
+pub use crate::tun::MAX_SPLIT as MAX_TUN_SPLIT;
+
 /// Timer granularity: handshake retries and keepalives are in seconds, so
 /// 50 ms is precise enough and costs nothing when idle.
 pub const TICK: Duration = Duration::from_millis(50);
-/// Largest inner packet the TUN device can hand us (an IPv4/IPv6 datagram).
-const MAX_PACKET: usize = 65_535;
+/// Largest frame: an inner packet of the largest TUN MTU plus our overhead.
+const MAX_FRAME: usize = 9000 + OVERHEAD;
+/// Offset of inner packets in the buffers written to the TUN device: room
+/// for the vnet header tun-rs writes in front of each.
+const TUN_WRITE_OFFSET: usize = VNET_HDR_LEN;
+/// Inner packets written to the TUN device per call (one RX batch of GRO
+/// trains can hold thousands; they are written in chunks of this many).
+const TUN_WRITE_BATCH: usize = 128;
+
+/// I/O errors counted by both workers.
+#[derive(Debug, Default)]
+struct IoStats {
+    send_errors: AtomicU64,
+    recv_errors: AtomicU64,
+    tun_write_errors: AtomicU64,
+}
+
+impl IoStats {
+    fn snapshot(&self) -> IoCounters {
+        IoCounters {
+            send_errors: self.send_errors.load(Ordering::Relaxed),
+            recv_errors: self.recv_errors.load(Ordering::Relaxed),
+            tun_write_errors: self.tun_write_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the workers share.
+struct Shared<'a> {
+    device: Mutex<Device>,
+    transport: &'a dyn Transport,
+    status: &'a StatusCell,
+    shutdown: &'a AtomicBool,
+    io: IoStats,
+    knobs: DataplaneConfig,
+    info: DataplaneStatus,
+    started: Instant,
+}
+
+impl Shared<'_> {
+    fn lock(&self) -> MutexGuard<'_, Device> {
+        // A worker that panicked while holding the lock leaves the device in
+        // a state that is still memory-safe; keep carrying traffic.
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send_control(&self, control: &mut Vec<Datagram>) {
+        for d in control.drain(..) {
+            if let Err(e) = self.transport.send(d.to, &d.data, d.data.len()) {
+                self.io.send_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("send to {} failed: {e}", d.to);
+            }
+        }
+    }
+}
 
 fn time_now() -> Time {
     Time {
@@ -52,44 +115,84 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 /// Moves packets until `shutdown` is set. Returns an error only for failures
-/// that make going on pointless (the TUN device or socket broke).
+/// that make going on pointless (the TUN device broke).
 pub fn run(
-    mut device: Device,
+    device: Device,
     tun: &Tun,
     transport: &dyn Transport,
+    knobs: DataplaneConfig,
     status: &StatusCell,
     shutdown: &Arc<AtomicBool>,
 ) -> io::Result<()> {
-    let mut tx_buf = vec![0u8; OVERHEAD + MAX_PACKET];
-    let mut rx_buf = vec![0u8; OVERHEAD + MAX_PACKET];
-    let mut control: Vec<Datagram> = Vec::new();
-    let mut io_counters = IoCounters::default();
-    let started = Instant::now();
-    let mut last_tick = Instant::now() - TICK;
-
-    let send_control = |control: &mut Vec<Datagram>, io_counters: &mut IoCounters| {
-        for d in control.drain(..) {
-            if let Err(e) = transport.send_to(&d.data, d.to) {
-                io_counters.send_errors += 1;
-                log::debug!("send to {} failed: {e}", d.to);
-            }
-        }
+    let info = DataplaneStatus {
+        workers: knobs.workers,
+        batch: knobs.batch,
+        tun_offload: tun.offload(),
+        udp_gso_segments: transport.max_segments(),
+        udp_gro_segments: transport.gro_segments(),
     };
+    log::info!(
+        "data path: {} worker(s), batch {}, TUN offload {}, UDP GSO {} segments, UDP GRO {} segments",
+        info.workers,
+        info.batch,
+        if info.tun_offload { "on" } else { "off" },
+        info.udp_gso_segments,
+        info.udp_gro_segments
+    );
+    let shared = Shared {
+        device: Mutex::new(device),
+        transport,
+        status,
+        shutdown,
+        io: IoStats::default(),
+        knobs,
+        info,
+        started: Instant::now(),
+    };
+    if knobs.workers <= 1 {
+        return worker(&shared, tun, true);
+    }
+    std::thread::scope(|s| {
+        let shared = &shared;
+        let tx = std::thread::Builder::new()
+            .name("tx".into())
+            .spawn_scoped(s, move || {
+                worker(shared, tun, false)
+                    .inspect_err(|_| shared.shutdown.store(true, Ordering::Relaxed))
+            })?;
+        // A failing worker stops its sibling by raising the shutdown flag.
+        let rx = worker(shared, tun, true)
+            .inspect_err(|_| shared.shutdown.store(true, Ordering::Relaxed));
+        let tx = tx
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("TX worker panicked")));
+        rx.and(tx)
+    })
+}
 
-    while !shutdown.load(Ordering::Relaxed) {
-        let mut fds = [
-            libc::pollfd {
-                fd: tun.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: transport.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd structs for the call.
+/// One data-path loop on its own TUN handle. `rx`: this loop handles
+/// network → TUN and the timers; it also handles TUN → network when it is
+/// the only worker, and only that when `rx` is false.
+fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
+    let single = shared.knobs.workers <= 1;
+    let do_tx = single || !rx;
+    let mut txs = do_tx.then(|| TxState::new(shared.knobs.batch, shared.transport.max_segments()));
+    let mut rxs = rx.then(|| RxState::new(shared.transport.gro_segments()));
+    let mut last_tick = Instant::now() - TICK;
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        }; 2];
+        if do_tx {
+            fds[0].fd = tun.as_raw_fd();
+        }
+        if rx {
+            fds[1].fd = shared.transport.as_raw_fd();
+        }
+        // SAFETY: `fds` is a valid array of two pollfd structs for the call;
+        // negative fds are ignored by poll(2).
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, TICK.as_millis() as libc::c_int) };
         if rc < 0 {
             let e = io::Error::last_os_error();
@@ -97,62 +200,240 @@ pub fn run(
                 return Err(e);
             }
         }
-        let t = time_now();
-
-        if fds[0].revents & (libc::POLLIN | libc::POLLERR) != 0 {
-            for _ in 0..BATCH {
-                let n = match tun.read(&mut tx_buf[HEADROOM..HEADROOM + MAX_PACKET]) {
-                    Ok(n) => n,
-                    Err(e) if would_block(&e) => break,
-                    Err(e) => return Err(io::Error::new(e.kind(), format!("TUN read: {e}"))),
-                };
-                match device.encapsulate(&mut tx_buf, n, &t, &mut control) {
-                    Outcome::Send { to, len } => {
-                        if let Err(e) = transport.send_to(&tx_buf[..len], to) {
-                            io_counters.send_errors += 1;
-                            log::debug!("send to {to} failed: {e}");
-                        }
-                    }
-                    Outcome::Held => {}
-                }
-                send_control(&mut control, &mut io_counters);
-            }
+        let ready = |i: usize| fds[i].revents & (libc::POLLIN | libc::POLLERR) != 0;
+        if let (true, Some(t)) = (ready(0), txs.as_mut()) {
+            t.run(shared, tun)?;
         }
-
-        if fds[1].revents & (libc::POLLIN | libc::POLLERR) != 0 {
-            for _ in 0..BATCH {
-                let (n, from) = match transport.recv_from(&mut rx_buf) {
-                    Ok(r) => r,
-                    Err(e) if would_block(&e) => break,
-                    Err(e) => {
-                        // ICMP errors surface here (e.g. port unreachable while
-                        // the peer restarts); they are not fatal.
-                        io_counters.recv_errors += 1;
-                        log::debug!("receive failed: {e}");
-                        break;
-                    }
-                };
-                if let Some(range) = device.decapsulate(&mut rx_buf, n, from, &t, &mut control) {
-                    if let Err(e) = tun.write(&rx_buf[range]) {
-                        io_counters.tun_write_errors += 1;
-                        log::debug!("TUN write failed: {e}");
-                    }
-                }
-                send_control(&mut control, &mut io_counters);
-            }
+        if let (true, Some(r)) = (ready(1), rxs.as_mut()) {
+            r.run(shared, tun);
         }
-
-        if t.now.duration_since(last_tick) >= TICK {
-            last_tick = t.now;
-            device.tick(&t, &mut control);
-            send_control(&mut control, &mut io_counters);
-            status.publish(Status::snapshot(
-                &device,
-                io_counters.clone(),
-                started,
-                t.now,
-            ));
+        if rx {
+            let now = Instant::now();
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                let t = time_now();
+                let mut control = Vec::new();
+                let snapshot = {
+                    let mut dev = shared.lock();
+                    dev.tick(&t, &mut control);
+                    Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now)
+                };
+                shared.send_control(&mut control);
+                shared.status.publish(Status {
+                    dataplane: shared.info.clone(),
+                    ..snapshot
+                });
+            }
         }
     }
     Ok(())
+}
+
+/// Buffers of the TUN → network direction.
+struct TxState {
+    scratch: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    outcomes: Vec<Outcome>,
+    gso: Vec<u8>,
+    control: Vec<Datagram>,
+    batch: usize,
+    max_segments: usize,
+}
+
+impl TxState {
+    fn new(batch: usize, max_segments: usize) -> TxState {
+        let slots = MAX_SPLIT.max(batch);
+        TxState {
+            scratch: vec![0u8; READ_SCRATCH],
+            bufs: vec![vec![0u8; HEADROOM + MAX_FRAME + TAILROOM]; slots],
+            sizes: vec![0; slots],
+            outcomes: Vec::with_capacity(slots),
+            gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
+            control: Vec::new(),
+            batch,
+            max_segments: max_segments.max(1),
+        }
+    }
+
+    /// Reads a batch from the TUN device, seals it, sends it.
+    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) -> io::Result<()> {
+        // With offload one read is a batch (a split super-packet); without,
+        // up to `batch` reads of one packet each.
+        let mut n = 0;
+        let reads = if tun.offload() { 1 } else { self.batch };
+        for _ in 0..reads {
+            match tun.read_batch(
+                &mut self.scratch,
+                &mut self.bufs[n..],
+                &mut self.sizes[n..],
+                HEADROOM,
+            ) {
+                Ok(k) => n += k,
+                Err(e) if would_block(&e) => break,
+                Err(e) => {
+                    // A malformed super-packet is the kernel's doing and rare;
+                    // a broken descriptor shows up as EBADF and ends the loop.
+                    if e.raw_os_error() == Some(libc::EBADF) {
+                        return Err(e);
+                    }
+                    log::debug!("TUN read: {e}");
+                    break;
+                }
+            }
+            if n >= self.bufs.len() {
+                break;
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let t = time_now();
+        self.outcomes.clear();
+        {
+            let mut dev = shared.lock();
+            for i in 0..n {
+                let o = dev.encapsulate(&mut self.bufs[i], self.sizes[i], &t, &mut self.control);
+                self.outcomes.push(o);
+            }
+        }
+        self.send(shared);
+        shared.send_control(&mut self.control);
+        Ok(())
+    }
+
+    /// Sends sealed frames, grouping runs of equal size to one peer into GSO
+    /// sends (a shorter frame may end a run).
+    fn send(&mut self, shared: &Shared<'_>) {
+        let mut run: Option<(std::net::SocketAddr, usize, usize)> = None; // (to, segment, count)
+        self.gso.clear();
+        for (i, o) in self.outcomes.iter().enumerate() {
+            let Outcome::Send { to, len } = *o else {
+                continue;
+            };
+            let frame = &self.bufs[i][..len];
+            match run {
+                Some((rto, seg, count)) if rto == to && len <= seg && count < self.max_segments => {
+                    self.gso.extend_from_slice(frame);
+                    // A shorter frame must be the run's last.
+                    run = (len == seg).then_some((rto, seg, count + 1));
+                    if run.is_none() {
+                        flush(shared, rto, &self.gso, seg);
+                        self.gso.clear();
+                    }
+                }
+                _ => {
+                    if let Some((rto, seg, _)) = run.take() {
+                        flush(shared, rto, &self.gso, seg);
+                        self.gso.clear();
+                    }
+                    self.gso.extend_from_slice(frame);
+                    run = Some((to, len, 1));
+                }
+            }
+        }
+        if let Some((to, seg, _)) = run {
+            flush(shared, to, &self.gso, seg);
+        }
+    }
+}
+
+fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, contents: &[u8], seg: usize) {
+    if contents.is_empty() {
+        return;
+    }
+    if let Err(e) = shared.transport.send(to, contents, seg) {
+        shared.io.send_errors.fetch_add(1, Ordering::Relaxed);
+        log::debug!("send to {to} failed: {e}");
+    }
+}
+
+/// Buffers of the network → TUN direction.
+struct RxState {
+    bufs: Vec<Vec<u8>>,
+    got: Vec<Received>,
+    /// Inner packets found in `bufs`: (buffer, range).
+    inner: Vec<(usize, Range<usize>)>,
+    out: Vec<Vec<u8>>,
+    gro: tun_rs::GROTable,
+    control: Vec<Datagram>,
+}
+
+impl RxState {
+    fn new(gro_segments: usize) -> RxState {
+        // A GRO train holds up to `gro_segments` frames of one flow.
+        let slot = if gro_segments > 1 {
+            65_536
+        } else {
+            MAX_FRAME + 64
+        };
+        RxState {
+            bufs: vec![vec![0u8; slot]; MAX_RECV_BATCH],
+            got: vec![Received::default(); MAX_RECV_BATCH],
+            inner: Vec::with_capacity(MAX_RECV_BATCH * 64),
+            out: (0..TUN_WRITE_BATCH)
+                .map(|_| Vec::with_capacity(TUN_WRITE_OFFSET + MAX_FRAME))
+                .collect(),
+            gro: tun_rs::GROTable::default(),
+            control: Vec::new(),
+        }
+    }
+
+    /// Receives a batch, opens it, writes the inner packets to the TUN device.
+    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) {
+        let n = {
+            let mut slices: [IoSliceMut<'_>; MAX_RECV_BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            for (s, b) in slices.iter_mut().zip(self.bufs.iter_mut()) {
+                *s = IoSliceMut::new(b);
+            }
+            match shared.transport.recv(&mut slices, &mut self.got) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return,
+                Err(e) => {
+                    // ICMP errors surface here (e.g. port unreachable while
+                    // the peer restarts); they are not fatal.
+                    shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("receive failed: {e}");
+                    return;
+                }
+            }
+        };
+        let t = time_now();
+        self.inner.clear();
+        {
+            let mut dev = shared.lock();
+            for (b, r) in self.got[..n].iter().enumerate() {
+                let cap = self.bufs[b].len();
+                let buf = &mut self.bufs[b][..r.len.min(cap)];
+                let mut off = 0;
+                while off < buf.len() {
+                    let end = (off + r.stride).min(buf.len());
+                    let frame = &mut buf[off..end];
+                    let len = frame.len();
+                    if let Some(range) = dev.decapsulate(frame, len, r.from, &t, &mut self.control)
+                    {
+                        self.inner.push((b, off + range.start..off + range.end));
+                    }
+                    off = end;
+                }
+            }
+        }
+        shared.send_control(&mut self.control);
+        for chunk in self.inner.chunks(TUN_WRITE_BATCH) {
+            for ((b, range), out) in chunk.iter().zip(self.out.iter_mut()) {
+                out.clear();
+                out.resize(TUN_WRITE_OFFSET, 0);
+                out.extend_from_slice(&self.bufs[*b][range.clone()]);
+            }
+            if let Err(e) = tun.write_batch(
+                &mut self.gro,
+                &mut self.out[..chunk.len()],
+                TUN_WRITE_OFFSET,
+            ) {
+                shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("TUN write failed: {e}");
+            }
+        }
+    }
 }

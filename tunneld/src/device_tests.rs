@@ -40,6 +40,11 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
         control_socket: PathBuf::from("/nonexistent"),
         socket_buffer: 1 << 20,
         mss_clamp: true,
+        dataplane: crate::config::DataplaneConfig {
+            offload: true,
+            batch: 64,
+            workers: 1,
+        },
         rekey_after_time: Duration::from_secs(120),
         rekey_after_bytes: 1 << 30,
         peers: vec![PeerConfig {

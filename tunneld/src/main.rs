@@ -131,9 +131,10 @@ fn run(path: &std::path::Path) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
     }
-    let transport = UdpTransport::bind(cfg.listen, cfg.socket_buffer)
+    let dp = cfg.dataplane;
+    let transport = UdpTransport::bind(cfg.listen, cfg.socket_buffer, dp.offload, dp.batch)
         .with_context(|| format!("binding UDP {}", cfg.listen))?;
-    let tun = Tun::create(&cfg.interface.name)?;
+    let tun = Tun::create(&cfg.interface.name, dp.offload)?;
     let routes: Vec<_> = cfg
         .peers
         .iter()
@@ -159,7 +160,7 @@ fn run(path: &std::path::Path) -> Result<()> {
         cfg.interface.mtu
     );
     let device = Device::new(&cfg);
-    tunneld::dataplane::run(device, &tun, &transport, &status, &shutdown)
+    tunneld::dataplane::run(device, &tun, &transport, dp, &status, &shutdown)
         .context("data path failed")?;
     log::info!("shutting down: removing {}", cfg.interface.name);
     Ok(())

@@ -1,31 +1,37 @@
-//! The TUN device: open and name it (`IFF_TUN | IFF_NO_PI`, non-blocking),
-//! bring it up with its MTU and addresses, and install routes for the peers'
-//! allowed prefixes. The device is not persistent: when the file descriptor is
-//! closed (clean exit or crash) the kernel removes it and every route through it.
+//! The TUN device: create it (via tun-rs, with IFF_VNET_HDR TSO/GRO offload
+//! when asked and available), bring it up with its MTU and addresses, and
+//! install routes for the peers' allowed prefixes. The device is not
+//! persistent: when the last descriptor closes (clean exit or crash) the kernel
+//! removes it and every route through it.
 //!
-//! Addresses and routes are set with iproute2's `ip`, which every gateway has;
-//! the one ioctl we need (TUNSETIFF) is the only `unsafe` here.
+//! With offload on, one read returns a TCP super-packet of up to 64 KiB that
+//! tun-rs splits into MTU-sized packets (checksums filled in), each placed at
+//! an offset in its own buffer so the frame header can be written in front of
+//! it; one write takes a batch of packets that tun-rs coalesces back into
+//! super-packets per TCP flow (GRO). Addresses and routes are set with
+//! iproute2's `ip`, which every gateway has.
 
 use crate::prefix::Prefix;
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
+use tun_rs::{DeviceBuilder, GROTable, SyncDevice};
 
-/// `_IOW('T', 202, int)` from linux/if_tun.h.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TUN: libc::c_short = 0x0001;
-const IFF_NO_PI: libc::c_short = 0x1000;
+/// Bytes the vnet header takes in front of a packet written with offload;
+/// write offsets must be at least this.
+pub const VNET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+/// Scratch space for one raw read: vnet header plus the largest super-packet.
+pub const READ_SCRATCH: usize = VNET_HDR_LEN + 65_535;
+/// Most packets one super-packet splits into: 64 KiB of payload at the
+/// smallest MSS the kernel emits for TSO (~536 bytes) is 123 segments.
+pub const MAX_SPLIT: usize = 128;
 
 /// Why the device could not be created or configured.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
-    /// /dev/net/tun could not be opened (module missing, no CAP_NET_ADMIN).
-    #[error("cannot open /dev/net/tun: {0} (tunneld needs root or CAP_NET_ADMIN)")]
-    Open(io::Error),
-    /// The kernel refused the interface (name in use by a non-TUN device, no permission).
-    #[error("cannot create TUN interface {name}: {source}")]
+    /// The kernel refused the interface (no /dev/net/tun, no CAP_NET_ADMIN,
+    /// name in use by a non-TUN device).
+    #[error("cannot create TUN interface {name}: {source} (tunneld needs root or CAP_NET_ADMIN)")]
     Create { name: String, source: io::Error },
     /// An `ip` command failed; carries its arguments and error output.
     #[error("`ip {args}` failed: {stderr}")]
@@ -36,59 +42,54 @@ pub enum TunError {
 }
 
 /// An open TUN interface.
-#[derive(Debug)]
 pub struct Tun {
-    file: File,
+    dev: SyncDevice,
     name: String,
+    offload: bool,
 }
 
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
+impl std::fmt::Debug for Tun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tun")
+            .field("name", &self.name)
+            .field("offload", &self.offload)
+            .finish()
+    }
 }
 
 impl Tun {
-    /// Creates (or attaches to) the TUN interface `name`, non-blocking.
-    pub fn create(name: &str) -> Result<Tun, TunError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(TunError::Open)?;
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
-            _pad: [0; 22],
+    /// Creates the TUN interface `name`, non-blocking; with `offload`, asks
+    /// for TSO/GRO and falls back (logged) when the kernel refuses.
+    pub fn create(name: &str, offload: bool) -> Result<Tun, TunError> {
+        let err = |source| TunError::Create {
+            name: name.to_string(),
+            source,
         };
-        let bytes = name.as_bytes();
-        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
-            return Err(TunError::Create {
-                name: name.to_string(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "bad interface name length"),
-            });
-        }
-        req.name[..bytes.len()].copy_from_slice(bytes);
-        // SAFETY: the fd is open for the duration of the call and `req` is a
-        // properly sized, initialised `struct ifreq` that outlives it.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-        if rc < 0 {
-            return Err(TunError::Create {
-                name: name.to_string(),
-                source: io::Error::last_os_error(),
-            });
+        let dev = DeviceBuilder::new()
+            .name(name)
+            .offload(offload)
+            .build_sync()
+            .map_err(err)?;
+        dev.set_nonblocking(true).map_err(err)?;
+        let active = offload && dev.tcp_gso();
+        if offload && !active {
+            log::warn!("TUN offload (IFF_VNET_HDR TSO) unavailable: one packet per read");
         }
         Ok(Tun {
-            file,
+            dev,
             name: name.to_string(),
+            offload: active,
         })
     }
 
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether reads return super-packets and writes coalesce (TSO/GRO).
+    pub fn offload(&self) -> bool {
+        self.offload
     }
 
     /// Sets the MTU, brings the link up, adds `addresses`, and routes each of
@@ -116,20 +117,35 @@ impl Tun {
         Ok(())
     }
 
-    /// Reads one packet; `WouldBlock` when none is queued.
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        io::Read::read(&mut &self.file, buf)
+    /// Reads what is queued: one packet, or one super-packet split into
+    /// several. Packet `i` lands at `bufs[i][offset..offset + sizes[i]]`.
+    /// `WouldBlock` when nothing is queued.
+    pub fn read_batch(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.dev.recv_multiple(scratch, bufs, sizes, offset)
     }
 
-    /// Writes one packet.
-    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        io::Write::write(&mut &self.file, buf)
+    /// Writes packets held at `bufs[i][offset..]` (each Vec ends where its
+    /// packet ends), coalescing TCP flows when offload is on. `offset` must
+    /// be at least [`VNET_HDR_LEN`].
+    pub fn write_batch(
+        &self,
+        gro: &mut GROTable,
+        bufs: &mut [Vec<u8>],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.dev.send_multiple(gro, bufs, offset)
     }
 }
 
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.dev.as_raw_fd()
     }
 }
 

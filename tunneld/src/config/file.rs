@@ -42,6 +42,16 @@ pub const MIN_REKEY_BYTES: u64 = 64 << 10;
 /// Persistent keepalive bounds.
 pub const KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
+/// Default packets per batch: 64 segments carry one 64 KiB TCP super-packet
+/// at a 1420-byte MTU, and keep one batch's buffers (~100 KiB) in L2 cache.
+pub const DEFAULT_BATCH: u64 = 64;
+/// Largest batch: the most segments a UDP GSO send may carry is 64 on older
+/// kernels and 128 since 5.x; beyond that batching buys nothing.
+pub const BATCH_RANGE: std::ops::RangeInclusive<u64> = 1..=128;
+/// Default data-path threads: one per direction.
+pub const DEFAULT_WORKERS: u64 = 2;
+/// Worker counts the data path supports (a loop for both directions, or one per direction).
+pub const WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=2;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Peer names appear in metrics labels and logs; keep them short.
@@ -113,6 +123,9 @@ pub struct TunnelFile {
     /// Rekey thresholds.
     #[serde(default)]
     pub rekey: RekeyFile,
+    /// Data-path performance knobs.
+    #[serde(default)]
+    pub dataplane: DataplaneFile,
     /// The remote gateways (at least one).
     #[serde(deserialize_with = "de_peers")]
     pub peers: Vec<PeerFile>,
@@ -131,6 +144,35 @@ pub struct InterfaceFile {
     /// Tunnel MTU.
     #[serde(default = "default_mtu", deserialize_with = "de_mtu")]
     pub mtu: u16,
+}
+
+/// `dataplane:` — the knobs that tunbench sweeps. Defaults are tuned for a
+/// gateway moving multi-Gbit/s of TCP on a few cores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneFile {
+    /// TUN TSO/GRO (IFF_VNET_HDR) and UDP GSO/GRO, each probed at start with
+    /// a logged fallback.
+    #[serde(default = "default_true")]
+    pub offload: bool,
+    /// Packets moved per system call batch (recvmmsg, GSO segments, TUN
+    /// super-packet segments): 1..=128.
+    #[serde(default = "default_batch")]
+    pub batch: u64,
+    /// Data-path threads: 1 (one loop for both directions) or 2 (one per
+    /// direction).
+    #[serde(default = "default_workers")]
+    pub workers: u64,
+}
+
+impl Default for DataplaneFile {
+    fn default() -> Self {
+        DataplaneFile {
+            offload: true,
+            batch: DEFAULT_BATCH,
+            workers: DEFAULT_WORKERS,
+        }
+    }
 }
 
 /// `rekey:`.
@@ -184,6 +226,12 @@ pub struct PeerFile {
 
 fn default_true() -> bool {
     true
+}
+fn default_batch() -> u64 {
+    DEFAULT_BATCH
+}
+fn default_workers() -> u64 {
+    DEFAULT_WORKERS
 }
 fn default_mtu() -> u16 {
     DEFAULT_MTU

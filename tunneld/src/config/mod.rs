@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{
-    InterfaceFile, Kind, PeerFile, RekeyFile, TunnelFile, DEFAULT_MTU, DEFAULT_REKEY_BYTES,
-    DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER, IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN,
-    MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, SOCKET_BUFFER_RANGE,
+    DataplaneFile, InterfaceFile, Kind, PeerFile, RekeyFile, TunnelFile, BATCH_RANGE,
+    DEFAULT_BATCH, DEFAULT_MTU, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER,
+    DEFAULT_WORKERS, IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN,
+    MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, SOCKET_BUFFER_RANGE, WORKERS_RANGE,
 };
 
 use crate::keys::{KeyError, PrivateKey, PublicKey};
@@ -99,12 +100,25 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Clamp TCP MSS of SYNs to fit the tunnel MTU.
     pub mss_clamp: bool,
+    /// Data-path knobs (offload, batch, workers).
+    pub dataplane: DataplaneConfig,
     /// Rekey after this time with one session key.
     pub rekey_after_time: Duration,
     /// Rekey after this many bytes with one session key.
     pub rekey_after_bytes: u64,
     /// Remote gateways (at least one).
     pub peers: Vec<PeerConfig>,
+}
+
+/// Checked data-path knobs (see [`file::DataplaneFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// TUN and UDP segmentation/receive offloads.
+    pub offload: bool,
+    /// Packets per system-call batch.
+    pub batch: usize,
+    /// Data-path threads.
+    pub workers: usize,
 }
 
 /// The TUN device settings.
@@ -434,6 +448,23 @@ pub fn check(
         Some(p) => base_dir.join(p),
         None => PathBuf::from(format!("/run/tunneld/{}.sock", iface.name)),
     };
+    let dp = &raw.dataplane;
+    for (field, v, range) in [
+        ("dataplane.batch", dp.batch, file::BATCH_RANGE),
+        ("dataplane.workers", dp.workers, file::WORKERS_RANGE),
+    ] {
+        if !range.contains(&v) {
+            return Err(cx.invalid(
+                field.into(),
+                format!("{v} is out of range {}..={}", range.start(), range.end()),
+            ));
+        }
+    }
+    let dataplane = DataplaneConfig {
+        offload: dp.offload,
+        batch: dp.batch as usize,
+        workers: dp.workers as usize,
+    };
     let socket_buffer = usize::try_from(raw.socket_buffer.0)
         .map_err(|_| cx.invalid("socket_buffer".into(), "too large for this platform".into()))?;
 
@@ -451,6 +482,7 @@ pub fn check(
         control_socket,
         socket_buffer,
         mss_clamp: raw.mss_clamp,
+        dataplane,
         rekey_after_time: raw.rekey.after_time.0,
         rekey_after_bytes: raw.rekey.after_bytes.0,
         peers: raw

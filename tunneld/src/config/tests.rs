@@ -487,6 +487,11 @@ fn round_trip_generated_config() {
         control_socket: Some("/tmp/x.sock".into()),
         socket_buffer: Size(16 << 20),
         mss_clamp: false,
+        dataplane: DataplaneFile {
+            offload: false,
+            batch: 1,
+            workers: 1,
+        },
         rekey: RekeyFile {
             after_time: Span(Duration::from_millis(1500)),
             after_bytes: Size(1 << 20),
