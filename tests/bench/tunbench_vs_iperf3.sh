@@ -7,6 +7,9 @@
 # Usage (as root, after `cargo build --release -p tunbench`):
 #   tests/bench/tunbench_vs_iperf3.sh            # REPS=5 TIME=5 OMIT=1 UDP_RATE=1G
 #   REPS=7 TIME=10 tests/bench/tunbench_vs_iperf3.sh
+#   LIMIT=3gbit CASES="tcp-1 tcp-4" tests/bench/tunbench_vs_iperf3.sh
+# LIMIT puts a tbf rate limit on the client's veth egress, so that the path (not the
+# tools' CPU use) is the bottleneck: then both tools must read the same rate.
 # Needs: ip (iproute2), iperf3, python3. A benchmark, not a test: it prints numbers.
 set -euo pipefail
 
@@ -15,6 +18,8 @@ TIME=${TIME:-5}
 OMIT=${OMIT:-1}
 UDP_RATE=${UDP_RATE:-1G}
 UDP_SIZE=${UDP_SIZE:-1400}
+LIMIT=${LIMIT:-}
+RUN_CASES=${CASES:-tcp-1 tcp-4 udp}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TB=${TUNBENCH:-$ROOT/target/release/tunbench}
 IPERF3=${IPERF3:-/usr/bin/iperf3}
@@ -47,6 +52,10 @@ for ns in "$NA" "$NB"; do
     ip -n "$ns" link set lo up
     ip -n "$ns" link set ve0 up
 done
+
+if [ -n "$LIMIT" ]; then
+    ip netns exec "$NA" tc qdisc add dev ve0 root tbf rate "$LIMIT" burst 1mb latency 20ms
+fi
 
 ip netns exec "$NB" "$IPERF3" -s -p 5201 >/dev/null 2>&1 &
 PIDS+=($!)
@@ -91,7 +100,7 @@ declare -A CASES=(
     [udp]="udp"
 )
 printf "%-6s %14s %14s %8s   %14s %14s   %s\n" case iperf3_rx tunbench_rx ratio iperf3_tx tunbench_tx "loss% iperf3/tunbench"
-for c in tcp-1 tcp-4 udp; do
+for c in $RUN_CASES; do
     ia=(); ta=(); isx=(); tsx=(); il=(); tl=()
     for r in $(seq 1 "$REPS"); do
         if [ "$c" = udp ]; then
@@ -118,4 +127,4 @@ g = lambda v: f'{v/1e9:.3f} Gbit/s'
 print(f'{c:<6} {g(mi):>14} {g(mt):>14} {mt/mi:8.3f}   {g(mis):>14} {g(mts):>14}   {mil:.2f}/{mtl:.2f}')
 " "$c" "$mi" "$mt" "$mis" "$mts" "$mil" "$mtl"
 done
-echo "(medians of $REPS runs, ${TIME}s measured after ${OMIT}s warm-up; rx = receiver goodput, tx = sender rate)"
+echo "(medians of $REPS runs, ${TIME}s measured after ${OMIT}s warm-up; rx = receiver goodput, tx = sender rate${LIMIT:+; path limited by tbf $LIMIT})"
