@@ -25,16 +25,20 @@ fn engine_across_namespaces() {
     if !have_root() {
         return;
     }
-    let mut lab = Lab::new("engine").expect("lab");
+    let lab = Lab::new("engine").expect("lab");
     let a = lab.add_ns("a").expect("namespace a");
     let b = lab.add_ns("b").expect("namespace b");
     lab.link(&a, "ve0", &b, "ve0").expect("veth pair");
-    lab.ip(&a, &["addr", "add", "198.18.0.1/24", "dev", "ve0"]).expect("address a");
-    lab.ip(&b, &["addr", "add", "198.18.0.2/24", "dev", "ve0"]).expect("address b");
+    lab.ip(&a, &["addr", "add", "198.18.0.1/24", "dev", "ve0"])
+        .expect("address a");
+    lab.ip(&b, &["addr", "add", "198.18.0.2/24", "dev", "ve0"])
+        .expect("address b");
 
     // Threads spawned from the setns()'d thread stay in namespace b.
     let server = lab
-        .run_in(&b, || Server::bind("198.18.0.2:5301".parse().expect("addr")).map(|s| s.spawn()))
+        .run_in(&b, || {
+            Server::bind("198.18.0.2:5301".parse().expect("addr")).map(|s| s.spawn())
+        })
         .expect("run in b")
         .expect("server binds in b");
 
@@ -59,13 +63,20 @@ fn engine_across_namespaces() {
             .run_in(&a, move || engine::run_client(&spec))
             .expect("run in a")
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let rec = server.next_record(Duration::from_secs(30)).expect("server record");
+        let rec = server
+            .next_record(Duration::from_secs(30))
+            .expect("server record");
         assert!(r.complete, "{what}: {:?}", r.error);
         assert!(rec.error.is_none(), "{what}: {:?}", rec.error);
         let d = &r.directions[0];
         assert_eq!(d.measured_by, MeasuredBy::Receiver);
         assert!(d.bytes > 0, "{what}");
-        let iv: u64 = d.intervals.iter().filter(|i| !i.omitted).map(|i| i.bytes).sum();
+        let iv: u64 = d
+            .intervals
+            .iter()
+            .filter(|i| !i.omitted)
+            .map(|i| i.bytes)
+            .sum();
         assert_eq!(iv, d.bytes, "{what}");
         match d.flow {
             Flow::ClientToServer => {

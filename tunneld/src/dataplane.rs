@@ -44,6 +44,10 @@ pub use crate::tun::MAX_SPLIT as MAX_TUN_SPLIT;
 pub const TICK: Duration = Duration::from_millis(50);
 /// Largest frame: an inner packet of the largest TUN MTU plus our overhead.
 const MAX_FRAME: usize = 9000 + OVERHEAD;
+/// Most bytes one GSO send may carry: the whole train is one UDP datagram to
+/// the kernel until it is segmented, so it must fit a UDP length (65,507
+/// bytes over IPv4, less over IPv6 with extension headers).
+const MAX_GSO_BYTES: usize = 65_000;
 /// Offset of inner packets in the buffers written to the TUN device: room
 /// for the vnet header tun-rs writes in front of each.
 const TUN_WRITE_OFFSET: usize = VNET_HDR_LEN;
@@ -313,7 +317,12 @@ impl TxState {
             };
             let frame = &self.bufs[i][..len];
             match run {
-                Some((rto, seg, count)) if rto == to && len <= seg && count < self.max_segments => {
+                Some((rto, seg, count))
+                    if rto == to
+                        && len <= seg
+                        && count < self.max_segments
+                        && self.gso.len() + len <= MAX_GSO_BYTES =>
+                {
                     self.gso.extend_from_slice(frame);
                     // A shorter frame must be the run's last.
                     run = (len == seg).then_some((rto, seg, count + 1));

@@ -168,17 +168,9 @@ impl ServerHandle {
     }
 
     fn stop(&mut self) {
+        // The accept loop polls the flag (its listener may live in another
+        // network namespace, where a wake-up connection could not reach it).
         self.shared.shutdown.store(true, Ordering::Relaxed);
-        // Wake the blocking accept.
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(if wake.is_ipv4() {
-                [127, 0, 0, 1].into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -193,10 +185,24 @@ impl Drop for ServerHandle {
     }
 }
 
+/// How often a waiting accept loop looks at the shutdown flag; also the
+/// most a new connection waits to be accepted.
+const ACCEPT_POLL: Duration = Duration::from_millis(10);
+
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        log::warn!("listener: {e}");
+    }
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if shared.shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
             Err(e) => {
                 if shared.shutdown.load(Ordering::Relaxed) {
                     return;
