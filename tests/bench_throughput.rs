@@ -25,8 +25,20 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Receiver-side TCP throughput host-a → host-b in bit/s.
-fn measure(dc: &DcPair, streams: u32, secs: u64) -> f64 {
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Receiver-side TCP throughput host-a → host-b in bit/s, and the bytes
+/// carried in the whole test (warm-up included, for CPU cost per GB).
+fn measure(dc: &DcPair, streams: u32, secs: u64) -> (f64, u64) {
     let lab = &dc.lab;
     let server = lab
         .run_in(&dc.host_b, || {
@@ -45,8 +57,8 @@ fn measure(dc: &DcPair, streams: u32, secs: u64) -> f64 {
     drop(server);
     r.directions
         .first()
-        .map(|d| d.bits_per_second)
-        .unwrap_or(0.0)
+        .map(|d| (d.bits_per_second, d.receiver_bytes_total.unwrap_or(d.bytes)))
+        .unwrap_or((0.0, 0))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -97,25 +109,31 @@ fn tunnel_vs_raw() {
             Some(json!({"offload": true, "batch": 64, "workers": 1})),
         ),
     ];
-    let mut results: Vec<(String, Vec<f64>, Vec<f64>)> = rows
+    type Row = (String, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut results: Vec<Row> = rows
         .iter()
-        .map(|(n, _)| (n.to_string(), vec![], vec![]))
+        .map(|(n, _)| (n.to_string(), vec![], vec![], vec![]))
         .collect();
     // Alternate the rows within each repetition so drift hits all alike.
     for rep in 0..reps {
         for (i, (name, knobs)) in rows.iter().enumerate() {
-            let (one, many) = match knobs {
+            let (one, many, cpu_per_gb) = match knobs {
                 None => {
                     let dc = dc_pair("bench-raw", false).expect("dc_pair");
                     dc.route_lans_directly().expect("raw routes");
-                    (measure(&dc, 1, secs), measure(&dc, streams, secs))
+                    (measure(&dc, 1, secs).0, measure(&dc, streams, secs).0, 0.0)
                 }
                 Some(k) => {
                     let tl = tunnel("bench-tun", k.clone());
-                    let r = (measure(&tl.dc, 1, secs), measure(&tl.dc, streams, secs));
+                    let pids: Vec<u32> = [&tl.a, &tl.b].iter().filter_map(|t| t.pid).collect();
+                    let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+                    let (one, b1) = measure(&tl.dc, 1, secs);
+                    let cpu1: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+                    let (many, _) = measure(&tl.dc, streams, secs);
                     let st = tl.status(Side::A).expect("status");
                     eprintln!("  {name}: dataplane {}", st["dataplane"]);
-                    r
+                    // Both gateways' CPU for the 1-stream test, per GB carried.
+                    (one, many, (cpu1 - cpu0) / (b1.max(1) as f64 / 1e9))
                 }
             };
             eprintln!(
@@ -125,20 +143,32 @@ fn tunnel_vs_raw() {
             );
             results[i].1.push(one);
             results[i].2.push(many);
+            results[i].3.push(cpu_per_gb);
         }
     }
     let raw1 = median(results[0].1.clone());
     let rawn = median(results[0].2.clone());
-    println!("\n| system | 1 stream | {streams} streams | % of raw (1 / {streams}) |");
-    println!("|---|---|---|---|");
-    for (name, one, many) in &results {
-        let (m1, mn) = (median(one.clone()), median(many.clone()));
+    println!(
+        "\n| system | 1 stream | {streams} streams | % of raw (1 / {streams}) | CPU s per GB (both gateways) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, one, many, cpu) in &results {
+        let (m1, mn, c) = (
+            median(one.clone()),
+            median(many.clone()),
+            median(cpu.clone()),
+        );
         println!(
-            "| {name} | {:.0} Mbit/s | {:.0} Mbit/s | {:.0}% / {:.0}% |",
+            "| {name} | {:.0} Mbit/s | {:.0} Mbit/s | {:.0}% / {:.0}% | {} |",
             m1 / 1e6,
             mn / 1e6,
             100.0 * m1 / raw1,
-            100.0 * mn / rawn
+            100.0 * mn / rawn,
+            if c > 0.0 {
+                format!("{c:.2}")
+            } else {
+                "kernel".into()
+            }
         );
     }
 }

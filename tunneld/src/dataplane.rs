@@ -32,7 +32,7 @@ use crate::transport::{Received, Transport, MAX_RECV_BATCH};
 use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
 use std::io::{self, IoSliceMut};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -183,34 +183,24 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let mut txs = do_tx.then(|| TxState::new(shared.knobs.batch, shared.transport.max_segments()));
     let mut rxs = rx.then(|| RxState::new(shared.transport.gro_segments()));
     let mut last_tick = Instant::now() - TICK;
+    let mut idle = false;
     while !shared.shutdown.load(Ordering::Relaxed) {
-        let mut fds = [libc::pollfd {
-            fd: -1,
-            events: libc::POLLIN,
-            revents: 0,
-        }; 2];
-        if do_tx {
-            fds[0].fd = tun.as_raw_fd();
+        // Poll only once both directions ran dry: under load the loop goes
+        // from batch to batch without a poll(2) in between.
+        if idle {
+            wait_readable(
+                do_tx.then(|| tun.as_raw_fd()),
+                rx.then(|| shared.transport.as_raw_fd()),
+            )?;
         }
-        if rx {
-            fds[1].fd = shared.transport.as_raw_fd();
+        let mut did = false;
+        if let Some(t) = txs.as_mut() {
+            did |= t.run(shared, tun)?;
         }
-        // SAFETY: `fds` is a valid array of two pollfd structs for the call;
-        // negative fds are ignored by poll(2).
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, TICK.as_millis() as libc::c_int) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        if let Some(r) = rxs.as_mut() {
+            did |= r.run(shared, tun);
         }
-        let ready = |i: usize| fds[i].revents & (libc::POLLIN | libc::POLLERR) != 0;
-        if let (true, Some(t)) = (ready(0), txs.as_mut()) {
-            t.run(shared, tun)?;
-        }
-        if let (true, Some(r)) = (ready(1), rxs.as_mut()) {
-            r.run(shared, tun);
-        }
+        idle = !did;
         if rx {
             let now = Instant::now();
             if now.duration_since(last_tick) >= TICK {
@@ -228,6 +218,25 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                     ..snapshot
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until one of the descriptors is readable, at most [`TICK`].
+fn wait_readable(a: Option<RawFd>, b: Option<RawFd>) -> io::Result<()> {
+    let mut fds = [a, b].map(|fd| libc::pollfd {
+        fd: fd.unwrap_or(-1),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a valid array of two pollfd structs for the call;
+    // negative fds are ignored by poll(2).
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, TICK.as_millis() as libc::c_int) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
     Ok(())
@@ -260,8 +269,9 @@ impl TxState {
         }
     }
 
-    /// Reads a batch from the TUN device, seals it, sends it.
-    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) -> io::Result<()> {
+    /// Reads a batch from the TUN device, seals it, sends it. Returns
+    /// whether there was anything to read.
+    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) -> io::Result<bool> {
         // With offload one read is a batch (a split super-packet); without,
         // up to `batch` reads of one packet each.
         let mut n = 0;
@@ -290,7 +300,7 @@ impl TxState {
             }
         }
         if n == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let t = time_now();
         self.outcomes.clear();
@@ -303,7 +313,7 @@ impl TxState {
         }
         self.send(shared);
         shared.send_control(&mut self.control);
-        Ok(())
+        Ok(true)
     }
 
     /// Sends sealed frames, grouping runs of equal size to one peer into GSO
@@ -388,8 +398,9 @@ impl RxState {
         }
     }
 
-    /// Receives a batch, opens it, writes the inner packets to the TUN device.
-    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) {
+    /// Receives a batch, opens it, writes the inner packets to the TUN
+    /// device. Returns whether there was anything to receive.
+    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) -> bool {
         let n = {
             let mut slices: [IoSliceMut<'_>; MAX_RECV_BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(&mut []));
@@ -398,13 +409,13 @@ impl RxState {
             }
             match shared.transport.recv(&mut slices, &mut self.got) {
                 Ok(n) => n,
-                Err(e) if would_block(&e) => return,
+                Err(e) if would_block(&e) => return false,
                 Err(e) => {
                     // ICMP errors surface here (e.g. port unreachable while
                     // the peer restarts); they are not fatal.
                     shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
                     log::debug!("receive failed: {e}");
-                    return;
+                    return true;
                 }
             }
         };
@@ -444,5 +455,6 @@ impl RxState {
                 log::debug!("TUN write failed: {e}");
             }
         }
+        true
     }
 }
