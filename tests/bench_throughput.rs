@@ -93,20 +93,20 @@ fn tunnel_vs_raw() {
     let rows: Vec<(&str, Option<Value>)> = vec![
         ("raw veth (ceiling)", None),
         (
-            "tunneld (offload, batch 64, workers 2)",
-            Some(json!({"offload": true, "batch": 64, "workers": 2})),
+            "tunneld defaults (offload, batch 64, workers 1)",
+            Some(json!({"offload": true, "batch": 64, "workers": 1})),
         ),
         (
             "tunneld offload off",
-            Some(json!({"offload": false, "batch": 64, "workers": 2})),
+            Some(json!({"offload": false, "batch": 64, "workers": 1})),
         ),
         (
             "tunneld batch 1",
-            Some(json!({"offload": true, "batch": 1, "workers": 2})),
+            Some(json!({"offload": true, "batch": 1, "workers": 1})),
         ),
         (
-            "tunneld workers 1",
-            Some(json!({"offload": true, "batch": 64, "workers": 1})),
+            "tunneld workers 2",
+            Some(json!({"offload": true, "batch": 64, "workers": 2})),
         ),
     ];
     type Row = (String, Vec<f64>, Vec<f64>, Vec<f64>);

@@ -120,19 +120,33 @@ impl UdpTransport {
 /// quinn-udp turns UDP_GRO on opportunistically; `offload: false` turns it off.
 fn disable_gro(sock: &UdpSocket) {
     const UDP_GRO: libc::c_int = 104;
-    let off: libc::c_int = 0;
-    // SAFETY: valid socket fd, pointer to a live c_int and its size.
+    if let Err(e) = setsockopt_int(sock.as_raw_fd(), libc::SOL_UDP, UDP_GRO, 0) {
+        log::debug!("UDP_GRO off: {e}");
+    }
+}
+
+/// `setsockopt` for an `int`-valued option.
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    val: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `fd` is an open socket for the duration of the call, and the
+    // pointer and length describe a live c_int.
     let rc = unsafe {
         libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_GRO,
-            &off as *const libc::c_int as *const libc::c_void,
+            fd,
+            level,
+            opt,
+            &val as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc != 0 {
-        log::debug!("UDP_GRO off: {}", io::Error::last_os_error());
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -140,23 +154,14 @@ fn disable_gro(sock: &UdpSocket) {
 /// logs what the kernel granted.
 fn set_buffers(sock: &Socket, bytes: usize) {
     let val = bytes.min(i32::MAX as usize) as libc::c_int;
+    let fd = sock.as_raw_fd();
     for (force, plain, name) in [
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "send"),
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "receive"),
     ] {
-        let set = |opt| {
-            // SAFETY: valid socket fd, pointer to a live c_int and its size.
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &val as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            }
-        };
-        if set(force) != 0 && set(plain) != 0 {
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, val).is_err()
+            && setsockopt_int(fd, libc::SOL_SOCKET, plain, val).is_err()
+        {
             log::warn!("cannot set the UDP {name} buffer to {bytes} bytes");
         }
     }

@@ -48,8 +48,11 @@ pub const DEFAULT_BATCH: u64 = 64;
 /// Largest batch: the most segments a UDP GSO send may carry is 64 on older
 /// kernels and 128 since 5.x; beyond that batching buys nothing.
 pub const BATCH_RANGE: std::ops::RangeInclusive<u64> = 1..=128;
-/// Default data-path threads: one per direction.
-pub const DEFAULT_WORKERS: u64 = 2;
+/// Default data-path threads: one loop for both directions. Both workers
+/// seal and open under the device lock, so a second thread only overlaps
+/// system calls; on the 2-core lab hosts one loop moves as much with less
+/// CPU (docs/performance.md).
+pub const DEFAULT_WORKERS: u64 = 1;
 /// Worker counts the data path supports (a loop for both directions, or one per direction).
 pub const WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=2;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
