@@ -1,0 +1,278 @@
+//! Latency probes: UDP ping-pong (one probe outstanding at a time) between the
+//! client and a per-test echo socket on the server, recorded in an hdrhistogram.
+//! Run once on the idle path before the load and again during the measured window.
+
+use crate::engine::stats::UdpHeader;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::io::ErrorKind;
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A probe without an answer after this long is lost.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest RTT the histogram holds (60 s, in ns); larger values are clamped.
+const MAX_RTT_NS: u64 = 60_000_000_000;
+
+/// Percentiles of one probe phase, microseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Probes answered.
+    pub samples: u64,
+    /// Probes without an answer within 1 s.
+    pub lost: u64,
+    /// Minimum RTT.
+    pub min_us: f64,
+    /// Mean RTT.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Maximum RTT.
+    pub max_us: f64,
+}
+
+/// Idle and loaded latency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyResult {
+    /// Probe kind, `udp-ping-pong`.
+    pub method: String,
+    /// Before the load started.
+    pub idle: Option<LatencySummary>,
+    /// During the measured window of the load.
+    pub loaded: Option<LatencySummary>,
+}
+
+/// Recorded RTTs of one phase.
+#[derive(Debug)]
+pub struct Phase {
+    hist: Option<Histogram<u64>>,
+    lost: u64,
+}
+
+impl Phase {
+    /// An empty phase.
+    pub fn new() -> Self {
+        Phase {
+            // 3 significant digits over 1 ns..60 s: fixed, bounded memory.
+            hist: Histogram::new_with_bounds(1, MAX_RTT_NS, 3).ok(),
+            lost: 0,
+        }
+    }
+
+    /// Records one RTT.
+    pub fn record(&mut self, rtt: Duration) {
+        let ns = (rtt.as_nanos() as u64).clamp(1, MAX_RTT_NS);
+        if let Some(h) = self.hist.as_mut() {
+            let _ = h.record(ns);
+        }
+    }
+
+    /// Records a lost probe.
+    pub fn record_lost(&mut self) {
+        self.lost += 1;
+    }
+
+    /// Percentiles, or `None` if nothing was probed.
+    pub fn summary(&self) -> Option<LatencySummary> {
+        let h = self.hist.as_ref()?;
+        if h.is_empty() && self.lost == 0 {
+            return None;
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let empty = h.is_empty();
+        let q = |p: f64| {
+            if empty {
+                0.0
+            } else {
+                us(h.value_at_quantile(p))
+            }
+        };
+        Some(LatencySummary {
+            samples: h.len(),
+            lost: self.lost,
+            min_us: if empty { 0.0 } else { us(h.min()) },
+            mean_us: if empty { 0.0 } else { h.mean() / 1000.0 },
+            p50_us: q(0.50),
+            p90_us: q(0.90),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: if empty { 0.0 } else { us(h.max()) },
+        })
+    }
+}
+
+impl Default for Phase {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Echoes probes of test `test_id` until `stop`.
+pub fn echo_loop(sock: UdpSocket, test_id: u32, stop: Arc<AtomicBool>) {
+    let mut buf = [0u8; 2048];
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+    while !stop.load(Ordering::Relaxed) {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let ok = matches!(UdpHeader::decode(&buf[..n]), Some(h) if h.test_id == test_id && h.flags == UdpHeader::PROBE);
+                if ok {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Sends probes every `interval` on a connected socket until `end` (or `stop`).
+/// Only probes sent inside `[count_from, end)` are recorded.
+pub fn probe(
+    sock: &UdpSocket,
+    test_id: u32,
+    size: usize,
+    interval: Duration,
+    count_from: Instant,
+    end: Instant,
+    stop: &AtomicBool,
+) -> Phase {
+    let mut phase = Phase::new();
+    let mut out = vec![0u8; size.max(UdpHeader::LEN)];
+    let mut inb = [0u8; 2048];
+    let base = Instant::now();
+    let mut seq = 0u64;
+    let mut next = Instant::now();
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let sent_at = Instant::now();
+        let h = UdpHeader {
+            seq,
+            send_ns: sent_at.duration_since(base).as_nanos() as u64,
+            test_id,
+            stream: 0,
+            flags: UdpHeader::PROBE,
+        };
+        h.encode(&mut out);
+        let counted = sent_at >= count_from;
+        if sock.send(&out).is_err() {
+            if counted {
+                phase.record_lost();
+            }
+        } else {
+            let give_up = sent_at + PROBE_TIMEOUT;
+            loop {
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    if counted {
+                        phase.record_lost();
+                    }
+                    break;
+                }
+                let _ = sock.set_read_timeout(Some(left));
+                match sock.recv(&mut inb) {
+                    Ok(n) => {
+                        let now = Instant::now();
+                        if matches!(UdpHeader::decode(&inb[..n]), Some(r) if r.seq == seq && r.test_id == test_id)
+                        {
+                            if counted {
+                                phase.record(now - sent_at);
+                            }
+                            break;
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::Interrupted) => {}
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(_) => {
+                        if counted {
+                            phase.record_lost();
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                        break;
+                    }
+                }
+            }
+        }
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    phase
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_from_known_samples() {
+        let mut p = Phase::new();
+        for us in 1..=1000u64 {
+            p.record(Duration::from_micros(us));
+        }
+        p.record_lost();
+        let s = p.summary().expect("has samples");
+        assert_eq!(s.samples, 1000);
+        assert_eq!(s.lost, 1);
+        assert!((s.min_us - 1.0).abs() < 0.01, "{s:?}");
+        assert!((s.p50_us - 500.0).abs() < 1.0, "{s:?}");
+        assert!((s.p99_us - 990.0).abs() < 1.0, "{s:?}");
+        assert!((s.max_us - 1000.0).abs() < 1.0, "{s:?}");
+        assert!(Phase::new().summary().is_none());
+    }
+
+    #[test]
+    fn probes_over_loopback_echo() {
+        let echo = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = echo.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let t = std::thread::spawn(move || echo_loop(echo, 42, s2));
+        let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        c.connect(addr).expect("connect");
+        let now = Instant::now();
+        let never = AtomicBool::new(false);
+        let p = probe(
+            &c,
+            42,
+            64,
+            Duration::from_millis(5),
+            now,
+            now + Duration::from_millis(200),
+            &never,
+        );
+        // Wrong test id: the echo ignores it, so every probe is lost.
+        let q = probe(
+            &c,
+            43,
+            64,
+            Duration::from_millis(100),
+            now,
+            Instant::now() + Duration::from_millis(50),
+            &never,
+        );
+        stop.store(true, Ordering::Relaxed);
+        let _ = t.join();
+        let s = p.summary().expect("samples");
+        assert!(s.samples >= 5, "{s:?}");
+        assert_eq!(s.lost, 0);
+        assert!(s.min_us > 0.0 && s.min_us <= s.p50_us && s.p50_us <= s.max_us);
+        let sq = q.summary().expect("lost counted");
+        assert_eq!((sq.samples, sq.lost), (0, 1));
+    }
+}
