@@ -80,7 +80,7 @@ pub fn tcp_spec(s: &Scenario, streams: u32, latency: bool) -> TestSpec {
 /// Runs `spec` from host-a; CPU of `pids` is read around it.
 pub fn run_test(dc: &DcPair, spec: &TestSpec, pids: &[u32]) -> TestFigures {
     let before = cpu_total(pids);
-    let res = dc.lab.run_in(&dc.host_a, || engine::run_client(spec));
+    let res = run_client_retrying(dc, spec);
     let after = cpu_total(pids);
     let mut f = TestFigures {
         streams: spec.params.parallel,
@@ -125,6 +125,30 @@ pub fn run_test(dc: &DcPair, spec: &TestSpec, pids: &[u32]) -> TestFigures {
         }
     }
     f
+}
+
+/// How long a new test waits for the server to finish the previous one (it
+/// tears a test down on its own threads after the client has its result).
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs a client in host-a, retrying while the server still finishes the
+/// previous test.
+fn run_client_retrying(
+    dc: &DcPair,
+    spec: &TestSpec,
+) -> crate::topo::Result<Result<engine::TestResult, engine::EngineError>> {
+    let start = std::time::Instant::now();
+    loop {
+        let r = dc.lab.run_in(&dc.host_a, || engine::run_client(spec))?;
+        match &r {
+            Err(engine::EngineError::Rejected(m))
+                if m.contains("busy") && start.elapsed() < BUSY_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            _ => return Ok(r),
+        }
+    }
 }
 
 /// Ping RTT across the raw path.
@@ -206,9 +230,7 @@ pub fn udp_rate_check(dc: &DcPair, rate: u64) -> Result<(f64, f64), String> {
         window: Some(8 << 20),
         ..TestParams::default()
     };
-    let r = dc
-        .lab
-        .run_in(&dc.host_a, || engine::run_client(&spec))
+    let r = run_client_retrying(dc, &spec)
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let d = r
