@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the comparison tunnels `tunbench lab` can run beside tunneld
 # (Debian packages). Idempotent: installs only what is missing.
-#   - IPsec baseline: strongSwan IKEv2 with kernel-libipsec (userspace ESP),
+#   - IPsec baseline: strongSwan IKEv2 with kernel-libipsec (userspace ESP;
+#     openssl/gcm/aesni/curve25519 plugins come from libstrongswan-*-plugins),
 #     used where the kernel has no ESP (kernel ESP needs no package: ip xfrm).
 #   - wireguard-go + wireguard-tools (`wg`).
 #   - iputils-ping (emulated RTT check), iproute2 (ip, tc), procps.
@@ -9,6 +10,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(iproute2 iputils-ping procps
       strongswan-charon strongswan-swanctl libcharon-extra-plugins
+      libstrongswan-standard-plugins libstrongswan-extra-plugins
       wireguard-go wireguard-tools)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

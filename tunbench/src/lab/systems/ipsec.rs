@@ -16,6 +16,10 @@ use crate::topo::{DcPair, GW_A_WAN_V4, GW_B_WAN_V4, LAN_A_V4, LAN_B_V4};
 const CHARON: &str = "/usr/lib/ipsec/charon";
 /// The kernel-libipsec plugin from libcharon-extra-plugins.
 const LIBIPSEC_PLUGIN: &str = "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so";
+/// AES-GCM and SHA-2 via OpenSSL, from libstrongswan-standard-plugins.
+const OPENSSL_PLUGIN: &str = "/usr/lib/ipsec/plugins/libstrongswan-openssl.so";
+/// X25519 for IKE, from libstrongswan-extra-plugins.
+const X25519_PLUGIN: &str = "/usr/lib/ipsec/plugins/libstrongswan-curve25519.so";
 /// Plugins charon loads (5.9.8 needs `kdf` listed explicitly).
 const CHARON_LOAD: &str = "random nonce openssl aesni aes gcm sha1 sha2 hmac kdf pem pkcs1 \
 x509 pubkey curve25519 kernel-libipsec kernel-netlink socket-default vici";
@@ -144,6 +148,8 @@ impl Strongswan {
             (!Path::new(CHARON).exists()).then_some("strongswan-charon"),
             swanctl.is_none().then_some("strongswan-swanctl"),
             (!Path::new(LIBIPSEC_PLUGIN).exists()).then_some("libcharon-extra-plugins"),
+            (!Path::new(OPENSSL_PLUGIN).exists()).then_some("libstrongswan-standard-plugins"),
+            (!Path::new(X25519_PLUGIN).exists()).then_some("libstrongswan-extra-plugins"),
         ]
         .into_iter()
         .flatten()
