@@ -129,7 +129,11 @@ pub fn lab_cmd(a: &LabArgs) -> anyhow::Result<ExitCode> {
         if removed.is_empty() {
             println!("no leftovers of crashed runs");
         } else {
-            println!("removed {} namespace(s): {}", removed.len(), removed.join(" "));
+            println!(
+                "removed {} namespace(s): {}",
+                removed.len(),
+                removed.join(" ")
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -183,7 +187,10 @@ pub fn wan_emu_cmd(a: &WanEmuArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
     };
     let stats = wanemu::run(&args, stop, || {
-        println!("wan-emu ready: {} <-> {} {:?}", args.if_a, args.if_b, args.params);
+        println!(
+            "wan-emu ready: {} <-> {} {:?}",
+            args.if_a, args.if_b, args.params
+        );
     })?;
     let json = serde_json::to_string(&stats).context("serializing counters")?;
     println!("{json}");

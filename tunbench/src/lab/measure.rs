@@ -171,7 +171,21 @@ pub fn ping(dc: &DcPair, count: u32) -> Result<PingFigures, String> {
     let c = count.to_string();
     let out = dc
         .lab
-        .exec(&dc.host_a, "ping", &["-n", "-q", "-c", &c, "-i", "0.05", "-W", "2", &HOST_B_V4.to_string()])
+        .exec(
+            &dc.host_a,
+            "ping",
+            &[
+                "-n",
+                "-q",
+                "-c",
+                &c,
+                "-i",
+                "0.05",
+                "-W",
+                "2",
+                &HOST_B_V4.to_string(),
+            ],
+        )
         .map_err(|e| format!("ping: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     parse_ping(&text, count).ok_or_else(|| format!("ping gave no RTT summary: {}", text.trim()))
@@ -209,6 +223,8 @@ pub fn parse_ping(text: &str, sent: u32) -> Option<PingFigures> {
 /// UDP payload per datagram of the rate check; 42 bytes of Ethernet, IPv4
 /// and UDP headers make a 1442-byte frame.
 pub const UDP_CHECK_LEN: u32 = 1400;
+/// Above this rate the link is checked with TCP instead of UDP.
+pub const UDP_CHECK_MAX_RATE: u64 = 800_000_000;
 /// Frame bytes per datagram of the rate check.
 pub const UDP_CHECK_FRAME: u32 = UDP_CHECK_LEN + 42;
 

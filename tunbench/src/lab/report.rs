@@ -35,12 +35,14 @@ pub struct LinkFigures {
     pub ping: Option<PingFigures>,
     /// Why the ping check failed.
     pub ping_error: Option<String>,
-    /// UDP rate check: receiver payload rate, bit/s.
+    /// Rate check: receiver payload rate, bit/s.
     pub udp_payload_bps: Option<f64>,
     /// The same as frame bytes on the wire (comparable to the configured rate).
     pub udp_wire_bps: Option<f64>,
     /// UDP rate check: loss seen by the receiver, percent.
     pub udp_loss_percent: Option<f64>,
+    /// How the rate was checked: `udp-125-percent` or `tcp-4-streams`.
+    pub rate_check: Option<String>,
     /// Why the rate check failed or was skipped.
     pub rate_note: Option<String>,
     /// Userspace emulator counters over the whole run.
@@ -195,7 +197,12 @@ pub fn measured_row(
             .filter(|l| l.samples > 0)
             .map(|l| (l.p50_us / 1e3, l.p99_us / 1e3))
     };
-    let cpu = median(&loaded.iter().filter_map(|t| t.cpu_s_per_gb).collect::<Vec<_>>());
+    let cpu = median(
+        &loaded
+            .iter()
+            .filter_map(|t| t.cpu_s_per_gb)
+            .collect::<Vec<_>>(),
+    );
     let status = if throughput.is_empty() {
         RowStatus::Failed
     } else {
@@ -303,6 +310,11 @@ fn link_lines(report: &LabReport) -> Vec<String> {
         _ => {}
     }
     match (l.udp_wire_bps, &l.rate_note) {
+        (Some(w), _) if l.rate_check.as_deref() == Some("tcp-4-streams") => v.push(format!(
+            "measured rate (4 TCP streams, raw path, a lower bound): {} on the wire ({} goodput)",
+            rate(w),
+            rate(l.udp_payload_bps.unwrap_or(0.0)),
+        )),
         (Some(w), _) => v.push(format!(
             "measured rate (UDP at 125%, raw path): {} on the wire ({} payload, {:.2}% lost)",
             rate(w),
@@ -328,7 +340,11 @@ pub fn render_table(report: &LabReport) -> String {
         }
     }
     let mut out = String::new();
-    let _ = writeln!(out, "scenario {}: {}", report.scenario.name, report.scenario.description);
+    let _ = writeln!(
+        out,
+        "scenario {}: {}",
+        report.scenario.name, report.scenario.description
+    );
     for l in link_lines(report) {
         let _ = writeln!(out, "  {l}");
     }

@@ -135,21 +135,25 @@ impl WanLink {
         match (&netem, w.emulator) {
             (Ok(()), _) => {
                 for port in [&port_a, &port_b] {
-                    let mut args: Vec<String> =
-                        ["qdisc", "add", "dev", port.as_str(), "root"].map(String::from).to_vec();
+                    let mut args: Vec<String> = ["qdisc", "add", "dev", port.as_str(), "root"]
+                        .map(String::from)
+                        .to_vec();
                     args.extend(netem_args(w));
                     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-                    dc.lab.exec(&wan_ns, "tc", &refs).map_err(|e| LabError::Wan(e.to_string())).and_then(|o| {
-                        if o.status.success() {
-                            Ok(())
-                        } else {
-                            Err(LabError::Wan(format!(
-                                "tc {}: {}",
-                                args.join(" "),
-                                String::from_utf8_lossy(&o.stderr).trim()
-                            )))
-                        }
-                    })?;
+                    dc.lab
+                        .exec(&wan_ns, "tc", &refs)
+                        .map_err(|e| LabError::Wan(e.to_string()))
+                        .and_then(|o| {
+                            if o.status.success() {
+                                Ok(())
+                            } else {
+                                Err(LabError::Wan(format!(
+                                    "tc {}: {}",
+                                    args.join(" "),
+                                    String::from_utf8_lossy(&o.stderr).trim()
+                                )))
+                            }
+                        })?;
                 }
                 return Ok(WanLink {
                     kind: EmulatorKind::Netem,
@@ -159,7 +163,9 @@ impl WanLink {
                 });
             }
             (Err(why), EmulatorChoice::Netem) => {
-                return Err(LabError::Wan(format!("the profile asks for netem, but {why}")))
+                return Err(LabError::Wan(format!(
+                    "the profile asks for netem, but {why}"
+                )))
             }
             _ => {}
         }

@@ -57,20 +57,38 @@ impl KernelEsp {
         let k2 = format!("0x{}", random_hex(36).map_err(|e| e.to_string())?);
         let state = |src: &str, dst: &str, spi: &str, reqid: &str, key: &str| -> Vec<String> {
             [
-                "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", spi,
-                "reqid", reqid, "mode", "tunnel", "aead", "rfc4106(gcm(aes))", key, "128",
+                "xfrm",
+                "state",
+                "add",
+                "src",
+                src,
+                "dst",
+                dst,
+                "proto",
+                "esp",
+                "spi",
+                spi,
+                "reqid",
+                reqid,
+                "mode",
+                "tunnel",
+                "aead",
+                "rfc4106(gcm(aes))",
+                key,
+                "128",
             ]
             .map(String::from)
             .to_vec()
         };
-        let policy = |sel_src: &str, sel_dst: &str, dir: &str, src: &str, dst: &str, reqid: &str| {
-            [
-                "xfrm", "policy", "add", "src", sel_src, "dst", sel_dst, "dir", dir, "tmpl", "src",
-                src, "dst", dst, "proto", "esp", "reqid", reqid, "mode", "tunnel",
-            ]
-            .map(String::from)
-            .to_vec()
-        };
+        let policy =
+            |sel_src: &str, sel_dst: &str, dir: &str, src: &str, dst: &str, reqid: &str| {
+                [
+                    "xfrm", "policy", "add", "src", sel_src, "dst", sel_dst, "dir", dir, "tmpl",
+                    "src", src, "dst", dst, "proto", "esp", "reqid", reqid, "mode", "tunnel",
+                ]
+                .map(String::from)
+                .to_vec()
+            };
         let run = |ns: &str, args: Vec<String>| -> Result<(), String> {
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             dc.lab.ip(ns, &refs).map(|_| ()).map_err(|e| e.to_string())
@@ -213,24 +231,53 @@ impl Strongswan {
                 me.stop(dc);
                 return Err(NotRun::Failed(format!(
                     "{e}; charon log:\n{}",
-                    super::tail(&std::fs::read_to_string(dir.join("charon.log")).unwrap_or_default(), 20)
+                    super::tail(
+                        &std::fs::read_to_string(dir.join("charon.log")).unwrap_or_default(),
+                        20
+                    )
                 )));
             }
             vicis.push((vici, swan, conf, dir));
         }
         for (vici, swan, conf, _) in &vicis {
             let uri = format!("unix://{}", vici.display());
-            if let Err(e) = swanctl_run(&swanctl, conf, &["--load-all", "--noprompt", "--uri", &uri, "--file", &swan.to_string_lossy()]) {
+            if let Err(e) = swanctl_run(
+                &swanctl,
+                conf,
+                &[
+                    "--load-all",
+                    "--noprompt",
+                    "--uri",
+                    &uri,
+                    "--file",
+                    &swan.to_string_lossy(),
+                ],
+            ) {
                 me.stop(dc);
                 return Err(NotRun::Failed(e));
             }
         }
         let (vici_a, _, conf_a, dir_a) = &vicis[0];
         let uri = format!("unix://{}", vici_a.display());
-        if let Err(e) = swanctl_run(&swanctl, conf_a, &["--initiate", "--child", "lan", "--timeout", "10", "--uri", &uri]) {
+        if let Err(e) = swanctl_run(
+            &swanctl,
+            conf_a,
+            &[
+                "--initiate",
+                "--child",
+                "lan",
+                "--timeout",
+                "10",
+                "--uri",
+                &uri,
+            ],
+        ) {
             let log = std::fs::read_to_string(dir_a.join("charon.log")).unwrap_or_default();
             me.stop(dc);
-            return Err(NotRun::Failed(format!("{e}\ncharon (gw-a) log:\n{}", super::tail(&log, 20))));
+            return Err(NotRun::Failed(format!(
+                "{e}\ncharon (gw-a) log:\n{}",
+                super::tail(&log, 20)
+            )));
         }
         Ok(me)
     }
@@ -268,7 +315,10 @@ fn wait_file(dc: &DcPair, pid: u32, path: &PathBuf) -> Result<(), String> {
             ));
         }
         if start.elapsed() > Duration::from_secs(10) {
-            return Err(format!("charon did not open {} within 10 s", path.display()));
+            return Err(format!(
+                "charon did not open {} within 10 s",
+                path.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

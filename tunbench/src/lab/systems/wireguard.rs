@@ -42,8 +42,26 @@ impl WireguardGo {
         let ifb = dc.lab.ifname("wgb").map_err(|e| fail(e.to_string()))?;
         let mut me = WireguardGo { pids: Vec::new() };
         let ends = [
-            (&dc.gw_a, &ifa, &fa, kb.public().to_base64(), GW_B_WAN_V4, "198.19.1.1/24", "198.19.1.2/32", LAN_B_V4),
-            (&dc.gw_b, &ifb, &fb, ka.public().to_base64(), GW_A_WAN_V4, "198.19.1.2/24", "198.19.1.1/32", LAN_A_V4),
+            (
+                &dc.gw_a,
+                &ifa,
+                &fa,
+                kb.public().to_base64(),
+                GW_B_WAN_V4,
+                "198.19.1.1/24",
+                "198.19.1.2/32",
+                LAN_B_V4,
+            ),
+            (
+                &dc.gw_b,
+                &ifb,
+                &fb,
+                ka.public().to_base64(),
+                GW_A_WAN_V4,
+                "198.19.1.2/24",
+                "198.19.1.1/32",
+                LAN_A_V4,
+            ),
         ];
         for (ns, ifname, key, peer, endpoint, addr, peer_inner, lan) in ends {
             let mut cmd = Command::new(&wggo);
@@ -60,13 +78,36 @@ impl WireguardGo {
                 let ep = format!("{endpoint}:{PORT}");
                 let port = PORT.to_string();
                 let keyf = key.to_string_lossy();
-                exec_ok(dc, ns, "wg", &[
-                    "set", ifname, "private-key", &keyf, "listen-port", &port, "peer", &peer,
-                    "endpoint", &ep, "allowed-ips", &allowed, "persistent-keepalive", "5",
-                ])?;
-                dc.lab.ip(ns, &["addr", "add", addr, "dev", ifname]).map_err(|e| e.to_string())?;
-                dc.lab.ip(ns, &["link", "set", ifname, "up"]).map_err(|e| e.to_string())?;
-                dc.lab.ip(ns, &["route", "add", lan, "dev", ifname]).map_err(|e| e.to_string())?;
+                exec_ok(
+                    dc,
+                    ns,
+                    "wg",
+                    &[
+                        "set",
+                        ifname,
+                        "private-key",
+                        &keyf,
+                        "listen-port",
+                        &port,
+                        "peer",
+                        &peer,
+                        "endpoint",
+                        &ep,
+                        "allowed-ips",
+                        &allowed,
+                        "persistent-keepalive",
+                        "5",
+                    ],
+                )?;
+                dc.lab
+                    .ip(ns, &["addr", "add", addr, "dev", ifname])
+                    .map_err(|e| e.to_string())?;
+                dc.lab
+                    .ip(ns, &["link", "set", ifname, "up"])
+                    .map_err(|e| e.to_string())?;
+                dc.lab
+                    .ip(ns, &["route", "add", lan, "dev", ifname])
+                    .map_err(|e| e.to_string())?;
                 Ok(())
             };
             if let Err(e) = setup() {
@@ -86,7 +127,10 @@ fn wait_sock(dc: &DcPair, pid: u32, sock: &Path) -> Result<(), String> {
             return Err(format!("wireguard-go exited during start-up ({st})"));
         }
         if start.elapsed() > Duration::from_secs(10) {
-            return Err(format!("wireguard-go did not open {} within 10 s", sock.display()));
+            return Err(format!(
+                "wireguard-go did not open {} within 10 s",
+                sock.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -94,7 +94,12 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setsockopt_int(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: fd is an open socket; the option value is a c_int on our stack
     // and its exact size is passed.
     cvt(unsafe {
@@ -207,7 +212,11 @@ pub fn frame_info(data: &[u8]) -> Option<FrameInfo> {
         });
     }
     // hdr_len is a hint some paths leave at 0: assume Ethernet + IPv4 + TCP.
-    let hdr = if hdr_len == 0 || hdr_len >= flen { 54 } else { hdr_len };
+    let hdr = if hdr_len == 0 || hdr_len >= flen {
+        54
+    } else {
+        hdr_len
+    };
     let payload = flen.saturating_sub(hdr);
     let segs = payload.div_ceil(gso_size).max(1);
     Some(FrameInfo {
@@ -416,8 +425,10 @@ fn recycle(pool: &mut Vec<Vec<u8>>, b: Vec<u8>) {
 /// Opens both ports, calls `ready` once they are open, and moves frames
 /// until `stop` is set; returns both directions' counters.
 pub fn run(args: &EmuArgs, stop: Arc<AtomicBool>, ready: impl FnOnce()) -> io::Result<EmuStats> {
-    let a = open_port(&args.if_a).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", args.if_a)))?;
-    let b = open_port(&args.if_b).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", args.if_b)))?;
+    let a = open_port(&args.if_a)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", args.if_a)))?;
+    let b = open_port(&args.if_b)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", args.if_b)))?;
     ready();
     let start = Instant::now();
     let ab = Link::new(args.params.clone(), args.seed);
@@ -458,7 +469,10 @@ mod tests {
     #[test]
     fn plain_and_arp_frames() {
         let i = frame_info(&frame([0; 10], 0x0800, 1514)).expect("frame");
-        assert_eq!((i.wire_bytes, i.segments, i.lossy, i.gso), (1514, 1, true, false));
+        assert_eq!(
+            (i.wire_bytes, i.segments, i.lossy, i.gso),
+            (1514, 1, true, false)
+        );
         let i = frame_info(&frame([0; 10], 0x0806, 60)).expect("frame");
         assert!(!i.lossy);
         assert!(frame_info(&[0u8; 15]).is_none());

@@ -376,7 +376,10 @@ mod tests {
             let now = i * 10_000;
             let due = l.admit(now, 100, 1, true).expect("no loss");
             assert!(due >= last, "frame {i} overtook");
-            assert!(due >= now + 8 * MS && due <= now + 12 * MS + 2 * MS, "{due}");
+            assert!(
+                due >= now + 8 * MS && due <= now + 12 * MS + 2 * MS,
+                "{due}"
+            );
             last = due;
         }
     }
@@ -390,9 +393,7 @@ mod tests {
         };
         let mut l = Link::new(params, 11);
         let n = 10_000;
-        let early = (0..n)
-            .filter(|_| l.admit(0, 100, 1, true) == Ok(0))
-            .count();
+        let early = (0..n).filter(|_| l.admit(0, 100, 1, true) == Ok(0)).count();
         assert!((2300..=2700).contains(&early), "{early}");
     }
 }
