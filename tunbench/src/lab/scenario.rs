@@ -238,6 +238,9 @@ pub struct TunneldSettings {
     /// TCP MSS clamping.
     #[serde(default = "yes")]
     pub mss_clamp: bool,
+    /// Data-path knobs (offload, batch, workers), as in the tunneld config.
+    #[serde(default)]
+    pub dataplane: tunneld::config::DataplaneFile,
 }
 
 impl Default for TunneldSettings {
@@ -247,6 +250,7 @@ impl Default for TunneldSettings {
             mtu: default_mtu(),
             socket_buffer: None,
             mss_clamp: true,
+            dataplane: tunneld::config::DataplaneFile::default(),
         }
     }
 }
@@ -371,8 +375,25 @@ impl Scenario {
                 ));
             }
         }
-        if s.tunneld.cipher == CipherKind::None {
-            // Allowed: the lab sets insecure_lab_only for it (framing cost only).
+        let dp = &s.tunneld.dataplane;
+        for (field, v, range) in [
+            (
+                "tunneld.dataplane.batch",
+                dp.batch,
+                tunneld::config::BATCH_RANGE,
+            ),
+            (
+                "tunneld.dataplane.workers",
+                dp.workers,
+                tunneld::config::WORKERS_RANGE,
+            ),
+        ] {
+            if !range.contains(&v) {
+                return Err(invalid(
+                    field,
+                    format!("{v} is out of range {}..={}", range.start(), range.end()),
+                ));
+            }
         }
         if s.test.duration.0 < crate::engine::spec::MIN_TIME {
             return Err(invalid(

@@ -116,6 +116,7 @@ pub fn tunnel_file(
             .socket_buffer
             .unwrap_or(Size(tunneld::config::DEFAULT_SOCKET_BUFFER)),
         mss_clamp: s.mss_clamp,
+        dataplane: s.dataplane.clone(),
         rekey: RekeyFile::default(),
         peers: vec![PeerFile {
             name: side.peer().letter().to_string(),
