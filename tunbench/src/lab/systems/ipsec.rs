@@ -89,9 +89,15 @@ impl KernelEsp {
                 .map(String::from)
                 .to_vec()
             };
+        // Error texts carry the failed command line; the SA keys are cut out
+        // so that they never reach logs or reports.
+        let keys = [k1.clone(), k2.clone()];
         let run = |ns: &str, args: Vec<String>| -> Result<(), String> {
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            dc.lab.ip(ns, &refs).map(|_| ()).map_err(|e| e.to_string())
+            dc.lab.ip(ns, &refs).map(|_| ()).map_err(|e| {
+                keys.iter()
+                    .fold(e.to_string(), |msg, k| msg.replace(k.as_str(), "<key>"))
+            })
         };
         // The probe: the first SA. Failure = no kernel ESP.
         if let Err(e) = run(&dc.gw_a, state(&a, &b, "0x1001", "1", &k1)) {
