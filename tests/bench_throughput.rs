@@ -131,7 +131,9 @@ fn tunnel_vs_raw() {
                     let cpu1: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
                     let (many, _) = measure(&tl.dc, streams, secs);
                     let st = tl.status(Side::A).expect("status");
+                    let sb = tl.status(Side::B).expect("status");
                     eprintln!("  {name}: dataplane {}", st["dataplane"]);
+                    eprintln!("    gw-a io {}\n    gw-b io {}", st["io"], sb["io"]);
                     // Both gateways' CPU for the 1-stream test, per GB carried.
                     (one, many, (cpu1 - cpu0) / (b1.max(1) as f64 / 1e9))
                 }

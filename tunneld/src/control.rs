@@ -30,6 +30,21 @@ pub struct IoCounters {
     pub recv_errors: u64,
     /// Packets the TUN device refused.
     pub tun_write_errors: u64,
+    /// TUN reads, and the inner packets they yielded (more packets than
+    /// reads: TSO super-packets were split).
+    pub tun_reads: u64,
+    pub tun_read_packets: u64,
+    /// Batched TUN writes, and the inner packets they carried (coalesced per
+    /// TCP flow when offload is on).
+    pub tun_writes: u64,
+    pub tun_write_packets: u64,
+    /// UDP send calls, and the frames they carried (more frames than calls: GSO).
+    pub udp_sends: u64,
+    pub udp_send_frames: u64,
+    /// UDP receive buffers, and the frames they held (more frames than
+    /// buffers: GRO).
+    pub udp_recv_buffers: u64,
+    pub udp_recv_frames: u64,
 }
 
 /// The data path's shape and which offloads are active (probed at start).
@@ -129,6 +144,22 @@ impl Status {
         ] {
             s.push_str(&format!(
                 "tunneld_io_errors_total{{interface=\"{iface}\",op=\"{op}\"}} {v}\n"
+            ));
+        }
+        s.push_str("# HELP tunneld_io_calls_total Data-path system calls by operation.\n# TYPE tunneld_io_calls_total counter\n");
+        s.push_str("# HELP tunneld_io_packets_total Packets moved by those calls (packets / calls = batching achieved).\n# TYPE tunneld_io_packets_total counter\n");
+        let io = &self.io;
+        for (op, calls, packets) in [
+            ("tun_read", io.tun_reads, io.tun_read_packets),
+            ("tun_write", io.tun_writes, io.tun_write_packets),
+            ("udp_send", io.udp_sends, io.udp_send_frames),
+            ("udp_recv", io.udp_recv_buffers, io.udp_recv_frames),
+        ] {
+            s.push_str(&format!(
+                "tunneld_io_calls_total{{interface=\"{iface}\",op=\"{op}\"}} {calls}\n"
+            ));
+            s.push_str(&format!(
+                "tunneld_io_packets_total{{interface=\"{iface}\",op=\"{op}\"}} {packets}\n"
             ));
         }
         let d = &self.dataplane;

@@ -46,7 +46,10 @@ pub const TICK: Duration = Duration::from_millis(50);
 const MAX_FRAME: usize = 9000 + OVERHEAD;
 /// Most bytes one GSO send may carry: the whole train is one UDP datagram to
 /// the kernel until it is segmented, so it must fit a UDP length (65,507
-/// bytes over IPv4, less over IPv6 with extension headers).
+/// bytes over IPv4, less over IPv6 with extension headers). A 64 KiB TCP
+/// super-packet grows past this once framed (48 segments × 32 bytes), so
+/// such a packet leaves in two sends. (Lowering the TUN's gso_max_size to
+/// avoid that turned TSO off on this kernel: measured, reverted.)
 const MAX_GSO_BYTES: usize = 65_000;
 /// Offset of inner packets in the buffers written to the TUN device: room
 /// for the vnet header tun-rs writes in front of each.
@@ -61,16 +64,37 @@ struct IoStats {
     send_errors: AtomicU64,
     recv_errors: AtomicU64,
     tun_write_errors: AtomicU64,
+    tun_reads: AtomicU64,
+    tun_read_packets: AtomicU64,
+    tun_writes: AtomicU64,
+    tun_write_packets: AtomicU64,
+    udp_sends: AtomicU64,
+    udp_send_frames: AtomicU64,
+    udp_recv_buffers: AtomicU64,
+    udp_recv_frames: AtomicU64,
 }
 
 impl IoStats {
     fn snapshot(&self) -> IoCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         IoCounters {
-            send_errors: self.send_errors.load(Ordering::Relaxed),
-            recv_errors: self.recv_errors.load(Ordering::Relaxed),
-            tun_write_errors: self.tun_write_errors.load(Ordering::Relaxed),
+            send_errors: get(&self.send_errors),
+            recv_errors: get(&self.recv_errors),
+            tun_write_errors: get(&self.tun_write_errors),
+            tun_reads: get(&self.tun_reads),
+            tun_read_packets: get(&self.tun_read_packets),
+            tun_writes: get(&self.tun_writes),
+            tun_write_packets: get(&self.tun_write_packets),
+            udp_sends: get(&self.udp_sends),
+            udp_send_frames: get(&self.udp_send_frames),
+            udp_recv_buffers: get(&self.udp_recv_buffers),
+            udp_recv_frames: get(&self.udp_recv_frames),
         }
     }
+}
+
+fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 /// What the workers share.
@@ -283,7 +307,11 @@ impl TxState {
                 &mut self.sizes[n..],
                 HEADROOM,
             ) {
-                Ok(k) => n += k,
+                Ok(k) => {
+                    n += k;
+                    add(&shared.io.tun_reads, 1);
+                    add(&shared.io.tun_read_packets, k);
+                }
                 Err(e) if would_block(&e) => break,
                 Err(e) => {
                     // A malformed super-packet is the kernel's doing and rare;
@@ -361,6 +389,11 @@ fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, contents: &[u8], seg: us
     if contents.is_empty() {
         return;
     }
+    add(&shared.io.udp_sends, 1);
+    add(
+        &shared.io.udp_send_frames,
+        contents.len().div_ceil(seg.max(1)),
+    );
     if let Err(e) = shared.transport.send(to, contents, seg) {
         shared.io.send_errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("send to {to} failed: {e}");
@@ -421,6 +454,14 @@ impl RxState {
         };
         let t = time_now();
         self.inner.clear();
+        add(&shared.io.udp_recv_buffers, n);
+        add(
+            &shared.io.udp_recv_frames,
+            self.got[..n]
+                .iter()
+                .map(|r| r.len.div_ceil(r.stride.max(1)))
+                .sum(),
+        );
         {
             let mut dev = shared.lock();
             for (b, r) in self.got[..n].iter().enumerate() {
@@ -446,6 +487,8 @@ impl RxState {
                 out.resize(TUN_WRITE_OFFSET, 0);
                 out.extend_from_slice(&self.bufs[*b][range.clone()]);
             }
+            add(&shared.io.tun_writes, 1);
+            add(&shared.io.tun_write_packets, chunk.len());
             if let Err(e) = tun.write_batch(
                 &mut self.gro,
                 &mut self.out[..chunk.len()],
