@@ -54,6 +54,12 @@ const MAX_GSO_BYTES: usize = 65_000;
 /// Offset of inner packets in the buffers written to the TUN device: room
 /// for the vnet header tun-rs writes in front of each.
 const TUN_WRITE_OFFSET: usize = VNET_HDR_LEN;
+/// Capacity of each TUN write buffer: tun-rs coalesces a TCP flow into its
+/// first buffer only while that buffer has room for the merged packet (and
+/// the vnet header twice), so a buffer sized for one frame would cap GRO at
+/// ~6 segments. Room for a full 64 KiB super-packet, and no more (an IP
+/// packet's length field cannot say more). Pages are touched only as used.
+const TUN_WRITE_CAPACITY: usize = 2 * TUN_WRITE_OFFSET + 65_535;
 /// Inner packets written to the TUN device per call (one RX batch of GRO
 /// trains can hold thousands; they are written in chunks of this many).
 const TUN_WRITE_BATCH: usize = 128;
@@ -424,7 +430,7 @@ impl RxState {
             got: vec![Received::default(); MAX_RECV_BATCH],
             inner: Vec::with_capacity(MAX_RECV_BATCH * 64),
             out: (0..TUN_WRITE_BATCH)
-                .map(|_| Vec::with_capacity(TUN_WRITE_OFFSET + MAX_FRAME))
+                .map(|_| Vec::with_capacity(TUN_WRITE_CAPACITY))
                 .collect(),
             gro: tun_rs::GROTable::default(),
             control: Vec::new(),
