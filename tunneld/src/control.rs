@@ -56,6 +56,8 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     pub counters: Counters,
     pub io: IoCounters,
+    /// Connection counters of the TCP and QUIC transports (zero on UDP).
+    pub transport: crate::transport::TransportCounters,
 }
 
 impl Status {

@@ -225,6 +225,7 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                 shared.send_control(&mut control);
                 shared.status.publish(Status {
                     dataplane: shared.info.clone(),
+                    transport: shared.transport.counters(),
                     ..snapshot
                 });
             }

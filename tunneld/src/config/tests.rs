@@ -492,6 +492,7 @@ fn round_trip_generated_config() {
             batch: 1,
             workers: 1,
         },
+        quic: None,
         rekey: RekeyFile {
             after_time: Span(Duration::from_millis(1500)),
             after_bytes: Size(1 << 20),
@@ -503,6 +504,8 @@ fn round_trip_generated_config() {
                 endpoint: Some("[fd00::2]:51820".parse().expect("addr")),
                 allowed_prefixes: vec!["198.18.2.0/24".parse().expect("p")],
                 keepalive: Some(Span(Duration::from_secs(25))),
+                transport: TransportKind::Tcp,
+                quic: None,
             },
             PeerFile {
                 name: "dc-c".into(),
@@ -510,6 +513,8 @@ fn round_trip_generated_config() {
                 endpoint: None,
                 allowed_prefixes: vec!["fd00:3::/64".parse().expect("p")],
                 keepalive: None,
+                transport: TransportKind::Udp,
+                quic: None,
             },
         ],
     };
