@@ -625,10 +625,11 @@ fn check_transports(
             .position(|p| p.transport == TransportKind::Udp)
         {
             let field = if q.port.is_some() {
-                "quic.port".to_string()
+                "quic.port"
             } else {
-                format!("peers[{i}].transport")
-            };
+                "quic"
+            }
+            .to_string();
             return Err(cx.invalid(
                 field,
                 format!(
