@@ -339,3 +339,72 @@ fn quic_wrong_certificate_is_refused() {
         "no tunnel without a matching certificate"
     );
 }
+
+#[test]
+fn quic_path_smaller_than_tunnel_mtu_answers_icmp_too_big() {
+    if !require_root() {
+        return;
+    }
+    let certs = Certs::new("tr-qmtu");
+    let tl = start("tr-qmtu", "quic", Some(&certs));
+    // Shrink the underlay below what a full-MTU QUIC datagram needs.
+    for ns in [&tl.dc.gw_a, &tl.dc.gw_b] {
+        let out = tl
+            .lab()
+            .exec(ns, "ip", &["link", "set", "dev", "wan0", "mtu", "1300"])
+            .expect("ip link");
+        assert!(out.status.success(), "set mtu: {out:?}");
+    }
+    let dst = topo::HOST_B_V4.to_string();
+    // Full-size DF packets: lost until quinn notices the black hole, then
+    // answered with "fragmentation needed" carrying the datagram limit.
+    let answer = wait_for(Duration::from_secs(30), "ICMP fragmentation needed", || {
+        let out = tl
+            .lab()
+            .exec(
+                &tl.dc.host_a,
+                "ping",
+                &["-c1", "-W1", "-n", "-M", "do", "-s", "1300", &dst],
+            )
+            .expect("ping");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(text.contains("mtu").then_some(text))
+    })
+    .expect("the tunnel answers too-big packets");
+    eprintln!("{answer}");
+    let mtu: u64 = answer
+        .split("mtu")
+        .nth(1)
+        .and_then(|r| {
+            r.trim_start_matches([' ', '=', '\t'])
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no MTU in: {answer}"));
+    assert!(mtu < 1300 && mtu >= 1100, "advertised MTU {mtu}");
+    // Packets within the advertised size still cross.
+    let small = (mtu - 28 - 8).to_string();
+    wait_for(
+        Duration::from_secs(10),
+        "pings of the advertised size",
+        || {
+            let out = tl
+                .lab()
+                .exec(
+                    &tl.dc.host_a,
+                    "ping",
+                    &["-c1", "-W1", "-n", "-M", "do", "-s", &small, &dst],
+                )
+                .expect("ping");
+            Ok(out.status.success().then_some(()))
+        },
+    )
+    .expect("pings below the advertised MTU");
+    drop(tl);
+    drop(certs);
+}

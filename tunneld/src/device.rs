@@ -209,6 +209,13 @@ impl Device {
             .collect()
     }
 
+    /// Where an inner packet would be sent (its peer's current endpoint),
+    /// without sealing it; `None` for unroutable or malformed packets.
+    pub fn endpoint_for(&self, packet: &[u8]) -> Option<SocketAddr> {
+        let dst = wire::inner_ip_info(packet).ok()?.dst;
+        self.peers[self.route(dst)?].endpoint
+    }
+
     fn route(&self, dst: IpAddr) -> Option<usize> {
         self.routes
             .iter()

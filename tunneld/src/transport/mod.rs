@@ -68,6 +68,17 @@ pub trait Transport: AsRawFd + Send + Sync {
     fn max_segments(&self) -> usize;
     /// Datagrams one received buffer may hold (1 without GRO).
     fn gro_segments(&self) -> usize;
+    /// `Some(n)` when frames to some peers are limited in size (QUIC
+    /// datagrams follow the path MTU): frames of up to `n` bytes always fit,
+    /// larger ones only up to [`Transport::max_frame`]. `None` (UDP, TCP):
+    /// no limit below the TUN MTU.
+    fn frame_floor(&self) -> Option<usize> {
+        None
+    }
+    /// The largest frame that can be sent to `to` now, if limited.
+    fn max_frame(&self, _to: SocketAddr) -> Option<usize> {
+        None
+    }
     /// Counters of the stream/connection transports (zero for plain UDP).
     fn counters(&self) -> TransportCounters {
         TransportCounters::default()

@@ -149,6 +149,14 @@ impl Transport for MultiTransport {
         self.udp.as_ref().map_or(1, |u| u.gro_segments())
     }
 
+    fn frame_floor(&self) -> Option<usize> {
+        self.quic.as_ref().and_then(|q| q.frame_floor())
+    }
+
+    fn max_frame(&self, to: SocketAddr) -> Option<usize> {
+        self.quic.as_ref().and_then(|q| q.max_frame(to))
+    }
+
     fn counters(&self) -> TransportCounters {
         let mut c = self.tcp.as_ref().map(|t| t.counters()).unwrap_or_default();
         if let Some(q) = &self.quic {

@@ -13,11 +13,15 @@
 //! authenticates the peer on its own; the pin keeps strangers from even
 //! holding a QUIC connection.
 //!
-//! Datagram size: quinn is told to use a UDP payload of at least
-//! `tun MTU + frame overhead + QUIC overhead` from the first packet on
-//! (`initial_mtu` = `min_mtu`), so every inner packet of the TUN MTU fits;
-//! a connection whose `max_datagram_size()` is smaller is logged, and frames
-//! that do not fit are dropped and counted (`quic_send_too_big`).
+//! Datagram size: quinn starts with a UDP payload of `tun MTU + frame
+//! overhead + QUIC overhead` (`initial_mtu`), so on a path that carries it
+//! every inner packet of the TUN MTU fits at once. On a smaller path quinn's
+//! black-hole detection falls back to 1200 bytes and its MTU discovery
+//! climbs to what the path carries; meanwhile [`Transport::max_frame`]
+//! tells the data path the current limit, and it answers inner packets that
+//! do not fit with ICMP "fragmentation needed" / "packet too big", so the
+//! inner hosts' path MTU discovery adapts. Frames that still reach quinn too
+//! big are dropped and counted (`quic_send_too_big`).
 
 use super::inbox::Inbox;
 use super::udp::set_buffers;
@@ -51,6 +55,9 @@ const CERT_NAME: &str = "tunneld";
 /// connection ID and a 4-byte packet number (25), AEAD tag (16), DATAGRAM
 /// frame type and length (9).
 pub const QUIC_OVERHEAD: usize = 50;
+/// The smallest datagram any QUIC path carries: 1200 bytes of UDP payload
+/// (QUIC's minimum) less [`QUIC_OVERHEAD`].
+pub const MIN_DATAGRAM: usize = 1200 - QUIC_OVERHEAD;
 /// Live QUIC connections at most.
 pub const MAX_CONNECTIONS: usize = 64;
 /// First redial delay; doubles up to [`BACKOFF_MAX`].
@@ -366,7 +373,6 @@ fn transport_config(s: &QuicSettings) -> Result<quinn::TransportConfig, QuicErro
     tc.max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(s.keepalive))
         .initial_mtu(need)
-        .min_mtu(need)
         .datagram_receive_buffer_size(Some(s.socket_buffer))
         .datagram_send_buffer_size(s.socket_buffer)
         .max_concurrent_bidi_streams(0u32.into())
@@ -697,6 +703,15 @@ impl Transport for QuicTransport {
 
     fn counters(&self) -> TransportCounters {
         self.inner.stats.snapshot()
+    }
+
+    fn frame_floor(&self) -> Option<usize> {
+        Some(MIN_DATAGRAM)
+    }
+
+    fn max_frame(&self, to: SocketAddr) -> Option<usize> {
+        let conns = self.inner.conns();
+        conns.get(&to)?.last()?.1.max_datagram_size()
     }
 }
 
