@@ -408,3 +408,83 @@ fn quic_path_smaller_than_tunnel_mtu_answers_icmp_too_big() {
     drop(tl);
     drop(certs);
 }
+
+/// Receiver-side TCP throughput host-a → host-b in bit/s (tunbench engine).
+fn measure(tl: &TunnelLab, streams: u32, secs: u64) -> f64 {
+    use tunbench::engine::{self, Server, TestSpec};
+    let dc = &tl.dc;
+    let server = dc
+        .lab
+        .run_in(&dc.host_b, || {
+            Server::bind((topo::HOST_B_V4, 5301).into()).map(|s| s.spawn())
+        })
+        .expect("run_in host-b")
+        .expect("server binds");
+    let mut spec = TestSpec::new(topo::HOST_B_V4.to_string(), 5301);
+    spec.params.parallel = streams;
+    spec.params.time = Duration::from_secs(secs);
+    spec.params.omit = Duration::from_secs(1);
+    let r = dc
+        .lab
+        .run_in(&dc.host_a, move || engine::run_client(&spec))
+        .expect("run_in host-a")
+        .expect("client run");
+    drop(server);
+    r.directions
+        .first()
+        .map(|d| d.bits_per_second)
+        .unwrap_or(0.0)
+}
+
+/// Throughput of udp, quic and tcp on the same topology in one run, as
+/// ratios to udp. A benchmark, run by hand (root):
+/// `cargo test --release -p e2e --test transports -- --ignored --nocapture`
+/// (`BENCH_TIME` seconds per measurement, default 5; `BENCH_REPS`, default 3).
+#[test]
+#[ignore = "benchmark: run by hand with --ignored --nocapture"]
+fn bench_transports() {
+    if !require_root() {
+        return;
+    }
+    let env = |n: &str, d: u64| {
+        std::env::var(n)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (secs, reps) = (env("BENCH_TIME", 5), env("BENCH_REPS", 3));
+    let kinds = ["udp", "quic", "tcp"];
+    let mut res: Vec<(Vec<f64>, Vec<f64>)> = vec![(vec![], vec![]); kinds.len()];
+    for rep in 0..reps {
+        for (i, kind) in kinds.iter().enumerate() {
+            let certs = (*kind == "quic").then(|| Certs::new("bench-q"));
+            let tl = start("bench-tr", kind, certs.as_ref());
+            let (one, four) = (measure(&tl, 1, secs), measure(&tl, 4, secs));
+            eprintln!(
+                "rep {rep} {kind}: 1 stream {:.2} Gbit/s, 4 streams {:.2} Gbit/s",
+                one / 1e9,
+                four / 1e9
+            );
+            res[i].0.push(one);
+            res[i].1.push(four);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (u1, u4) = (median(&res[0].0), median(&res[0].1));
+    println!("\n| transport | 1 stream | 4 streams | ratio to udp (1 / 4) |");
+    println!("|---|---|---|---|");
+    for (i, kind) in kinds.iter().enumerate() {
+        let (m1, m4) = (median(&res[i].0), median(&res[i].1));
+        println!(
+            "| {kind} | {:.0} Mbit/s | {:.0} Mbit/s | {:.2} / {:.2} |",
+            m1 / 1e6,
+            m4 / 1e6,
+            m1 / u1,
+            m4 / u4
+        );
+    }
+}

@@ -688,3 +688,18 @@ fn transport_rules_name_field_and_line() {
     );
     f.expect_err(&t, "quic.keepalive", "keepalive: 5s");
 }
+
+#[test]
+fn transport_example_profiles_parse() {
+    let f = fixture();
+    std::fs::copy(f.dir.0.join("a.key"), f.dir.0.join("gw-a.key")).expect("copy key");
+    let tcp = f
+        .parse(include_str!("../../../profiles/tunnel-tcp-example.yaml"))
+        .expect("tcp profile");
+    assert_eq!(tcp.peers[0].transport, TransportKind::Tcp);
+    let quic = f
+        .parse(include_str!("../../../profiles/tunnel-quic-example.yaml"))
+        .expect("quic profile");
+    assert_eq!(quic.peers[0].transport, TransportKind::Quic);
+    assert!(quic.quic.is_some());
+}
