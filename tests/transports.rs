@@ -223,6 +223,18 @@ fn end_to_end(kind: &str, tag: &str) {
             .expect("hostile TCP input counted");
             tl.wait_counter_above(Side::B, "drop_malformed", malformed, Duration::from_secs(5))
                 .expect("framed garbage dropped by the core");
+            let config = tl.b.config_path.display().to_string();
+            let out = tl
+                .lab()
+                .exec(
+                    &tl.dc.gw_b,
+                    &bin("tunneld").display().to_string(),
+                    &["status", "--prometheus", "--config", &config],
+                )
+                .expect("status --prometheus");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("transport=\"tcp\"} 1"), "{text}");
+            assert!(!text.contains("event=\"tcp_bad_length\"} 0"), "{text}");
         }
         "udp" => {
             tl.wait_counter_above(Side::B, "drop_malformed", malformed, Duration::from_secs(5))

@@ -14,7 +14,7 @@ use tunneld::transport::quic::{self, QuicPeer, QuicSettings};
 use tunneld::transport::{MultiTransport, QuicTransport, TcpTransport, Transport, UdpTransport};
 use tunneld::tun::Tun;
 
-/// Userspace site-to-site IP tunnel on Linux TUN devices (Noise IK + AES-256-GCM over UDP).
+/// Userspace site-to-site IP tunnel on Linux TUN devices (Noise IK + AES-256-GCM over UDP, QUIC or TCP).
 #[derive(Parser, Debug)]
 #[command(name = "tunneld", version, about)]
 struct Cli {
