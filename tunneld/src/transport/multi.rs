@@ -177,3 +177,80 @@ impl AsRawFd for MultiTransport {
         self.epoll.as_raw_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn readable(fd: RawFd, ms: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call.
+        unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    }
+
+    /// Receives until `want` frames arrived; returns (from, bytes).
+    fn recv_n(t: &dyn Transport, want: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut storage = vec![[0u8; 2048]; 4];
+        while got.len() < want {
+            assert!(Instant::now() < deadline, "got only {got:?}");
+            if !readable(t.as_raw_fd(), 100) {
+                continue;
+            }
+            let mut bufs: Vec<IoSliceMut> =
+                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut out = [Received::default(); 4];
+            if let Ok(n) = t.recv(&mut bufs, &mut out) {
+                for (i, r) in out[..n].iter().enumerate() {
+                    got.push((r.from, storage[i][..r.len].to_vec()));
+                }
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn sends_go_to_the_serving_transport_and_receives_merge() {
+        let any = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+        // The far side: a plain UDP socket and a TCP transport.
+        let far_udp = UdpTransport::bind(any("127.0.0.1:0"), 1 << 20, false, 1).expect("udp");
+        let far_tcp = TcpTransport::start(any("127.0.0.1:0"), vec![], 1 << 20).expect("tcp");
+        let far_tcp_addr = far_tcp.local_addr().expect("addr");
+        let near = MultiTransport::new(
+            Some(UdpTransport::bind(any("127.0.0.1:0"), 1 << 20, false, 1).expect("udp")),
+            Some(
+                TcpTransport::start(any("127.0.0.1:0"), vec![far_tcp_addr], 1 << 20).expect("tcp"),
+            ),
+            None,
+        )
+        .expect("multi");
+        let near_udp = near.local_addr().expect("udp addr");
+        assert!(!readable(near.as_raw_fd(), 0), "nothing queued yet");
+        // To the TCP dial target: over TCP (after the dial completes).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while far_tcp.counters().tcp_accepted == 0 {
+            assert!(Instant::now() < deadline, "never dialed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        near.send(far_tcp_addr, b"via tcp", 7).expect("send");
+        let (tcp_from, d) = recv_n(&far_tcp, 1).remove(0);
+        assert_eq!(d, b"via tcp");
+        // Anything else: over UDP.
+        let far_udp_addr = far_udp.local_addr().expect("addr");
+        near.send(far_udp_addr, b"via udp", 7).expect("send");
+        let (from, d) = recv_n(&far_udp, 1).remove(0);
+        assert_eq!((from, d.as_slice()), (near_udp, &b"via udp"[..]));
+        // Both reach the one descriptor the data path polls.
+        far_udp.send(near_udp, b"u", 1).expect("udp back");
+        far_tcp.send(tcp_from, b"t", 1).expect("tcp back");
+        let mut got: Vec<Vec<u8>> = recv_n(&near, 2).into_iter().map(|g| g.1).collect();
+        got.sort();
+        assert_eq!(got, vec![b"t".to_vec(), b"u".to_vec()]);
+    }
+}
