@@ -71,6 +71,8 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     pub counters: Counters,
     pub io: IoCounters,
+    /// Connection counters of the TCP and QUIC transports (zero on UDP).
+    pub transport: crate::transport::TransportCounters,
 }
 
 impl Status {
@@ -189,6 +191,32 @@ impl Status {
             s.push_str(&format!(
                 "tunneld_peer_bytes_total{{interface=\"{iface}\",peer=\"{}\",direction=\"rx\"}} {}\n",
                 p.name, p.rx_bytes
+            ));
+        }
+        s.push_str("# HELP tunneld_peer_transport The peer's transport (value 1).\n# TYPE tunneld_peer_transport gauge\n");
+        for p in &self.peers {
+            s.push_str(&format!(
+                "tunneld_peer_transport{{interface=\"{iface}\",peer=\"{}\",transport=\"{}\"}} 1\n",
+                p.name, p.transport
+            ));
+        }
+        let t = &self.transport;
+        s.push_str("# HELP tunneld_transport_events_total TCP/QUIC transport events, by kind (drops included).\n# TYPE tunneld_transport_events_total counter\n");
+        for (event, v) in [
+            ("tcp_accepted", t.tcp_accepted),
+            ("tcp_dialed", t.tcp_dialed),
+            ("tcp_refused", t.tcp_refused),
+            ("tcp_bad_length", t.tcp_bad_length),
+            ("tcp_truncated", t.tcp_truncated),
+            ("quic_connections", t.quic_connections),
+            ("quic_handshake_failures", t.quic_handshake_failures),
+            ("quic_send_too_big", t.quic_send_too_big),
+            ("rx_queue_full", t.rx_queue_full),
+            ("tx_queue_full", t.tx_queue_full),
+            ("tx_no_connection", t.tx_no_connection),
+        ] {
+            s.push_str(&format!(
+                "tunneld_transport_events_total{{interface=\"{iface}\",event=\"{event}\"}} {v}\n"
             ));
         }
         s

@@ -245,6 +245,7 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                 shared.send_control(&mut control);
                 shared.status.publish(Status {
                     dataplane: shared.info.clone(),
+                    transport: shared.transport.counters(),
                     ..snapshot
                 });
             }
@@ -282,6 +283,10 @@ struct TxState {
     control: Vec<Datagram>,
     batch: usize,
     max_segments: usize,
+    /// ICMP "too big" answers for packets the transport cannot carry, and
+    /// the GRO table their TUN write needs.
+    icmp: Vec<Vec<u8>>,
+    icmp_gro: tun_rs::GROTable,
 }
 
 impl TxState {
@@ -296,6 +301,8 @@ impl TxState {
             control: Vec::new(),
             batch,
             max_segments: max_segments.max(1),
+            icmp: Vec::new(),
+            icmp_gro: tun_rs::GROTable::default(),
         }
     }
 
@@ -338,12 +345,27 @@ impl TxState {
         }
         let t = time_now();
         self.outcomes.clear();
+        let floor = shared.transport.frame_floor();
         {
             let mut dev = shared.lock();
             for i in 0..n {
+                if floor.is_some_and(|f| self.sizes[i] + OVERHEAD > f) {
+                    let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
+                    if too_big(&dev, shared.transport, packet, &mut self.icmp) {
+                        self.outcomes.push(Outcome::Held);
+                        continue;
+                    }
+                }
                 let o = dev.encapsulate(&mut self.bufs[i], self.sizes[i], &t, &mut self.control);
                 self.outcomes.push(o);
             }
+        }
+        if !self.icmp.is_empty() {
+            if let Err(e) = tun.write_batch(&mut self.icmp_gro, &mut self.icmp, TUN_WRITE_OFFSET) {
+                shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("TUN write of ICMP too big failed: {e}");
+            }
+            self.icmp.clear();
         }
         self.send(shared);
         shared.send_control(&mut self.control);
@@ -389,6 +411,38 @@ impl TxState {
             flush(shared, to, &self.gso, seg);
         }
     }
+}
+
+/// True when `packet` does not fit the transport's current frame limit to
+/// its peer (QUIC datagrams); then an ICMP "fragmentation needed" / "packet
+/// too big" for its sender, from its destination, is queued in `icmp`
+/// (nothing for packets that must not be answered, e.g. IPv4 without DF).
+fn too_big(
+    dev: &Device,
+    transport: &dyn Transport,
+    packet: &[u8],
+    icmp: &mut Vec<Vec<u8>>,
+) -> bool {
+    let Some(max) = dev
+        .endpoint_for(packet)
+        .and_then(|to| transport.max_frame(to))
+    else {
+        return false;
+    };
+    if packet.len() + OVERHEAD <= max {
+        return false;
+    }
+    let mtu = max.saturating_sub(OVERHEAD).min(usize::from(u16::MAX)) as u16;
+    if let Ok(info) = crate::wire::inner_ip_info(packet) {
+        let mut out = vec![0u8; TUN_WRITE_OFFSET + 1280];
+        if let Ok(n) =
+            crate::wire::icmp_too_big(packet, mtu, info.dst, &mut out[TUN_WRITE_OFFSET..])
+        {
+            out.truncate(TUN_WRITE_OFFSET + n);
+            icmp.push(out);
+        }
+    }
+    true
 }
 
 fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, contents: &[u8], seg: usize) {

@@ -89,6 +89,8 @@ pub struct Counters {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerStatus {
     pub name: String,
+    /// `udp`, `quic` or `tcp`.
+    pub transport: &'static str,
     pub endpoint: Option<String>,
     pub session: bool,
     pub last_handshake_secs_ago: Option<f64>,
@@ -111,6 +113,8 @@ pub struct Device {
     identity: Identity,
     cipher: CipherKind,
     peers: Vec<Peer>,
+    /// Each peer's transport name (same order as `peers`), for status.
+    transports: Vec<&'static str>,
     /// Local session/handshake index → peer position.
     indexes: HashMap<u32, usize>,
     /// Allowed prefixes, longest first, with their peer.
@@ -161,6 +165,7 @@ impl Device {
         Device {
             identity,
             cipher: cfg.cipher,
+            transports: cfg.peers.iter().map(|p| p.transport.as_str()).collect(),
             peers,
             indexes: HashMap::new(),
             routes,
@@ -185,8 +190,10 @@ impl Device {
     pub fn peer_status(&self, now: Instant) -> Vec<PeerStatus> {
         self.peers
             .iter()
-            .map(|p| PeerStatus {
+            .zip(&self.transports)
+            .map(|(p, t)| PeerStatus {
                 name: p.name.clone(),
+                transport: t,
                 endpoint: p.endpoint.map(|e| e.to_string()),
                 session: p
                     .current
@@ -200,6 +207,13 @@ impl Device {
                 handshakes: p.handshakes,
             })
             .collect()
+    }
+
+    /// Where an inner packet would be sent (its peer's current endpoint),
+    /// without sealing it; `None` for unroutable or malformed packets.
+    pub fn endpoint_for(&self, packet: &[u8]) -> Option<SocketAddr> {
+        let dst = wire::inner_ip_info(packet).ok()?.dst;
+        self.peers[self.route(dst)?].endpoint
     }
 
     fn route(&self, dst: IpAddr) -> Option<usize> {

@@ -47,12 +47,15 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
         },
         rekey_after_time: Duration::from_secs(120),
         rekey_after_bytes: 1 << 30,
+        quic: None,
         peers: vec![PeerConfig {
             name: format!("peer{peer}"),
             public_key: key(peer).public(),
             endpoint: peer_endpoint.map(addr),
             allowed_prefixes: prefixes(allowed),
             keepalive: None,
+            transport: crate::config::TransportKind::Udp,
+            quic_pin: None,
         }],
     }
 }

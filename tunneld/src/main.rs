@@ -6,14 +6,15 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tunneld::config::{self, CipherKind};
+use tunneld::config::{self, CipherKind, Config, TransportKind};
 use tunneld::control::{self, ControlServer, Status, StatusCell};
 use tunneld::device::Device;
 use tunneld::keys::PrivateKey;
-use tunneld::transport::{Transport, UdpTransport};
+use tunneld::transport::quic::{self, QuicPeer, QuicSettings};
+use tunneld::transport::{MultiTransport, QuicTransport, TcpTransport, Transport, UdpTransport};
 use tunneld::tun::Tun;
 
-/// Userspace site-to-site IP tunnel on Linux TUN devices (Noise IK + AES-256-GCM over UDP).
+/// Userspace site-to-site IP tunnel on Linux TUN devices (Noise IK + AES-256-GCM over UDP, QUIC or TCP).
 #[derive(Parser, Debug)]
 #[command(name = "tunneld", version, about)]
 struct Cli {
@@ -39,6 +40,22 @@ enum Cmd {
     Genkey,
     /// Read a private key on stdin and print its public key (base64).
     Pubkey,
+    /// Write a self-signed QUIC certificate and key (PEM) and print the SPKI
+    /// pin that peers put in `peers[].quic.spki_sha256`.
+    Gencert {
+        /// Certificate file to write.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Private key file to write (mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Print the SPKI pin of an existing certificate (PEM).
+    Pin {
+        /// The certificate file.
+        #[arg(long)]
+        cert: PathBuf,
+    },
     /// Ask a running tunneld for its status (JSON) or metrics (Prometheus text).
     Status {
         /// The config of the running tunnel (its control_socket is used).
@@ -95,6 +112,17 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             println!("{}", key.public());
             Ok(())
         }
+        Cmd::Gencert { cert, key } => {
+            let (cert_pem, key_pem, pin) = quic::generate_cert()?;
+            write_new(&key, key_pem.as_bytes(), 0o600)?;
+            write_new(&cert, cert_pem.as_bytes(), 0o644)?;
+            println!("{pin}");
+            Ok(())
+        }
+        Cmd::Pin { cert } => {
+            println!("{}", quic::pin_of_cert_file(&cert)?);
+            Ok(())
+        }
         Cmd::Status {
             config,
             socket,
@@ -110,6 +138,85 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Writes a new file with `mode`; refuses to overwrite.
+fn write_new(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The transports the peers need: plain UDP alone (the fast path, as
+/// before), or a [`MultiTransport`] over the kinds in use.
+fn transports(cfg: &Config) -> Result<Box<dyn Transport>> {
+    let dp = cfg.dataplane;
+    let uses = |k: TransportKind| cfg.peers.iter().any(|p| p.transport == k);
+    let udp = || {
+        UdpTransport::bind(cfg.listen, cfg.socket_buffer, dp.offload, dp.batch)
+            .with_context(|| format!("binding UDP {}", cfg.listen))
+    };
+    if !uses(TransportKind::Tcp) && !uses(TransportKind::Quic) {
+        return Ok(Box::new(udp()?));
+    }
+    let udp = if uses(TransportKind::Udp) {
+        Some(udp()?)
+    } else {
+        None
+    };
+    let tcp = if uses(TransportKind::Tcp) {
+        let dial = cfg
+            .peers
+            .iter()
+            .filter(|p| p.transport == TransportKind::Tcp)
+            .filter_map(|p| p.endpoint)
+            .collect();
+        Some(
+            TcpTransport::start(cfg.listen, dial, cfg.socket_buffer)
+                .with_context(|| format!("listening on TCP {}", cfg.listen))?,
+        )
+    } else {
+        None
+    };
+    let quic = match &cfg.quic {
+        Some(q) => {
+            let peers = cfg
+                .peers
+                .iter()
+                .filter(|p| p.transport == TransportKind::Quic)
+                .filter_map(|p| {
+                    Some(QuicPeer {
+                        name: p.name.clone(),
+                        endpoint: p.endpoint,
+                        spki_sha256: p.quic_pin?,
+                    })
+                })
+                .collect();
+            let settings = QuicSettings {
+                listen: q.listen,
+                cert_file: q.cert_file.clone(),
+                key_file: q.key_file.clone(),
+                peers,
+                tun_mtu: cfg.interface.mtu,
+                idle_timeout: q.idle_timeout,
+                keepalive: q.keepalive,
+                socket_buffer: cfg.socket_buffer,
+            };
+            Some(
+                QuicTransport::start(settings)
+                    .with_context(|| format!("starting the QUIC endpoint on {}", q.listen))?,
+            )
+        }
+        None => None,
+    };
+    Ok(Box::new(MultiTransport::new(udp, tcp, quic)?))
 }
 
 fn cipher_name(c: CipherKind) -> &'static str {
@@ -132,8 +239,7 @@ fn run(path: &std::path::Path) -> Result<()> {
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
     }
     let dp = cfg.dataplane;
-    let transport = UdpTransport::bind(cfg.listen, cfg.socket_buffer, dp.offload, dp.batch)
-        .with_context(|| format!("binding UDP {}", cfg.listen))?;
+    let transport = transports(&cfg)?;
     let tun = Tun::create(&cfg.interface.name, dp.offload)?;
     let routes: Vec<_> = cfg
         .peers
@@ -159,8 +265,19 @@ fn run(path: &std::path::Path) -> Result<()> {
         cipher_name(cfg.cipher),
         cfg.interface.mtu
     );
+    for p in &cfg.peers {
+        log::info!(
+            "peer {}: transport {}, {}",
+            p.name,
+            p.transport,
+            match p.endpoint {
+                Some(e) => format!("dialing {e}"),
+                None => "waiting for it to connect".to_string(),
+            }
+        );
+    }
     let device = Device::new(&cfg);
-    tunneld::dataplane::run(device, &tun, &transport, dp, &status, &shutdown)
+    tunneld::dataplane::run(device, &tun, transport.as_ref(), dp, &status, &shutdown)
         .context("data path failed")?;
     log::info!("shutting down: removing {}", cfg.interface.name);
     Ok(())

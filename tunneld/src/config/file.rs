@@ -15,7 +15,7 @@ use std::fmt;
 use serde::de::{self, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::CipherKind;
+use super::{CipherKind, TransportKind};
 use crate::keys::PublicKey;
 use crate::prefix::Prefix;
 use crate::units::{self, Size, Span};
@@ -129,6 +129,9 @@ pub struct TunnelFile {
     /// Data-path performance knobs.
     #[serde(default)]
     pub dataplane: DataplaneFile,
+    /// The QUIC endpoint (required when a peer uses `transport: quic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicFile>,
     /// The remote gateways (at least one).
     #[serde(deserialize_with = "de_peers")]
     pub peers: Vec<PeerFile>,
@@ -178,6 +181,66 @@ impl Default for DataplaneFile {
     }
 }
 
+/// `quic:` — this daemon's QUIC endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicFile {
+    /// Our certificate (PEM; `tunneld gencert` writes one); relative to the
+    /// config file's directory.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// UDP port of the QUIC endpoint; default the `listen` port (then no
+    /// peer may use `transport: udp`, which needs that port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Close a QUIC connection silent for this long (1s..=10m).
+    #[serde(default = "default_quic_idle", deserialize_with = "de_span")]
+    pub idle_timeout: Span,
+    /// QUIC keepalive interval; below `idle_timeout`.
+    #[serde(default = "default_quic_keepalive", deserialize_with = "de_span")]
+    pub keepalive: Span,
+}
+
+/// `peers[].quic:` — how to authenticate this peer's QUIC endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerQuicFile {
+    /// SHA-256 of the peer certificate's SubjectPublicKeyInfo, base64 or
+    /// hex (`tunneld gencert` prints it).
+    #[serde(deserialize_with = "de_pin")]
+    pub spki_sha256: String,
+}
+
+/// Default QUIC idle timeout.
+pub const DEFAULT_QUIC_IDLE: Duration = Duration::from_secs(30);
+/// Default QUIC keepalive.
+pub const DEFAULT_QUIC_KEEPALIVE: Duration = Duration::from_secs(5);
+/// QUIC idle timeout bounds.
+pub const QUIC_IDLE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(600);
+
+fn default_quic_idle() -> Span {
+    Span(DEFAULT_QUIC_IDLE)
+}
+fn default_quic_keepalive() -> Span {
+    Span(DEFAULT_QUIC_KEEPALIVE)
+}
+
+fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+    d.deserialize_any(QuantityRule {
+        expecting: "a duration such as 30s",
+        parse: |s| Ok(Span(units::parse_duration(s).map_err(|e| e.to_string())?)),
+    })
+}
+
+fn de_pin<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    d.deserialize_str(StrRule {
+        expecting: "a SHA-256 SPKI pin (base64 or hex)",
+        parse: |s| crate::transport::quic::parse_pin(s).map(|_| s.trim().to_string()),
+    })
+}
+
 /// `rekey:`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,6 +288,12 @@ pub struct PeerFile {
         deserialize_with = "de_keepalive"
     )]
     pub keepalive: Option<Span>,
+    /// How frames reach this peer: `udp` (default), `quic` or `tcp`.
+    #[serde(default, skip_serializing_if = "TransportKind::is_udp")]
+    pub transport: TransportKind,
+    /// QUIC authentication of this peer (with `transport: quic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<PeerQuicFile>,
 }
 
 fn default_true() -> bool {

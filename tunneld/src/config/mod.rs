@@ -21,10 +21,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{
-    DataplaneFile, InterfaceFile, Kind, PeerFile, RekeyFile, TunnelFile, BATCH_RANGE,
-    DEFAULT_BATCH, DEFAULT_MTU, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER,
-    DEFAULT_WORKERS, IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN,
-    MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, SOCKET_BUFFER_RANGE, WORKERS_RANGE,
+    DataplaneFile, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile, TunnelFile,
+    BATCH_RANGE, DEFAULT_BATCH, DEFAULT_MTU, DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE,
+    DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, IPV6_MIN_MTU,
+    KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE,
+    QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE, WORKERS_RANGE,
 };
 
 use crate::keys::{KeyError, PrivateKey, PublicKey};
@@ -78,6 +79,58 @@ impl std::str::FromStr for CipherKind {
     }
 }
 
+/// How frames reach a peer (see docs/transports.md).
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// UDP datagrams with GSO/GRO: the default and the fastest.
+    #[default]
+    Udp,
+    /// QUIC unreliable datagrams (RFC 9221) with pinned certificates.
+    Quic,
+    /// Length-prefixed frames over TCP, for paths that block UDP.
+    Tcp,
+}
+
+impl TransportKind {
+    /// The config spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransportKind::Udp => "udp",
+            TransportKind::Quic => "quic",
+            TransportKind::Tcp => "tcp",
+        }
+    }
+
+    /// True for the default (`udp`); used to keep generated YAML short.
+    pub fn is_udp(&self) -> bool {
+        *self == TransportKind::Udp
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The checked QUIC endpoint settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicConfig {
+    /// UDP address of the endpoint (the listen IP, `quic.port`).
+    pub listen: SocketAddr,
+    /// Our certificate (PEM), resolved against the config's directory.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM), resolved likewise.
+    pub key_file: PathBuf,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// QUIC keepalive interval.
+    pub keepalive: Duration,
+}
+
 /// The checked config the daemon runs from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -106,6 +159,8 @@ pub struct Config {
     pub rekey_after_time: Duration,
     /// Rekey after this many bytes with one session key.
     pub rekey_after_bytes: u64,
+    /// The QUIC endpoint, when some peer uses `transport: quic`.
+    pub quic: Option<QuicConfig>,
     /// Remote gateways (at least one).
     pub peers: Vec<PeerConfig>,
 }
@@ -145,6 +200,10 @@ pub struct PeerConfig {
     pub allowed_prefixes: Vec<Prefix>,
     /// Persistent keepalive interval.
     pub keepalive: Option<Duration>,
+    /// How frames reach it.
+    pub transport: TransportKind,
+    /// Its QUIC certificate pin (SHA-256 of the SPKI), for `transport: quic`.
+    pub quic_pin: Option<[u8; 32]>,
 }
 
 /// Why a config could not be loaded. `Display` reads
@@ -424,6 +483,8 @@ pub fn check(
         }
     }
 
+    let quic = check_transports(raw, base_dir, &cx)?;
+
     let key_path = base_dir.join(&raw.private_key_file);
     let private_key = PrivateKey::load_file(&key_path).map_err(|source| {
         let at = text.and_then(|t| locate::locate(t, "private_key_file"));
@@ -485,6 +546,7 @@ pub fn check(
         dataplane,
         rekey_after_time: raw.rekey.after_time.0,
         rekey_after_bytes: raw.rekey.after_bytes.0,
+        quic,
         peers: raw
             .peers
             .iter()
@@ -494,9 +556,116 @@ pub fn check(
                 endpoint: p.endpoint,
                 allowed_prefixes: p.allowed_prefixes.clone(),
                 keepalive: p.keepalive.map(|k| k.0),
+                transport: p.transport,
+                quic_pin: p
+                    .quic
+                    .as_ref()
+                    .and_then(|q| crate::transport::quic::parse_pin(&q.spki_sha256).ok()),
             })
             .collect(),
     })
+}
+
+/// The rules tying `peers[].transport`, `peers[].quic` and `quic:` together;
+/// returns the checked QUIC endpoint settings.
+fn check_transports(
+    raw: &TunnelFile,
+    base_dir: &Path,
+    cx: &Ctx<'_>,
+) -> Result<Option<QuicConfig>, ConfigError> {
+    for (i, p) in raw.peers.iter().enumerate() {
+        match (p.transport, &p.quic) {
+            (TransportKind::Quic, None) => {
+                return Err(cx.invalid(
+                    format!("peers[{i}].transport"),
+                    "quic needs `quic: { spki_sha256: ... }` on this peer: the pin of its \
+                     certificate, printed by `tunneld gencert` on the peer"
+                        .into(),
+                ))
+            }
+            (TransportKind::Quic, Some(q)) => {
+                if let Err(m) = crate::transport::quic::parse_pin(&q.spki_sha256) {
+                    return Err(cx.invalid(format!("peers[{i}].quic.spki_sha256"), m));
+                }
+                if raw.quic.is_none() {
+                    return Err(cx.invalid(
+                        format!("peers[{i}].transport"),
+                        "quic needs the top-level `quic:` section with this daemon's \
+                         cert_file and key_file (`tunneld gencert` makes them)"
+                            .into(),
+                    ));
+                }
+            }
+            (kind, Some(_)) => {
+                return Err(cx.invalid(
+                    format!("peers[{i}].quic"),
+                    format!(
+                        "is only used with `transport: quic`, but this peer uses {kind}; \
+                         remove it or set transport: quic"
+                    ),
+                ))
+            }
+            (_, None) => {}
+        }
+    }
+    let Some(q) = &raw.quic else {
+        return Ok(None);
+    };
+    if !raw.peers.iter().any(|p| p.transport == TransportKind::Quic) {
+        return Err(cx.invalid(
+            "quic".into(),
+            "no peer uses `transport: quic`; remove this section".into(),
+        ));
+    }
+    let port = q.port.unwrap_or(raw.listen.port());
+    if port == raw.listen.port() {
+        if let Some(i) = raw
+            .peers
+            .iter()
+            .position(|p| p.transport == TransportKind::Udp)
+        {
+            let field = if q.port.is_some() {
+                "quic.port"
+            } else {
+                "quic"
+            }
+            .to_string();
+            return Err(cx.invalid(
+                field,
+                format!(
+                    "peer {} uses udp, which needs UDP port {port} of `listen`, and the QUIC \
+                     endpoint would use the same port; set quic.port to another port",
+                    raw.peers[i].name
+                ),
+            ));
+        }
+    }
+    if port == 0 {
+        return Err(cx.invalid("quic.port".into(), "port 0 is not a listen port".into()));
+    }
+    if !QUIC_IDLE_RANGE.contains(&q.idle_timeout.0) {
+        return Err(cx.invalid(
+            "quic.idle_timeout".into(),
+            format!("{:?} is out of range 1s..=10m", q.idle_timeout.0),
+        ));
+    }
+    if q.keepalive.0.is_zero() || q.keepalive.0 >= q.idle_timeout.0 {
+        return Err(cx.invalid(
+            "quic.keepalive".into(),
+            format!(
+                "{:?} must be above zero and below quic.idle_timeout ({:?}), or idle \
+                 connections close",
+                q.keepalive.0, q.idle_timeout.0
+            ),
+        ));
+    }
+    Ok(Some(QuicConfig {
+        listen: SocketAddr::new(raw.listen.ip(), port),
+        cert_file: base_dir.join(&q.cert_file),
+        key_file: base_dir.join(&q.key_file),
+        idle_timeout: q.idle_timeout.0,
+        keepalive: q.keepalive.0,
+    }))
 }
 
 impl TunnelFile {

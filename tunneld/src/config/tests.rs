@@ -492,6 +492,7 @@ fn round_trip_generated_config() {
             batch: 1,
             workers: 1,
         },
+        quic: None,
         rekey: RekeyFile {
             after_time: Span(Duration::from_millis(1500)),
             after_bytes: Size(1 << 20),
@@ -503,6 +504,8 @@ fn round_trip_generated_config() {
                 endpoint: Some("[fd00::2]:51820".parse().expect("addr")),
                 allowed_prefixes: vec!["198.18.2.0/24".parse().expect("p")],
                 keepalive: Some(Span(Duration::from_secs(25))),
+                transport: TransportKind::Tcp,
+                quic: None,
             },
             PeerFile {
                 name: "dc-c".into(),
@@ -510,6 +513,8 @@ fn round_trip_generated_config() {
                 endpoint: None,
                 allowed_prefixes: vec!["fd00:3::/64".parse().expect("p")],
                 keepalive: None,
+                transport: TransportKind::Udp,
+                quic: None,
             },
         ],
     };
@@ -572,4 +577,129 @@ fn garbage_never_panics() {
             let _ = f.parse(&t);
         }
     }
+}
+
+// ---- transports ----
+
+const PIN: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+
+/// The fixture's config with dc-b on `transport` (plus `extra_peer` lines
+/// under dc-b) and `top` appended at the top level.
+fn with_transport(f: &Fixture, extra_peer: &str, top: &str) -> String {
+    let y = f.yaml().replace(
+        "    keepalive: 10s\n",
+        &format!("    keepalive: 10s\n{extra_peer}"),
+    );
+    format!("{y}{top}")
+}
+
+#[test]
+fn transport_defaults_to_udp_and_tcp_needs_nothing_else() {
+    let f = fixture();
+    let c = f.parse(&f.yaml()).expect("valid");
+    assert!(c.peers.iter().all(|p| p.transport == TransportKind::Udp));
+    assert_eq!(c.quic, None);
+    let c = f
+        .parse(&with_transport(&f, "    transport: tcp\n", ""))
+        .expect("tcp peer");
+    assert_eq!(c.peers[0].transport, TransportKind::Tcp);
+    assert_eq!(c.peers[1].transport, TransportKind::Udp);
+}
+
+#[test]
+fn quic_peer_with_endpoint_section_parses() {
+    let f = fixture();
+    let text = with_transport(
+        &f,
+        &format!("    transport: quic\n    quic:\n      spki_sha256: \"{PIN}\"\n"),
+        "quic:\n  cert_file: a.crt\n  key_file: a.crt.key\n  port: 51821\n  idle_timeout: 20s\n",
+    );
+    let c = f.parse(&text).expect("quic config");
+    let q = c.quic.expect("quic section");
+    assert_eq!(q.listen.port(), 51821);
+    assert_eq!(q.cert_file, f.dir.0.join("a.crt"));
+    assert_eq!(q.idle_timeout, Duration::from_secs(20));
+    assert_eq!(q.keepalive, DEFAULT_QUIC_KEEPALIVE);
+    assert_eq!(c.peers[0].transport, TransportKind::Quic);
+    let pin = c.peers[0].quic_pin.expect("pin");
+    assert_eq!(pin[..4], [0xab, 0xcd, 0xef, 0x12]);
+}
+
+#[test]
+fn transport_rules_name_field_and_line() {
+    let f = fixture();
+    let quic_top = "quic:\n  cert_file: a.crt\n  key_file: a.crt.key\n  port: 51821\n";
+    // Unknown transport: a parse error on the value.
+    let t = with_transport(&f, "    transport: sctp\n", "");
+    let m = f.expect_err(&t, "transport", "transport: sctp");
+    assert!(m.contains("udp") && m.contains("tcp"), "{m}");
+    // quic without the peer's pin.
+    let t = with_transport(&f, "    transport: quic\n", quic_top);
+    let m = f.expect_err(&t, "peers[0].transport", "transport: quic");
+    assert!(m.contains("spki_sha256"), "{m}");
+    // quic without our certificate.
+    let t = with_transport(
+        &f,
+        &format!("    transport: quic\n    quic:\n      spki_sha256: \"{PIN}\"\n"),
+        "",
+    );
+    let m = f.expect_err(&t, "peers[0].transport", "transport: quic");
+    assert!(m.contains("cert_file"), "{m}");
+    // A pin that is not 32 bytes.
+    let t = with_transport(
+        &f,
+        "    transport: quic\n    quic:\n      spki_sha256: \"AAAA\"\n",
+        quic_top,
+    );
+    f.expect_err(&t, "spki_sha256", "spki_sha256");
+    // A pin on a tcp peer.
+    let t = with_transport(
+        &f,
+        &format!("    transport: tcp\n    quic:\n      spki_sha256: \"{PIN}\"\n"),
+        "",
+    );
+    let m = f.expect_err(&t, "peers[0].quic", "    quic:");
+    assert!(m.contains("tcp"), "{m}");
+    // A quic section nobody uses.
+    let t = with_transport(&f, "", quic_top);
+    let m = f.expect_err(&t, "quic", "quic:");
+    assert!(m.contains("no peer"), "{m}");
+    // QUIC on the UDP port while dc-c still uses udp.
+    let t = with_transport(
+        &f,
+        &format!("    transport: quic\n    quic:\n      spki_sha256: \"{PIN}\"\n"),
+        "quic:\n  cert_file: a.crt\n  key_file: a.crt.key\n",
+    );
+    let line = t.lines().position(|l| l == "quic:").expect("quic line") + 1;
+    let m = f.expect_err_line(&t, "quic", line);
+    assert!(m.contains("quic.port") && m.contains("dc-c"), "{m}");
+    let t = with_transport(
+        &f,
+        &format!("    transport: quic\n    quic:\n      spki_sha256: \"{PIN}\"\n"),
+        "quic:\n  cert_file: a.crt\n  key_file: a.crt.key\n  port: 51820\n",
+    );
+    f.expect_err(&t, "quic.port", "port: 51820");
+    // Keepalive not below the idle timeout.
+    let t = with_transport(
+        &f,
+        &format!("    transport: quic\n    quic:\n      spki_sha256: \"{PIN}\"\n"),
+        "quic:\n  cert_file: a.crt\n  key_file: a.crt.key\n  port: 51821\n  \
+         idle_timeout: 5s\n  keepalive: 5s\n",
+    );
+    f.expect_err(&t, "quic.keepalive", "keepalive: 5s");
+}
+
+#[test]
+fn transport_example_profiles_parse() {
+    let f = fixture();
+    std::fs::copy(f.dir.0.join("a.key"), f.dir.0.join("gw-a.key")).expect("copy key");
+    let tcp = f
+        .parse(include_str!("../../../profiles/tunnel-tcp-example.yaml"))
+        .expect("tcp profile");
+    assert_eq!(tcp.peers[0].transport, TransportKind::Tcp);
+    let quic = f
+        .parse(include_str!("../../../profiles/tunnel-quic-example.yaml"))
+        .expect("quic profile");
+    assert_eq!(quic.peers[0].transport, TransportKind::Quic);
+    assert!(quic.quic.is_some());
 }

@@ -117,6 +117,7 @@ pub fn tunnel_file(
             .unwrap_or(Size(tunneld::config::DEFAULT_SOCKET_BUFFER)),
         mss_clamp: s.mss_clamp,
         dataplane: s.dataplane.clone(),
+        quic: None,
         rekey: RekeyFile::default(),
         peers: vec![PeerFile {
             name: side.peer().letter().to_string(),
@@ -129,6 +130,8 @@ pub fn tunnel_file(
                 network(lan6),
             ],
             keepalive: Some(Span(Duration::from_secs(5))),
+            transport: Default::default(),
+            quic: None,
         }],
     }
 }

@@ -1,6 +1,4 @@
-//! How frames cross the WAN. One batch-shaped interface, [`Transport`], so the
-//! data path does not care which carrier runs; `udp` is the default (and, for
-//! now, the only) implementation.
+//! Frames as UDP datagrams (the default transport).
 //!
 //! UDP batching comes from quinn-udp, quinn's own I/O layer: `sendmsg` with
 //! UDP_SEGMENT (GSO) sends many equal-sized datagrams in one call, and
@@ -12,51 +10,12 @@
 //! addresses; this module maps and unmaps them so that the rest of the daemon
 //! only ever sees plain IPv4 or IPv6 endpoints.
 
+use super::{unmap, Received, Transport, MAX_RECV_BATCH};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-
-/// Most datagrams one receive call returns (quinn-udp's recvmmsg batch).
-pub const MAX_RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
-
-/// One receive call's view of a datagram (or a GRO train of them).
-#[derive(Debug, Clone, Copy)]
-pub struct Received {
-    /// Sender.
-    pub from: SocketAddr,
-    /// Bytes in the buffer.
-    pub len: usize,
-    /// Size of each datagram in the buffer (all but the last are this long).
-    pub stride: usize,
-}
-
-impl Default for Received {
-    fn default() -> Self {
-        Received {
-            from: SocketAddr::from(([0, 0, 0, 0], 0)),
-            len: 0,
-            stride: 1,
-        }
-    }
-}
-
-/// A carrier of tunnel frames between gateways, batch-shaped at both ends.
-pub trait Transport: AsRawFd + Send + Sync {
-    /// Sends `contents`, which holds datagrams of `segment_size` bytes back to
-    /// back (the last may be shorter), all to `to`, in as few calls as the
-    /// platform allows.
-    fn send(&self, to: SocketAddr, contents: &[u8], segment_size: usize) -> io::Result<()>;
-    /// Receives up to `bufs.len()` buffers; `WouldBlock` when none is queued.
-    fn recv(&self, bufs: &mut [IoSliceMut<'_>], out: &mut [Received]) -> io::Result<usize>;
-    /// The local address frames are received on.
-    fn local_addr(&self) -> io::Result<SocketAddr>;
-    /// Datagrams one send may carry (1 without GSO).
-    fn max_segments(&self) -> usize;
-    /// Datagrams one received buffer may hold (1 without GRO).
-    fn gro_segments(&self) -> usize;
-}
 
 /// Frames as UDP datagrams on one non-blocking socket.
 #[derive(Debug)]
@@ -152,7 +111,7 @@ fn setsockopt_int(
 
 /// Sets SO_SNDBUF/SO_RCVBUF, using the *FORCE variants when permitted, and
 /// logs what the kernel granted.
-fn set_buffers(sock: &Socket, bytes: usize) {
+pub(crate) fn set_buffers(sock: &Socket, bytes: usize) {
     let val = bytes.min(i32::MAX as usize) as libc::c_int;
     let fd = sock.as_raw_fd();
     for (force, plain, name) in [
@@ -170,16 +129,6 @@ fn set_buffers(sock: &Socket, bytes: usize) {
         sock.send_buffer_size(),
         sock.recv_buffer_size()
     );
-}
-
-fn unmap(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
 }
 
 impl Transport for UdpTransport {

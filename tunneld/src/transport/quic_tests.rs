@@ -1,0 +1,94 @@
+//! QUIC transport tests on loopback: pins, a dialer/acceptor pair moving
+//! datagrams, and a wrong certificate refused.
+
+use super::*;
+use crate::keys::tests::TempDir;
+
+fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, [u8; 32]) {
+    let (cert, key, pin) = generate_cert().expect("gencert");
+    let c = dir.join(format!("{name}.crt"));
+    let k = dir.join(format!("{name}.key"));
+    std::fs::write(&c, cert).expect("write cert");
+    std::fs::write(&k, key).expect("write key");
+    assert_eq!(pin_of_cert_file(&c).expect("pin of file"), pin);
+    (c, k, parse_pin(&pin).expect("pin parses"))
+}
+
+fn settings(
+    listen: &str,
+    cert: &(PathBuf, PathBuf, [u8; 32]),
+    peer_pin: [u8; 32],
+    endpoint: Option<SocketAddr>,
+) -> QuicSettings {
+    QuicSettings {
+        listen: listen.parse().expect("addr"),
+        cert_file: cert.0.clone(),
+        key_file: cert.1.clone(),
+        peers: vec![QuicPeer {
+            name: "p".into(),
+            endpoint,
+            spki_sha256: peer_pin,
+        }],
+        tun_mtu: 1280,
+        idle_timeout: Duration::from_secs(10),
+        keepalive: Duration::from_secs(2),
+        socket_buffer: 1 << 20,
+    }
+}
+
+fn recv_one(t: &QuicTransport, timeout: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+    let deadline = Instant::now() + timeout;
+    let mut storage = [0u8; 2000];
+    let mut out = [Received::default(); 1];
+    while Instant::now() < deadline {
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        if t.recv(&mut bufs, &mut out).is_ok() {
+            return Some((out[0].from, storage[..out[0].len].to_vec()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn pins_parse_as_hex_or_base64_and_refuse_other_lengths() {
+    let hex = "00".repeat(31) + "ff";
+    assert_eq!(parse_pin(&hex).expect("hex")[31], 0xff);
+    assert_eq!(parse_pin(&pin_text(&[7u8; 32])).expect("b64"), [7u8; 32]);
+    assert!(parse_pin("AAAA").expect_err("short").contains("32"));
+    assert!(parse_pin("not a pin!").is_err());
+}
+
+#[test]
+fn pinned_pair_exchanges_datagrams_and_a_wrong_certificate_is_refused() {
+    let dir = TempDir::new("quic");
+    let a = write_cert(&dir.0, "a");
+    let b = write_cert(&dir.0, "b");
+    let tb = QuicTransport::start(settings("127.0.0.1:0", &b, a.2, None)).expect("b");
+    let baddr = tb.local_addr().expect("addr");
+    let ta = QuicTransport::start(settings("127.0.0.1:0", &a, b.2, Some(baddr))).expect("a");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ta.inner.conns().get(&baddr).is_none() {
+        assert!(Instant::now() < deadline, "never connected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ta.send(baddr, &[5u8; 2000], 1000).expect("send");
+    let (from, d) = recv_one(&tb, Duration::from_secs(5)).expect("first datagram");
+    assert_eq!(d, vec![5u8; 1000]);
+    assert!(recv_one(&tb, Duration::from_secs(5)).is_some());
+    tb.send(from, b"back", 4).expect("reply");
+    assert_eq!(
+        recv_one(&ta, Duration::from_secs(5)).expect("reply"),
+        (baddr, b"back".to_vec())
+    );
+    // c pins a certificate b does not have: b is refused by c and never
+    // carries c's datagrams.
+    let c = write_cert(&dir.0, "c");
+    let tc = QuicTransport::start(settings("127.0.0.1:0", &c, a.2, Some(baddr))).expect("c");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tc.counters().quic_handshake_failures == 0 {
+        assert!(Instant::now() < deadline, "wrong certificate not refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(tc.inner.conns().is_empty());
+}
