@@ -196,6 +196,7 @@ fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
             batch: 64,
             workers: 1,
         },
+        quic: None,
         rekey_after_time: Duration::from_secs(120),
         rekey_after_bytes: u64::MAX,
         peers: vec![PeerConfig {
@@ -204,6 +205,8 @@ fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
             endpoint: Some(addr(endpoint)),
             allowed_prefixes: vec![allowed.parse().expect("prefix")],
             keepalive: None,
+            transport: tunneld::config::TransportKind::Udp,
+            quic_pin: None,
         }],
     }
 }
