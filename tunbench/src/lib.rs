@@ -3,4 +3,5 @@
 //! - [`engine`]: the iperf3-class traffic engine (`tunbench server` / `tunbench client`).
 //! - [`topo`]: network-namespace topologies.
 pub mod engine;
+pub mod lab;
 pub mod topo;

@@ -1,5 +1,8 @@
-//! The `tunbench` command line: `server` and `client` today; `lab`, `sweep` and
-//! `report` join the [`Command`] enum later.
+//! The `tunbench` command line: `server`, `client` and `lab` (plus the hidden
+//! `wan-emu` the lab runs in its wan namespace); `sweep` and `report` join the
+//! [`Command`] enum later.
+
+mod cli_lab;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -25,6 +28,11 @@ enum Command {
     Server(ServerArgs),
     /// Run one test against a server and print the result.
     Client(Box<ClientArgs>),
+    /// Build the WAN testbed, compare raw / IPsec / WireGuard / tunneld, write results.
+    Lab(cli_lab::LabArgs),
+    /// The userspace WAN emulator (run by `tunbench lab` inside its wan namespace).
+    #[command(hide = true)]
+    WanEmu(cli_lab::WanEmuArgs),
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +245,8 @@ fn main() -> ExitCode {
     let r = match &cli.command {
         Command::Server(a) => server(a),
         Command::Client(a) => client(a),
+        Command::Lab(a) => cli_lab::lab_cmd(a),
+        Command::WanEmu(a) => cli_lab::wan_emu_cmd(a),
     };
     match r {
         Ok(code) => code,

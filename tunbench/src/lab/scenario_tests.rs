@@ -1,0 +1,125 @@
+//! Unit tests of the scenario profile: the shipped profiles parse, and bad
+//! input is rejected with the field and line named.
+
+use super::*;
+
+const BASE: &str = "\
+kind: scenario
+name: t
+wan:
+  rate: 200M
+  rtt: 10ms
+  loss: 0.1%
+systems: [raw, tunneld]
+test:
+  streams: [1, 4]
+  duration: 2s
+";
+
+fn err(text: &str) -> String {
+    match Scenario::parse(text, "t.yaml") {
+        Ok(s) => panic!("accepted bad profile: {s:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn with(line: usize, replacement: &str) -> String {
+    let mut lines: Vec<String> = BASE.lines().map(str::to_string).collect();
+    lines[line - 1] = replacement.to_string();
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn base_parses() {
+    let s = Scenario::parse(BASE, "t.yaml").expect("base profile parses");
+    assert_eq!(s.wan.rate, Some(Rate(200_000_000)));
+    assert_eq!(s.wan.one_way(), Duration::from_millis(5));
+    assert_eq!(s.wan.loss, Some(0.1));
+    assert_eq!(s.systems, vec![SystemKind::Raw, SystemKind::Tunneld]);
+    assert_eq!(s.test.streams, vec![1, 4]);
+    assert_eq!(s.test.repeats, 1);
+    assert!(s.wan.emulates());
+}
+
+#[test]
+fn shipped_profiles_parse() {
+    let quick = Scenario::quick().expect("built-in profile parses");
+    assert!(quick.estimated_time() < Duration::from_secs(120));
+    for f in ["appliance-350m.yaml", "dc-to-dc.yaml", "lab-quick.yaml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../profiles")
+            .join(f);
+        Scenario::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    let app = Scenario::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/appliance-350m.yaml"),
+    )
+    .expect("appliance profile");
+    assert_eq!(app.wan.rate, Some(Rate(350_000_000)));
+    assert_eq!(app.wan.one_way(), Duration::from_millis(20));
+}
+
+#[test]
+fn unknown_field_names_field_and_line() {
+    let e = err(&with(6, "  colour: blue"));
+    assert!(e.contains("colour"), "{e}");
+    assert!(e.contains("t.yaml:6:"), "{e}");
+}
+
+#[test]
+fn zero_and_negative_values_name_field_and_line() {
+    for (line, text, field) in [
+        (4, "  rate: 0", "wan.rate"),
+        (4, "  rate: -5M", "wan.rate"),
+        (5, "  rtt: -10ms", "wan.rtt"),
+        (6, "  loss: -1%", "wan.loss"),
+        (6, "  loss: 100%", "wan.loss"),
+        (9, "  streams: [0, 4]", "test.streams"),
+        (9, "  streams: []", "test.streams"),
+        (9, "  streams: [4, 4]", "test.streams"),
+        (10, "  duration: 0s", "test.duration"),
+        (10, "  duration: -3s", "test.duration"),
+    ] {
+        let e = err(&with(line, text));
+        assert!(e.contains(field), "{text}: {e}");
+        assert!(e.contains(&format!("t.yaml:{line}:")), "{text}: {e}");
+    }
+}
+
+#[test]
+fn cross_field_rules_name_field_and_line() {
+    let text = BASE.replace("  rtt: 10ms\n", "  rtt: 10ms\n  delay: 5ms\n");
+    let e = err(&text);
+    assert!(e.contains("wan.delay") && e.contains("t.yaml:6:"), "{e}");
+    let text = BASE.replace("  loss: 0.1%\n", "  loss: 0.1%\n  jitter: 20ms\n");
+    let e = err(&text);
+    assert!(e.contains("wan.jitter") && e.contains("t.yaml:7:"), "{e}");
+    let text = format!("{BASE}tunneld:\n  mtu: 100\n");
+    let e = err(&text);
+    assert!(e.contains("tunneld.mtu") && e.contains("t.yaml:12:"), "{e}");
+}
+
+#[test]
+fn wrong_kind_and_system() {
+    let e = err(&with(1, "kind: tunnel"));
+    assert!(e.contains("kind") && e.contains("t.yaml:1:"), "{e}");
+    let e = err(&with(7, "systems: [raw, l2tp]"));
+    assert!(e.contains("l2tp") && e.contains("t.yaml:7:"), "{e}");
+    let e = err("kind: scenario\nname: x\n");
+    assert!(e.contains("systems") || e.contains("test"), "{e}");
+}
+
+#[test]
+fn percent_parser() {
+    assert_eq!(parse_percent("0.1%"), Ok(0.1));
+    assert_eq!(parse_percent(" 2 "), Ok(2.0));
+    assert!(parse_percent("abc").is_err());
+    assert!(parse_percent("NaN").is_err());
+}
+
+#[test]
+fn no_wan_means_no_emulation() {
+    let text = "kind: scenario\nname: x\nsystems: [raw]\ntest:\n  streams: [1]\n  duration: 1s\n";
+    let s = Scenario::parse(text, "x").expect("minimal profile");
+    assert!(!s.wan.emulates());
+}
