@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tunneld::config::{CipherKind, InterfaceFile, Kind, PeerFile, RekeyFile, TunnelFile};
+use tunneld::config::{
+    CipherKind, DataplaneFile, InterfaceFile, Kind, PeerFile, RekeyFile, TunnelFile,
+};
 use tunneld::keys::{PrivateKey, PublicKey};
 use tunneld::prefix::Prefix;
 use tunneld::units::{Size, Span};
@@ -117,6 +119,7 @@ pub fn tunnel_file(
             .unwrap_or(Size(tunneld::config::DEFAULT_SOCKET_BUFFER)),
         mss_clamp: s.mss_clamp,
         rekey: RekeyFile::default(),
+        dataplane: DataplaneFile::default(),
         peers: vec![PeerFile {
             name: side.peer().letter().to_string(),
             public_key: peer,
@@ -148,6 +151,17 @@ struct Prepared {
 impl Tunneld {
     /// Writes keys and configs, starts both daemons, waits for `status`.
     pub fn start(ctx: &Ctx) -> Result<Tunneld, NotRun> {
+        Self::start_with(ctx, &mut |_, _| {})
+    }
+
+    // ---- hook for `tunbench sweep` (added on the sweep branch) ----
+    /// As [`Tunneld::start`], but `edit` may change each side's generated
+    /// config (dataplane knobs, MTU, ...) before it is written. The sweep
+    /// uses it to run one cell's tunneld settings.
+    pub fn start_with(
+        ctx: &Ctx,
+        edit: &mut dyn FnMut(Side, &mut TunnelFile),
+    ) -> Result<Tunneld, NotRun> {
         let bin = ctx.tunneld_bin.ok_or_else(|| {
             NotRun::NotInstalled(
                 "tunneld binary not found next to tunbench nor in PATH (cargo build --release)"
@@ -173,7 +187,7 @@ impl Tunneld {
                 .ifname(&format!("t{}", side.letter()))
                 .map_err(|e| fail("naming the TUN device", &e))?;
             let sock = dir.join(format!("{}.sock", side.letter()));
-            let file = tunnel_file(
+            let mut file = tunnel_file(
                 side,
                 &tun,
                 &keys[i].0,
@@ -181,6 +195,7 @@ impl Tunneld {
                 keys[1 - i].1,
                 &ctx.scenario.tunneld,
             );
+            edit(side, &mut file);
             let yaml = serde_norway::to_string(&file).map_err(|e| fail("rendering YAML", &e))?;
             let config = dir.join(format!("{}.yaml", side.letter()));
             std::fs::write(&config, yaml).map_err(|e| fail("writing the config", &e))?;
