@@ -71,7 +71,10 @@ pub struct SweepMeta {
     pub description: String,
     /// lab or remote.
     pub mode: Mode,
-    /// The scenario (WAN link, base tunneld settings).
+    /// The scenario (WAN link, base tunneld settings); absent fields are
+    /// left out rather than written as null, which the strict scenario
+    /// fields refuse.
+    #[serde(serialize_with = "ser_without_nulls")]
     pub scenario: Scenario,
     /// The knobs that vary, in key order.
     pub knobs: Vec<Knob>,
@@ -93,6 +96,23 @@ pub struct SweepMeta {
     /// Baseline systems measured before the grid (lab mode).
     #[serde(default)]
     pub baselines: Vec<Baseline>,
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn ser_without_nulls<S: serde::Serializer>(s: &Scenario, ser: S) -> Result<S::Ok, S::Error> {
+    let mut v = serde_json::to_value(s).map_err(serde::ser::Error::custom)?;
+    strip_nulls(&mut v);
+    v.serialize(ser)
 }
 
 /// A comparison system measured once with the sweep's test.

@@ -133,6 +133,8 @@ pub struct Plan {
     pub basis_key: String,
     /// Measured CPU seconds per GB (both gateways' tunneld, one direction).
     pub cpu_s_per_gb: f64,
+    /// The rate it was measured at, bit/s.
+    pub basis_bps: f64,
     /// Cores per Gbit/s per gateway with traffic both ways.
     pub cores_per_gbps: f64,
     /// Data-path threads of that cell.
@@ -410,6 +412,7 @@ fn plan(m: &SweepMeta, best: &CellRecord, cells: &[CellRecord]) -> Option<Plan> 
     Some(Plan {
         basis_key: basis.key.clone(),
         cpu_s_per_gb: cpu,
+        basis_bps: basis.bits_per_second,
         cores_per_gbps,
         workers,
         pair_ceiling_bps,
@@ -422,9 +425,13 @@ fn plan(m: &SweepMeta, best: &CellRecord, cells: &[CellRecord]) -> Option<Plan> 
 pub fn plan_assumptions(p: &Plan) -> Vec<String> {
     vec![
         format!(
-            "Basis: cell {} measured {:.2} CPU seconds per GB in the tunneld processes of both \
-             gateways together (one direction: gateway A seals, gateway B opens).",
-            p.basis_key, p.cpu_s_per_gb
+            "Basis: cell {} measured {:.2} CPU seconds per GB at {} in the tunneld processes of \
+             both gateways together (one direction: gateway A seals, gateway B opens). Measured \
+             on a rate-limited link, fixed costs (polling, timers) are spread over few bytes and \
+             this overstates the cost at higher rates: plan from a sweep on an unlimited link.",
+            p.basis_key,
+            p.cpu_s_per_gb,
+            tunneld::units::format_rate(p.basis_bps)
         ),
         format!(
             "A gateway carrying R Gbit/s in each direction both seals and opens R, so it needs \
