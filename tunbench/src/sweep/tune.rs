@@ -241,9 +241,15 @@ mod tests {
         let r = rec(16, 1, 1e9, 5.0, 0.5);
         let text = render(&meta(), &r, &Constraints { max_p99_ms: 10.0, max_cores: 1.0 })
             .expect("render");
-        let dir = std::env::temp_dir();
+        let dir = std::env::temp_dir().join(format!("tb-tune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        tunneld::keys::PrivateKey::generate()
+            .expect("key")
+            .save_file(&dir.join("gw-a.key"))
+            .expect("save key");
         let cfg = tunneld::config::parse_str(&text, &dir)
             .unwrap_or_else(|e| panic!("tunneld rejects the tuned profile: {e}\n{text}"));
+        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(cfg.peers.len(), 1);
         let f = tunneld::config::parse_file_format(&text, "tuned.yaml").expect("file format");
         assert_eq!((f.dataplane.batch, f.dataplane.workers), (16, 1));
