@@ -28,7 +28,10 @@ fn cell_keys(path: &Path) -> Vec<String> {
 }
 
 fn our_namespaces(pid: u32) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -71,7 +74,10 @@ fn sweep_resume_tune_and_report() {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("sweep exited early ({st}) with {:?}", cell_keys(&cells));
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "no 2nd cell within 120 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no 2nd cell within 120 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // SAFETY: kill(2) on the PID of our own child, which has not been reaped.
@@ -81,7 +87,11 @@ fn sweep_resume_tune_and_report() {
     assert!(!st.success(), "killed sweep reported success");
     let partial = cell_keys(&cells);
     assert!((2..4).contains(&partial.len()), "after kill: {partial:?}");
-    assert!(our_namespaces(pid).is_empty(), "left: {:?}", our_namespaces(pid));
+    assert!(
+        our_namespaces(pid).is_empty(),
+        "left: {:?}",
+        our_namespaces(pid)
+    );
 
     // 2. Without --resume the folder is refused; with it the sweep completes.
     let refused = sweep_cmd(&out).output().expect("rerun without --resume");
@@ -111,7 +121,10 @@ fn sweep_resume_tune_and_report() {
     assert!(keys.starts_with(&partial), "resume rewrote earlier cells");
     for line in std::fs::read_to_string(&cells).expect("cells").lines() {
         let v: Value = serde_json::from_str(line).expect("JSON line");
-        assert!(v["bits_per_second"].as_f64().unwrap_or(0.0) > 50e6, "{line}");
+        assert!(
+            v["bits_per_second"].as_f64().unwrap_or(0.0) > 50e6,
+            "{line}"
+        );
         assert!(v["p99_loaded_ms"].as_f64().is_some(), "{line}");
         assert!(v["cpu_s_per_gb"].as_f64().is_some(), "{line}");
     }
@@ -119,7 +132,14 @@ fn sweep_resume_tune_and_report() {
     // 3. Tune: a lax limit picks a cell, tunneld accepts the profile.
     let tuned = dir.path().join("tuned.yaml");
     let t = Command::new(bin("tunbench"))
-        .args(["tune", "--max-p99-ms", "1000", "--max-cores", "8", "--results"])
+        .args([
+            "tune",
+            "--max-p99-ms",
+            "1000",
+            "--max-cores",
+            "8",
+            "--results",
+        ])
         .arg(&cells)
         .arg("--out")
         .arg(&tuned)
@@ -132,7 +152,14 @@ fn sweep_resume_tune_and_report() {
     tunneld::config::parse_str(&text, dir.path())
         .unwrap_or_else(|e| panic!("tunneld rejects the tuned profile: {e}\n{text}"));
     let strict = Command::new(bin("tunbench"))
-        .args(["tune", "--max-p99-ms", "0.001", "--max-cores", "8", "--results"])
+        .args([
+            "tune",
+            "--max-p99-ms",
+            "0.001",
+            "--max-cores",
+            "8",
+            "--results",
+        ])
         .arg(&cells)
         .arg("--out")
         .arg(dir.path().join("none.yaml"))
@@ -152,7 +179,12 @@ fn sweep_resume_tune_and_report() {
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     }
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
-    for s in ["## Scenario", "## Best setting", "## Against `batch`", "## Capacity planning"] {
+    for s in [
+        "## Scenario",
+        "## Best setting",
+        "## Against `batch`",
+        "## Capacity planning",
+    ] {
         assert!(md.contains(s), "report.md lacks {s}");
     }
     check_in_chromium(&out.join("report.html"), dir.path());
@@ -184,7 +216,10 @@ fn screenshot(chromium: &str, url: &str, tmp: &Path, name: &str) -> (Vec<u8>, St
             "--v=0",
             "--window-size=1200,2000",
         ])
-        .arg(format!("--user-data-dir={}", tmp.join(format!("{name}-profile")).display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            tmp.join(format!("{name}-profile")).display()
+        ))
         .arg(format!("--screenshot={}", shot.display()))
         .arg(url)
         .output()
@@ -208,7 +243,10 @@ fn check_in_chromium(html: &Path, tmp: &Path) {
         eprintln!("SKIPPED HTML check: chromium not installed");
         return;
     };
-    let url = format!("file://{}", html.canonicalize().expect("html path").display());
+    let url = format!(
+        "file://{}",
+        html.canonicalize().expect("html path").display()
+    );
     let (png, log) = screenshot(chromium, &url, tmp, "report");
     let console: Vec<&str> = log
         .lines()
@@ -217,7 +255,12 @@ fn check_in_chromium(html: &Path, tmp: &Path) {
     assert!(console.is_empty(), "console messages: {console:?}");
     let blank = tmp.join("blank.html");
     std::fs::write(&blank, "<!DOCTYPE html><html><body></body></html>").expect("blank page");
-    let (blank_png, _) = screenshot(chromium, &format!("file://{}", blank.display()), tmp, "blank");
+    let (blank_png, _) = screenshot(
+        chromium,
+        &format!("file://{}", blank.display()),
+        tmp,
+        "blank",
+    );
     assert!(
         png.len() > 5 * blank_png.len(),
         "screenshot looks blank: {} bytes vs {} for an empty page",
@@ -236,8 +279,14 @@ fn malformed_profiles_name_the_field() {
             base.replace("  batch: [8, 64]\n  workers: [1, 2]\n", "  {}\n"),
             "empty grid",
         ),
-        (base.replace("duration: 2s", "duration: -2s"), "test.duration"),
-        (base.replace("workers: [1, 2]", "transport: [udp]"), "not supported yet"),
+        (
+            base.replace("duration: 2s", "duration: -2s"),
+            "test.duration",
+        ),
+        (
+            base.replace("workers: [1, 2]", "transport: [udp]"),
+            "not supported yet",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let p = dir.path().join(format!("bad{i}.yaml"));
@@ -253,6 +302,9 @@ fn malformed_profiles_name_the_field() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "accepted case {i}");
         assert!(err.contains(want), "case {i}: wanted {want:?} in {err}");
-        assert!(err.contains(&format!("bad{i}.yaml:")), "case {i}: no file:line: {err}");
+        assert!(
+            err.contains(&format!("bad{i}.yaml:")),
+            "case {i}: no file:line: {err}"
+        );
     }
 }

@@ -107,7 +107,8 @@ impl sweep::Progress for Bar {
         self.line(format!("  {line}"));
     }
     fn cell(&self, index: usize, cell: &sweep::Cell) {
-        self.bar.set_prefix(format!("#{} {}", index + 1, cell.key()));
+        self.bar
+            .set_prefix(format!("#{} {}", index + 1, cell.key()));
         self.bar.set_message("starting tunneld");
     }
     fn live(&self, bps: f64) {
@@ -120,9 +121,13 @@ impl sweep::Progress for Bar {
             rec.index + 1,
             rec.key,
             format_rate(rec.bits_per_second),
-            rec.p99_loaded_ms.map_or("–".into(), |v| format!("{v:.1} ms")),
+            rec.p99_loaded_ms
+                .map_or("–".into(), |v| format!("{v:.1} ms")),
             rec.cpu_cores.map_or("–".into(), |v| format!("{v:.2}")),
-            rec.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+            rec.error
+                .as_deref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
         ));
     }
 }

@@ -426,7 +426,10 @@ fn de_repeats<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     d.deserialize_any(Quantity {
         what: "a number of repeats (1 or more)",
         parse: |s| {
-            let n: i64 = s.trim().parse().map_err(|_| format!("'{s}' is not a whole number"))?;
+            let n: i64 = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{s}' is not a whole number"))?;
             if n < 1 || n > i64::from(MAX_REPEATS) {
                 return Err(format!("{n} is out of range 1..={MAX_REPEATS}"));
             }
@@ -550,7 +553,11 @@ impl SweepProfile {
         let transport = f.grid.as_ref().and_then(|g| g.transport.as_ref()).is_some()
             || f.points.iter().flatten().any(|p| p.transport.is_some());
         if transport && !tunneld_has_transport() {
-            let field = if f.grid.is_some() { "grid.transport" } else { "points.transport" };
+            let field = if f.grid.is_some() {
+                "grid.transport"
+            } else {
+                "points.transport"
+            };
             return Err(invalid(
                 field,
                 "not supported yet: tunneld's config has no `transport` setting (it speaks UDP only); \
@@ -614,7 +621,10 @@ impl SweepProfile {
                 if cells.len() > MAX_CELLS {
                     return Err(invalid(
                         "points",
-                        format!("{} points is more than the limit of {MAX_CELLS}", cells.len()),
+                        format!(
+                            "{} points is more than the limit of {MAX_CELLS}",
+                            cells.len()
+                        ),
                     ));
                 }
                 (cells, knobs.into_iter().collect())
@@ -631,7 +641,11 @@ impl SweepProfile {
         if f.test.duration.0 < crate::engine::spec::MIN_TIME {
             return Err(invalid(
                 "test.duration",
-                format!("{:?} is shorter than the engine's minimum {:?}", f.test.duration.0, crate::engine::spec::MIN_TIME),
+                format!(
+                    "{:?} is shorter than the engine's minimum {:?}",
+                    f.test.duration.0,
+                    crate::engine::spec::MIN_TIME
+                ),
             ));
         }
         if f.baselines.contains(&SystemKind::Tunneld) {
@@ -648,14 +662,20 @@ impl SweepProfile {
         }
         match (f.mode, &f.remote) {
             (Mode::Remote, None) => {
-                return Err(invalid("mode", "`mode: remote` needs a `remote:` section".into()))
+                return Err(invalid(
+                    "mode",
+                    "`mode: remote` needs a `remote:` section".into(),
+                ))
             }
             (Mode::Lab, Some(_)) => {
                 return Err(invalid("remote", "only used with `mode: remote`".into()))
             }
             (Mode::Remote, Some(r)) => {
-                let tunneld_knobs: Vec<&str> =
-                    knobs.iter().filter(|k| k.is_tunneld()).map(|k| k.as_str()).collect();
+                let tunneld_knobs: Vec<&str> = knobs
+                    .iter()
+                    .filter(|k| k.is_tunneld())
+                    .map(|k| k.as_str())
+                    .collect();
                 if !tunneld_knobs.is_empty() && (r.config.is_none() || r.restart.is_none()) {
                     return Err(invalid(
                         "remote",
@@ -677,7 +697,11 @@ impl SweepProfile {
         }
         let mut scenario = match &f.scenario {
             Some(p) => {
-                let path = if p.is_absolute() { p.clone() } else { base.join(p) };
+                let path = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    base.join(p)
+                };
                 Scenario::load(&path).map_err(|source| SweepError::Scenario {
                     file: file.to_string(),
                     source,
@@ -688,10 +712,11 @@ impl SweepProfile {
                     "kind: scenario\nname: {}\nsystems: [tunneld]\ntest: {{streams: [1], duration: 1s}}\n",
                     serde_json::to_string(&f.name).unwrap_or_else(|_| "sweep".into())
                 );
-                let mut s = Scenario::parse(&inline, file).map_err(|source| SweepError::Scenario {
-                    file: file.to_string(),
-                    source,
-                })?;
+                let mut s =
+                    Scenario::parse(&inline, file).map_err(|source| SweepError::Scenario {
+                        file: file.to_string(),
+                        source,
+                    })?;
                 s.wan = f.wan.clone().unwrap_or_default();
                 s
             }

@@ -110,7 +110,10 @@ fn negative_and_zero_durations() {
 #[test]
 fn out_of_range_values() {
     let e = err(&TINY.replace("batch: [8, 64]", "batch: [8, 500]"));
-    assert!(e.contains("grid.batch") && e.contains("out of range"), "{e}");
+    assert!(
+        e.contains("grid.batch") && e.contains("out of range"),
+        "{e}"
+    );
     let e = err(&TINY.replace("workers: [1, 2]", "workers: [1, 1]"));
     assert!(e.contains("twice"), "{e}");
     let e = err(&TINY.replace("workers: [1, 2]", "cipher: [rot13]"));
@@ -120,7 +123,10 @@ fn out_of_range_values() {
 #[test]
 fn transport_is_refused_until_tunneld_has_it() {
     let e = err(&TINY.replace("workers: [1, 2]", "transport: [udp, tcp]"));
-    assert!(e.contains("grid.transport") && e.contains("not supported yet"), "{e}");
+    assert!(
+        e.contains("grid.transport") && e.contains("not supported yet"),
+        "{e}"
+    );
     assert!(e.starts_with("t.yaml:11:"), "{e}");
     assert!(!tunneld_has_transport());
 }
@@ -136,7 +142,8 @@ fn cross_field_rules() {
     let remote = format!("{TINY}mode: remote\nremote:\n  server: 198.18.2.2\n");
     let e = err(&remote);
     assert!(e.contains("remote.config") && e.contains("batch"), "{e}");
-    let ok = format!("{remote}  config: /etc/tunneld/a.yaml\n  restart: systemctl restart tunneld\n");
+    let ok =
+        format!("{remote}  config: /etc/tunneld/a.yaml\n  restart: systemctl restart tunneld\n");
     parse(&ok).expect("remote profile parses");
     let e = err(&format!("{TINY}baselines: [tunneld]\n"));
     assert!(e.contains("baselines"), "{e}");
@@ -145,11 +152,14 @@ fn cross_field_rules() {
 #[test]
 fn scenario_reference_resolves_relative_to_the_profile() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
-    let t = TINY.replace("wan:\n  rate: 200M\n  rtt: 10ms\n", "scenario: appliance-350m.yaml\n");
+    let t = TINY.replace(
+        "wan:\n  rate: 200M\n  rtt: 10ms\n",
+        "scenario: appliance-350m.yaml\n",
+    );
     let p = SweepProfile::parse(&t, "t.yaml", &dir).expect("parses");
     assert_eq!(p.scenario.wan.rate, Some(Rate(350_000_000)));
-    let e = SweepProfile::parse(&t, "t.yaml", Path::new("/nonexistent"))
-        .expect_err("missing scenario");
+    let e =
+        SweepProfile::parse(&t, "t.yaml", Path::new("/nonexistent")).expect_err("missing scenario");
     assert!(e.to_string().contains("appliance-350m.yaml"), "{e}");
 }
 

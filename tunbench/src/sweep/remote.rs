@@ -23,7 +23,10 @@ fn shell(cmd: &str, cell: &Cell) -> Result<String, String> {
     let mut c = Command::new("sh");
     c.arg("-c").arg(cmd).env("TUNBENCH_CELL", cell.key());
     for (k, v) in &cell.knobs {
-        c.env(format!("TUNBENCH_KNOB_{}", k.as_str().to_uppercase()), v.to_string());
+        c.env(
+            format!("TUNBENCH_KNOB_{}", k.as_str().to_uppercase()),
+            v.to_string(),
+        );
     }
     let out = c.output().map_err(|e| format!("`{cmd}`: {e}"))?;
     if out.status.success() {
@@ -73,7 +76,9 @@ pub fn run(
     sink: &mut dyn FnMut(CellRecord) -> Result<(), RunError>,
 ) -> Result<(), RunError> {
     let Some(r) = &p.file.remote else {
-        return Err(RunError::Remote("the profile has no `remote:` section".into()));
+        return Err(RunError::Remote(
+            "the profile has no `remote:` section".into(),
+        ));
     };
     let original = match &r.config {
         Some(path) => Some(

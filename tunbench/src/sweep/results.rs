@@ -49,7 +49,9 @@ pub enum ResultsError {
         message: String,
     },
     /// Results exist and neither `--resume` nor a fresh folder was given.
-    #[error("{0} already holds cells: pass --resume to continue that sweep, or choose another --out")]
+    #[error(
+        "{0} already holds cells: pass --resume to continue that sweep, or choose another --out"
+    )]
     Exists(String),
 }
 
@@ -242,12 +244,11 @@ pub fn read_cells(path: &Path) -> Result<(Vec<CellRecord>, u64), ResultsError> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let rec: CellRecord =
-            serde_json::from_slice(line).map_err(|e| ResultsError::Corrupt {
-                path: path.display().to_string(),
-                line: i + 1,
-                message: e.to_string(),
-            })?;
+        let rec: CellRecord = serde_json::from_slice(line).map_err(|e| ResultsError::Corrupt {
+            path: path.display().to_string(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
         if rec.schema != CELL_SCHEMA {
             return Err(ResultsError::Corrupt {
                 path: path.display().to_string(),
@@ -305,7 +306,10 @@ impl CellWriter {
         file.set_len(keep).map_err(io(&path))?;
         file.seek(SeekFrom::End(0)).map_err(io(&path))?;
         file.sync_all().map_err(io(&path))?;
-        Ok((CellWriter { file, path }, if resume { done } else { Vec::new() }))
+        Ok((
+            CellWriter { file, path },
+            if resume { done } else { Vec::new() },
+        ))
     }
 
     /// Writes one line and fsyncs it.
@@ -387,18 +391,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let (mut w, done) = CellWriter::open(&dir, false).expect("open");
         assert!(done.is_empty());
-        w.append(&CellRecord::new(0, &cell(8), vec![fig(1e9)], 1.0)).expect("append");
-        w.append(&CellRecord::new(1, &cell(16), vec![fig(1e9)], 1.0)).expect("append");
+        w.append(&CellRecord::new(0, &cell(8), vec![fig(1e9)], 1.0))
+            .expect("append");
+        w.append(&CellRecord::new(1, &cell(16), vec![fig(1e9)], 1.0))
+            .expect("append");
         drop(w);
         // A run killed in the middle of a line.
         let path = dir.join(CELLS_FILE);
         let mut f = OpenOptions::new().append(true).open(&path).expect("reopen");
         f.write_all(b"{\"schema\":\"tunbench.swe").expect("torn");
         drop(f);
-        assert!(matches!(CellWriter::open(&dir, false), Err(ResultsError::Exists(_))));
+        assert!(matches!(
+            CellWriter::open(&dir, false),
+            Err(ResultsError::Exists(_))
+        ));
         let (mut w, done) = CellWriter::open(&dir, true).expect("resume");
         assert_eq!(done.len(), 2);
-        w.append(&CellRecord::new(2, &cell(32), vec![fig(1e9)], 1.0)).expect("append");
+        w.append(&CellRecord::new(2, &cell(32), vec![fig(1e9)], 1.0))
+            .expect("append");
         drop(w);
         let counts = key_counts(&path).expect("counts");
         assert_eq!(counts.len(), 3);

@@ -42,7 +42,9 @@ pub enum RunError {
     #[error(transparent)]
     Topo(#[from] crate::topo::TopoError),
     /// The tunneld binary is missing (lab mode).
-    #[error("tunneld binary not found next to tunbench nor in PATH (cargo build --release -p tunneld)")]
+    #[error(
+        "tunneld binary not found next to tunbench nor in PATH (cargo build --release -p tunneld)"
+    )]
     NoTunneld,
     /// Remote mode: the local tunneld could not be reconfigured.
     #[error("reconfiguring the local tunneld: {0}")]

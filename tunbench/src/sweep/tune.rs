@@ -147,7 +147,10 @@ pub fn render(meta: &SweepMeta, r: &CellRecord, c: &Constraints) -> Result<Strin
         .iter()
         .filter(|(k, _)| !k.is_tunneld())
         .map(|(k, v)| match k {
-            Knob::Window => format!("TCP socket buffers {} (net.ipv4.tcp_rmem/wmem max)", show(*k, v)),
+            Knob::Window => format!(
+                "TCP socket buffers {} (net.ipv4.tcp_rmem/wmem max)",
+                show(*k, v)
+            ),
             Knob::Mss => format!("TCP MSS {v}"),
             _ => format!("{v} parallel TCP streams"),
         })
@@ -227,7 +230,10 @@ mod tests {
             max_p99_ms: 10.0,
             max_cores: 2.0,
         };
-        assert_eq!(pick(&cells, &c).expect("pick").key, "batch=16,workers=2,window=4194304");
+        assert_eq!(
+            pick(&cells, &c).expect("pick").key,
+            "batch=16,workers=2,window=4194304"
+        );
         let strict = Constraints {
             max_p99_ms: 1.0,
             max_cores: 2.0,
@@ -239,8 +245,15 @@ mod tests {
     #[test]
     fn tuned_profile_is_a_valid_tunneld_config() {
         let r = rec(16, 1, 1e9, 5.0, 0.5);
-        let text = render(&meta(), &r, &Constraints { max_p99_ms: 10.0, max_cores: 1.0 })
-            .expect("render");
+        let text = render(
+            &meta(),
+            &r,
+            &Constraints {
+                max_p99_ms: 10.0,
+                max_cores: 1.0,
+            },
+        )
+        .expect("render");
         let dir = std::env::temp_dir().join(format!("tb-tune-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         tunneld::keys::PrivateKey::generate()

@@ -8,7 +8,11 @@ fn table(out: &mut String, headers: &[String], rows: &[Vec<String>]) {
     let clean = |s: &str| s.replace('|', "\\|").replace('\n', " ");
     out.push_str(&format!(
         "| {} |\n|{}\n",
-        headers.iter().map(|h| clean(h)).collect::<Vec<_>>().join(" | "),
+        headers
+            .iter()
+            .map(|h| clean(h))
+            .collect::<Vec<_>>()
+            .join(" | "),
         "---|".repeat(headers.len())
     ));
     for r in rows {
@@ -94,7 +98,12 @@ pub fn render(m: &Model) -> String {
             .collect();
         table(
             &mut o,
-            &["target (each direction)", "gateway pairs", "cores per gateway"].map(str::to_string),
+            &[
+                "target (each direction)",
+                "gateway pairs",
+                "cores per gateway",
+            ]
+            .map(str::to_string),
             &rows,
         );
         o.push_str("Assumptions:\n\n");

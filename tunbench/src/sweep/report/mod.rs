@@ -31,7 +31,9 @@ pub enum ReportError {
         message: String,
     },
     /// DIR holds neither sweep nor lab results.
-    #[error("{0} holds neither sweep results (sweep.json, cells.jsonl) nor lab results (results.json)")]
+    #[error(
+        "{0} holds neither sweep results (sweep.json, cells.jsonl) nor lab results (results.json)"
+    )]
     Empty(String),
 }
 
@@ -215,7 +217,10 @@ pub fn build(sweep: Option<&results::SweepResults>, lab: Option<&LabDoc>) -> Mod
             "WAN link".into(),
             format!(
                 "rate {}, RTT {:.1} ms, loss {}%, jitter {}",
-                w.rate.map_or("unlimited".into(), |r| tunneld::units::format_rate(r.0 as f64)),
+                w.rate
+                    .map_or("unlimited".into(), |r| tunneld::units::format_rate(
+                        r.0 as f64
+                    )),
                 w.one_way().as_secs_f64() * 2e3,
                 w.loss.unwrap_or(0.0),
                 w.jitter.map_or("none".into(), |j| format!("±{:?}", j.0)),
@@ -229,14 +234,18 @@ pub fn build(sweep: Option<&results::SweepResults>, lab: Option<&LabDoc>) -> Mod
             ),
         ));
     }
-    let emulator = meta.as_ref().and_then(|m| m.emulator.clone()).or_else(|| {
-        lab.and_then(|l| l.link.get("emulator_label")?.as_str().map(str::to_string))
-    });
+    let emulator = meta
+        .as_ref()
+        .and_then(|m| m.emulator.clone())
+        .or_else(|| lab.and_then(|l| l.link.get("emulator_label")?.as_str().map(str::to_string)));
     if let Some(e) = emulator {
         sc.push(("WAN emulator".into(), e));
     }
     if let Some(m) = &meta {
-        sc.push(("Host".into(), format!("{} CPUs, kernel {}", m.cpus, m.kernel)));
+        sc.push((
+            "Host".into(),
+            format!("{} CPUs, kernel {}", m.cpus, m.kernel),
+        ));
         sc.push((
             "Sweep".into(),
             format!(
@@ -259,7 +268,11 @@ pub fn build(sweep: Option<&results::SweepResults>, lab: Option<&LabDoc>) -> Mod
                     .clone()
                     .or_else(|| r.reason.clone().map(|x| format!("{}: {x}", r.status)))
                     .unwrap_or_default(),
-                bps: r.throughput.iter().max_by_key(|t| t.streams).map(|t| t.median_bps),
+                bps: r
+                    .throughput
+                    .iter()
+                    .max_by_key(|t| t.streams)
+                    .map(|t| t.median_bps),
                 p99_ms: r.latency_loaded_ms.map(|l| l.1),
                 cpu_s_per_gb: r.cpu_s_per_gb,
             });
@@ -325,7 +338,11 @@ pub fn build(sweep: Option<&results::SweepResults>, lab: Option<&LabDoc>) -> Mod
         title: meta
             .as_ref()
             .map(|m| format!("Capacity plan: {}", m.name))
-            .or_else(|| scenario.as_ref().map(|s| format!("Lab comparison: {}", s.name)))
+            .or_else(|| {
+                scenario
+                    .as_ref()
+                    .map(|s| format!("Lab comparison: {}", s.name))
+            })
             .unwrap_or_else(|| "tunbench report".into()),
         scenario: sc,
         systems,
@@ -363,8 +380,10 @@ pub fn knob_series(knob: Knob, cells: &[CellRecord]) -> KnobSeries {
             .iter()
             .filter(|c| c.measured() && c.cell.get(knob) == Some(v))
             .collect();
-        let col = |f: fn(&CellRecord) -> Option<f64>| median(at.iter().filter_map(|c| f(c)).collect());
-        s.best_bps.push(at.iter().map(|c| c.bits_per_second).reduce(f64::max));
+        let col =
+            |f: fn(&CellRecord) -> Option<f64>| median(at.iter().filter_map(|c| f(c)).collect());
+        s.best_bps
+            .push(at.iter().map(|c| c.bits_per_second).reduce(f64::max));
         s.median_bps.push(col(|c| Some(c.bits_per_second)));
         s.p50_ms.push(col(|c| c.p50_loaded_ms));
         s.p99_ms.push(col(|c| c.p99_loaded_ms));
@@ -382,7 +401,11 @@ fn plan(m: &SweepMeta, best: &CellRecord, cells: &[CellRecord]) -> Option<Plan> 
         cells
             .iter()
             .filter(|c| c.cpu_s_per_gb.is_some())
-            .min_by(|a, b| a.cpu_s_per_gb.unwrap_or(f64::MAX).total_cmp(&b.cpu_s_per_gb.unwrap_or(f64::MAX)))?
+            .min_by(|a, b| {
+                a.cpu_s_per_gb
+                    .unwrap_or(f64::MAX)
+                    .total_cmp(&b.cpu_s_per_gb.unwrap_or(f64::MAX))
+            })?
     };
     let cpu = basis.cpu_s_per_gb.filter(|c| *c > 0.0)?;
     // 1 Gbit/s = 0.125 GB/s. The lab measures one direction through both
@@ -476,7 +499,14 @@ pub fn cell_row(knobs: &[Knob], c: &CellRecord) -> Vec<String> {
 pub fn cell_headers(knobs: &[Knob]) -> Vec<String> {
     let mut h: Vec<String> = knobs.iter().map(|k| k.as_str().to_string()).collect();
     h.extend(
-        ["throughput", "p50 RTT ms", "p99 RTT ms", "CPU s/GB", "cores"].map(str::to_string),
+        [
+            "throughput",
+            "p50 RTT ms",
+            "p99 RTT ms",
+            "CPU s/GB",
+            "cores",
+        ]
+        .map(str::to_string),
     );
     h
 }

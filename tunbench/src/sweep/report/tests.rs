@@ -24,9 +24,14 @@ fn fig(bps: f64, cpu_s_per_gb: f64) -> TestFigures {
 
 fn results() -> SweepResults {
     let mut cells = Vec::new();
-    for (i, (b, w, bps, cpu)) in [(8, 1, 1e9, 4.0), (8, 2, 1.5e9, 4.0), (64, 1, 2e9, 2.0), (64, 2, 3e9, 2.0)]
-        .into_iter()
-        .enumerate()
+    for (i, (b, w, bps, cpu)) in [
+        (8, 1, 1e9, 4.0),
+        (8, 2, 1.5e9, 4.0),
+        (64, 1, 2e9, 2.0),
+        (64, 2, 3e9, 2.0),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut c = Cell::default();
         c.knobs.insert(Knob::Batch, Value::Num(b));
@@ -69,7 +74,11 @@ fn series_best_margin_and_plan() {
     assert_eq!(batch.median_bps, [Some(1.25e9), Some(2.5e9)]);
     let best = m.best.as_ref().expect("best");
     assert_eq!(best.key, "batch=64,workers=2");
-    assert!(m.margins.iter().any(|l| l.starts_with("+100%")), "{:?}", m.margins);
+    assert!(
+        m.margins.iter().any(|l| l.starts_with("+100%")),
+        "{:?}",
+        m.margins
+    );
     let p = m.plan.as_ref().expect("plan");
     // 2 s/GB → 0.25 cores per Gbit/s; 2 workers → 8 Gbit/s per pair.
     assert!((p.cores_per_gbps - 0.25).abs() < 1e-9);
@@ -83,8 +92,16 @@ fn series_best_margin_and_plan() {
 #[test]
 fn markdown_has_every_section() {
     let md = markdown::render(&build(Some(&results()), None));
-    for s in ["## Scenario", "## Systems compared", "## Best setting", "## Against `batch`",
-              "## Capacity planning", "Assumptions", "## All cells", "ipsec (sweep baseline)"] {
+    for s in [
+        "## Scenario",
+        "## Systems compared",
+        "## Best setting",
+        "## Against `batch`",
+        "## Capacity planning",
+        "Assumptions",
+        "## All cells",
+        "ipsec (sweep baseline)",
+    ] {
         assert!(md.contains(s), "missing {s}:\n{md}");
     }
 }
