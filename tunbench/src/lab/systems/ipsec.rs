@@ -5,7 +5,7 @@
 //! gateway namespace with its own /run (bind mount inside the private mount
 //! namespace of `ip netns exec`), vici socket and log.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -99,10 +99,8 @@ impl KernelEsp {
         }
         let rest = || -> Result<(), String> {
             run(&dc.gw_a, state(&b, &a, "0x1002", "2", &k2))?;
-            for ns in [&dc.gw_b] {
-                run(ns, state(&a, &b, "0x1001", "1", &k1))?;
-                run(ns, state(&b, &a, "0x1002", "2", &k2))?;
-            }
+            run(&dc.gw_b, state(&a, &b, "0x1001", "1", &k1))?;
+            run(&dc.gw_b, state(&b, &a, "0x1002", "2", &k2))?;
             run(&dc.gw_a, policy(LAN_A_V4, LAN_B_V4, "out", &a, &b, "1"))?;
             run(&dc.gw_a, policy(LAN_B_V4, LAN_A_V4, "in", &b, &a, "2"))?;
             run(&dc.gw_a, policy(LAN_B_V4, LAN_A_V4, "fwd", &b, &a, "2"))?;
@@ -302,7 +300,7 @@ fn swanctl_run(swanctl: &Path, conf: &Path, args: &[&str]) -> Result<(), String>
     }
 }
 
-fn wait_file(dc: &DcPair, pid: u32, path: &PathBuf) -> Result<(), String> {
+fn wait_file(dc: &DcPair, pid: u32, path: &Path) -> Result<(), String> {
     let start = Instant::now();
     loop {
         if path.exists() {
