@@ -100,7 +100,9 @@ pub struct SweepMeta {
     pub baselines: Vec<Baseline>,
 }
 
-fn strip_nulls(v: &mut serde_json::Value) {
+/// Removes null members (recursively): absent optional fields read back as
+/// absent, which the strict scenario fields require.
+pub(crate) fn strip_nulls(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
             m.retain(|_, x| !x.is_null());

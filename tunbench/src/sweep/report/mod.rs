@@ -82,6 +82,17 @@ pub struct LabDoc {
     pub rows: Vec<LabRow>,
 }
 
+impl LabDoc {
+    /// Reads the document (the lab writes absent scenario fields as null,
+    /// which the strict scenario fields refuse: they are dropped first).
+    pub fn from_value(mut v: serde_json::Value) -> Result<LabDoc, String> {
+        if let Some(s) = v.get_mut("scenario") {
+            results::strip_nulls(s);
+        }
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+}
+
 /// A system row of the comparison table (from the lab run or the sweep's
 /// baselines).
 #[derive(Debug, Clone)]
@@ -185,9 +196,12 @@ pub fn load(dir: &Path) -> Result<Model, ReportError> {
             path: lab_path.display().to_string(),
             message: e.to_string(),
         })?;
-        Some(serde_json::from_str(&text).map_err(|e| ReportError::Lab {
+        let doc = serde_json::from_str(&text)
+            .map_err(|e| e.to_string())
+            .and_then(LabDoc::from_value);
+        Some(doc.map_err(|message| ReportError::Lab {
             path: lab_path.display().to_string(),
-            message: e.to_string(),
+            message,
         })?)
     } else {
         None

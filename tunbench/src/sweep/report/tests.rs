@@ -127,7 +127,7 @@ fn lab_results_alone_make_a_systems_table() {
             {"system": "ipsec", "status": "not-installed", "reason": "strongswan-charon missing"}
         ]
     });
-    let lab: LabDoc = serde_json::from_value(json).expect("lab doc");
+    let lab = LabDoc::from_value(json).expect("lab doc");
     let m = build(None, Some(&lab));
     assert_eq!(m.systems.len(), 2);
     assert_eq!(m.systems[0].bps, Some(4.8e8));
