@@ -4,4 +4,5 @@
 //! - [`topo`]: network-namespace topologies.
 pub mod engine;
 pub mod lab;
+pub mod sweep;
 pub mod topo;

@@ -1,8 +1,8 @@
 //! The `tunbench` command line: `server`, `client` and `lab` (plus the hidden
-//! `wan-emu` the lab runs in its wan namespace); `sweep` and `report` join the
-//! [`Command`] enum later.
+//! `wan-emu` the lab runs in its wan namespace), `sweep`, `tune` and `report`.
 
 mod cli_lab;
+mod cli_sweep;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +30,12 @@ enum Command {
     Client(Box<ClientArgs>),
     /// Build the WAN testbed, compare raw / IPsec / WireGuard / tunneld, write results.
     Lab(cli_lab::LabArgs),
+    /// Walk a grid of tunneld and traffic settings; one JSON line per cell (resumable).
+    Sweep(cli_sweep::SweepArgs),
+    /// Pick the best sweep cell under latency and CPU limits; write a tunneld profile.
+    Tune(cli_sweep::TuneArgs),
+    /// Capacity-planning report (Markdown or self-contained HTML) from sweep/lab results.
+    Report(cli_sweep::ReportArgs),
     /// The userspace WAN emulator (run by `tunbench lab` inside its wan namespace).
     #[command(hide = true)]
     WanEmu(cli_lab::WanEmuArgs),
@@ -247,6 +253,9 @@ fn main() -> ExitCode {
         Command::Client(a) => client(a),
         Command::Lab(a) => cli_lab::lab_cmd(a),
         Command::WanEmu(a) => cli_lab::wan_emu_cmd(a),
+        Command::Sweep(a) => cli_sweep::sweep_cmd(a),
+        Command::Tune(a) => cli_sweep::tune_cmd(a),
+        Command::Report(a) => cli_sweep::report_cmd(a),
     };
     match r {
         Ok(code) => code,

@@ -152,6 +152,17 @@ struct Prepared {
 impl Tunneld {
     /// Writes keys and configs, starts both daemons, waits for `status`.
     pub fn start(ctx: &Ctx) -> Result<Tunneld, NotRun> {
+        Self::start_with(ctx, &mut |_, _| {})
+    }
+
+    // ---- hook for `tunbench sweep` (added on the sweep branch) ----
+    /// As [`Tunneld::start`], but `edit` may change each side's generated
+    /// config (dataplane knobs, MTU, ...) before it is written. The sweep
+    /// uses it to run one cell's tunneld settings.
+    pub fn start_with(
+        ctx: &Ctx,
+        edit: &mut dyn FnMut(Side, &mut TunnelFile),
+    ) -> Result<Tunneld, NotRun> {
         let bin = ctx.tunneld_bin.ok_or_else(|| {
             NotRun::NotInstalled(
                 "tunneld binary not found next to tunbench nor in PATH (cargo build --release)"
@@ -177,7 +188,7 @@ impl Tunneld {
                 .ifname(&format!("t{}", side.letter()))
                 .map_err(|e| fail("naming the TUN device", &e))?;
             let sock = dir.join(format!("{}.sock", side.letter()));
-            let file = tunnel_file(
+            let mut file = tunnel_file(
                 side,
                 &tun,
                 &keys[i].0,
@@ -185,6 +196,7 @@ impl Tunneld {
                 keys[1 - i].1,
                 &ctx.scenario.tunneld,
             );
+            edit(side, &mut file);
             let yaml = serde_norway::to_string(&file).map_err(|e| fail("rendering YAML", &e))?;
             let config = dir.join(format!("{}.yaml", side.letter()));
             std::fs::write(&config, yaml).map_err(|e| fail("writing the config", &e))?;
