@@ -12,14 +12,16 @@ use tunneld::config::TunnelFile;
 use tunneld::keys::PublicKey;
 use tunneld::units::{format_rate, Span};
 
-use super::knobs::{show, Knob};
+use super::knobs::{show, transport_of, Knob};
 use super::results::{CellRecord, SweepMeta};
 use super::runner::apply_knobs;
-use crate::lab::systems::tunneld::{tunnel_file, Side};
+use crate::lab::systems::tunneld::{set_transport, tunnel_file, QuicCerts, QuicIdentity, Side};
 
 /// Placeholder peer key in a tuned profile (the example profile's; the
 /// header says to replace it).
 pub const PLACEHOLDER_PEER_KEY: &str = "ywiVZdqg0pcdfEV466JrS3t6omdsTlhFlUPJx6GrkoA=";
+/// Stand-in for the peer's QUIC SPKI pin in a tuned profile over QUIC.
+pub const PLACEHOLDER_PIN: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
 
 /// The limits a pick must meet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,6 +112,18 @@ pub fn tuned_file(meta: &SweepMeta, r: &CellRecord) -> TunnelFile {
     );
     f.peers[0].name = "dc-b".into();
     f.peers[0].keepalive = Some(Span(Duration::from_secs(25)));
+    if let Some(t) = r.cell.get(Knob::Transport).and_then(transport_of) {
+        let id = |gw: &str| QuicIdentity {
+            cert_file: format!("{gw}.crt").into(),
+            key_file: format!("{gw}.crt.key").into(),
+            pin: PLACEHOLDER_PIN.into(),
+        };
+        let placeholders = QuicCerts {
+            a: id("gw-a"),
+            b: id("gw-b"),
+        };
+        set_transport(Side::A, &mut f, t, Some(&placeholders));
+    }
     apply_knobs(&mut f, &r.cell);
     f
 }
@@ -162,7 +176,8 @@ pub fn render(meta: &SweepMeta, r: &CellRecord, c: &Constraints) -> Result<Strin
         ));
     }
     h.push_str(
-        "# Replace the addresses, key file, peer key and endpoint with your gateways' own\n\
+        "# Replace the addresses, key file, peer key and endpoint (and over QUIC the\n\
+         # certificate files and the peer's pin: `tunneld gencert`) with your gateways' own\n\
          # (these are the lab's); `tunneld check --config FILE` validates the result.\n",
     );
     Ok(h + &yaml)
