@@ -283,4 +283,40 @@ mod tests {
         assert_eq!((f.dataplane.batch, f.dataplane.workers), (16, 1));
         assert!(text.contains("TCP socket buffers 4.0 MiB"), "{text}");
     }
+
+    #[test]
+    fn tuned_profile_over_quic_has_certificates_and_pin() {
+        let mut r = rec(16, 1, 1e9, 5.0, 0.5);
+        r.cell.knobs.insert(
+            Knob::Transport,
+            crate::sweep::knobs::transport_value(tunneld::config::TransportKind::Quic),
+        );
+        let text = render(
+            &meta(),
+            &r,
+            &Constraints {
+                max_p99_ms: 10.0,
+                max_cores: 1.0,
+            },
+        )
+        .expect("render");
+        let dir = std::env::temp_dir().join(format!("tb-tune-q-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        tunneld::keys::PrivateKey::generate()
+            .expect("key")
+            .save_file(&dir.join("gw-a.key"))
+            .expect("save key");
+        let (cert, key, _) = tunneld::transport::quic::generate_cert().expect("cert");
+        std::fs::write(dir.join("gw-a.crt"), cert).expect("cert file");
+        std::fs::write(dir.join("gw-a.crt.key"), key).expect("key file");
+        let cfg = tunneld::config::parse_str(&text, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = cfg.unwrap_or_else(|e| panic!("tunneld rejects the tuned profile: {e}\n{text}"));
+        assert_eq!(cfg.peers.len(), 1);
+        let f = tunneld::config::parse_file_format(&text, "tuned.yaml").expect("file format");
+        assert_eq!(f.peers[0].transport, tunneld::config::TransportKind::Quic);
+        assert!(f.quic.is_some() && f.peers[0].quic.is_some(), "{text}");
+        assert!(text.contains("gencert"), "{text}");
+    }
 }
