@@ -284,8 +284,8 @@ fn malformed_profiles_name_the_field() {
             "test.duration",
         ),
         (
-            base.replace("workers: [1, 2]", "transport: [udp]"),
-            "not supported yet",
+            base.replace("workers: [1, 2]", "transport: [udp, sctp]"),
+            "grid.transport",
         ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {

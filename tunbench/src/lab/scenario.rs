@@ -102,9 +102,16 @@ pub enum SystemKind {
     /// wireguard-go (userspace WireGuard).
     #[serde(rename = "wireguard-go")]
     WireguardGo,
-    /// tunneld with the profile's settings.
+    /// tunneld with the profile's settings, over UDP.
     #[serde(rename = "tunneld")]
     Tunneld,
+    /// tunneld with the profile's settings, every peer on `transport: tcp`.
+    #[serde(rename = "tunneld-tcp")]
+    TunneldTcp,
+    /// tunneld with the profile's settings, every peer on `transport: quic`
+    /// (certificates generated per run).
+    #[serde(rename = "tunneld-quic")]
+    TunneldQuic,
 }
 
 impl SystemKind {
@@ -115,6 +122,19 @@ impl SystemKind {
             SystemKind::Ipsec => "ipsec",
             SystemKind::WireguardGo => "wireguard-go",
             SystemKind::Tunneld => "tunneld",
+            SystemKind::TunneldTcp => "tunneld-tcp",
+            SystemKind::TunneldQuic => "tunneld-quic",
+        }
+    }
+
+    /// The tunneld transport of a tunneld row; `None` for the other systems.
+    pub fn tunneld_transport(self) -> Option<tunneld::config::TransportKind> {
+        use tunneld::config::TransportKind;
+        match self {
+            SystemKind::Tunneld => Some(TransportKind::Udp),
+            SystemKind::TunneldTcp => Some(TransportKind::Tcp),
+            SystemKind::TunneldQuic => Some(TransportKind::Quic),
+            SystemKind::Raw | SystemKind::Ipsec | SystemKind::WireguardGo => None,
         }
     }
 }

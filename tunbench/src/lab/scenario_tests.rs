@@ -123,3 +123,38 @@ fn no_wan_means_no_emulation() {
     let s = Scenario::parse(text, "x").expect("minimal profile");
     assert!(!s.wan.emulates());
 }
+
+#[test]
+fn transport_rows_parse_and_name_their_transport() {
+    for (text, name) in [
+        (
+            include_str!("../../../profiles/lab-transports.yaml"),
+            "lab-transports",
+        ),
+        (
+            include_str!("../../../profiles/lab-transports-loss.yaml"),
+            "lab-transports-loss",
+        ),
+    ] {
+        let s = Scenario::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            s.systems,
+            vec![
+                SystemKind::Raw,
+                SystemKind::Tunneld,
+                SystemKind::TunneldTcp,
+                SystemKind::TunneldQuic
+            ]
+        );
+    }
+    let names: Vec<&str> = [SystemKind::TunneldTcp, SystemKind::TunneldQuic]
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(names, ["tunneld-tcp", "tunneld-quic"]);
+    assert_eq!(
+        SystemKind::TunneldQuic.tunneld_transport(),
+        Some(tunneld::config::TransportKind::Quic)
+    );
+    assert_eq!(SystemKind::Raw.tunneld_transport(), None);
+}

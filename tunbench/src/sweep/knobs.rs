@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use tunneld::config::CipherKind;
+use tunneld::config::{CipherKind, TransportKind};
 use tunneld::units::{format_size, parse_size};
 
 /// One tunable setting. The order of the variants is the order of the knobs
@@ -30,6 +30,8 @@ pub enum Knob {
     MssClamp,
     /// tunneld `socket_buffer` (its UDP socket's SO_SNDBUF/SO_RCVBUF).
     SocketBuffer,
+    /// tunneld `peers[].transport` (udp, tcp, quic) of every peer.
+    Transport,
     /// Engine TCP_MAXSEG of the test's TCP sockets, bytes.
     Mss,
     /// Engine socket buffer (TCP window) of the test's data sockets, bytes.
@@ -39,7 +41,7 @@ pub enum Knob {
 }
 
 /// Every knob, in key order.
-pub const ALL: [Knob; 10] = [
+pub const ALL: [Knob; 11] = [
     Knob::Cipher,
     Knob::Offload,
     Knob::Batch,
@@ -47,6 +49,7 @@ pub const ALL: [Knob; 10] = [
     Knob::Mtu,
     Knob::MssClamp,
     Knob::SocketBuffer,
+    Knob::Transport,
     Knob::Mss,
     Knob::Window,
     Knob::Streams,
@@ -63,6 +66,7 @@ impl Knob {
             Knob::Mtu => "mtu",
             Knob::MssClamp => "mss_clamp",
             Knob::SocketBuffer => "socket_buffer",
+            Knob::Transport => "transport",
             Knob::Mss => "mss",
             Knob::Window => "window",
             Knob::Streams => "streams",
@@ -95,7 +99,7 @@ pub enum Value {
     Bool(bool),
     /// Counts and byte sizes.
     Num(u64),
-    /// Names (cipher).
+    /// Names (cipher, transport).
     Text(String),
 }
 
@@ -309,6 +313,24 @@ pub fn cipher_of(v: &Value) -> Option<CipherKind> {
     }
 }
 
+/// A tunneld transport as a knob value.
+pub fn transport_value(t: TransportKind) -> Value {
+    Value::Text(t.as_str().into())
+}
+
+/// The transport a knob value names (values come from the checked profile).
+pub fn transport_of(v: &Value) -> Option<TransportKind> {
+    match v {
+        Value::Text(t) => match t.as_str() {
+            "udp" => Some(TransportKind::Udp),
+            "tcp" => Some(TransportKind::Tcp),
+            "quic" => Some(TransportKind::Quic),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +356,14 @@ mod tests {
         assert_eq!(bounded("4M", 1, 1 << 30, true), Ok(4 << 20));
         assert!(bounded("-4M", 1, 1 << 30, true).is_err());
         assert!(bounded("x", 1, 2, false).is_err());
+    }
+
+    #[test]
+    fn transport_values_round_trip() {
+        for t in [TransportKind::Udp, TransportKind::Tcp, TransportKind::Quic] {
+            assert_eq!(transport_of(&transport_value(t)), Some(t));
+        }
+        assert_eq!(transport_of(&Value::Text("sctp".into())), None);
+        assert_eq!(transport_of(&Value::Num(1)), None);
     }
 }

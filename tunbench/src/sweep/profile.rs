@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use tunneld::config::CipherKind;
+use tunneld::config::{CipherKind, TransportKind};
 use tunneld::units::{parse_duration, parse_rate, Rate, Span};
 
 use super::knobs::{
-    cipher_value, BatchV, Cell, Knob, MssV, MtuV, Quantity, SockBufV, StreamsV, Value, WindowV,
-    WorkersV,
+    cipher_value, transport_value, BatchV, Cell, Knob, MssV, MtuV, Quantity, SockBufV, StreamsV,
+    Value, WindowV, WorkersV,
 };
 use crate::lab::scenario::{Scenario, SystemKind, TunneldSettings, Wan};
 
@@ -263,9 +263,9 @@ macro_rules! grid_struct {
             /// Engine parallel streams.
             #[serde(default, skip_serializing)]
             pub streams: Option<$wrap<StreamsV>>,
-            /// Accepted by name only: refused until tunneld has transports.
+            /// tunneld peers[].transport (udp, tcp, quic).
             #[serde(default, skip_serializing)]
-            pub transport: Option<serde_norway::Value>,
+            pub transport: Option<$wrap<TransportKind>>,
         }
 
         impl $name {
@@ -280,6 +280,7 @@ macro_rules! grid_struct {
                 if let Some(x) = &self.mtu { v.push((Knob::Mtu, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.mss_clamp { v.push((Knob::MssClamp, x.items().map(|b| Value::Bool(*b)).collect())); }
                 if let Some(x) = &self.socket_buffer { v.push((Knob::SocketBuffer, x.items().map(|b| n(b.0)).collect())); }
+                if let Some(x) = &self.transport { v.push((Knob::Transport, x.items().map(|t| transport_value(*t)).collect())); }
                 if let Some(x) = &self.mss { v.push((Knob::Mss, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.window { v.push((Knob::Window, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.streams { v.push((Knob::Streams, x.items().map(|b| n(b.0)).collect())); }
@@ -540,22 +541,6 @@ impl SweepProfile {
         if f.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty".into()));
         }
-        let transport = f.grid.as_ref().and_then(|g| g.transport.as_ref()).is_some()
-            || f.points.iter().flatten().any(|p| p.transport.is_some());
-        if transport {
-            let field = if f.grid.is_some() {
-                "grid.transport"
-            } else {
-                "points.transport"
-            };
-            return Err(invalid(
-                field,
-                "not supported yet: sweeping tunneld's per-peer `transport` (udp/tcp/quic) needs \
-                 QUIC certificates and pins for both gateways, which the sweep does not generate; \
-                 compare transports with tests/transports.rs `bench_transports` for now"
-                    .into(),
-            ));
-        }
         let (cells, knobs): (Vec<Cell>, Vec<Knob>) = match (&f.grid, &f.points) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -639,10 +624,12 @@ impl SweepProfile {
                 ),
             ));
         }
-        if f.baselines.contains(&SystemKind::Tunneld) {
+        if f.baselines.iter().any(|b| b.tunneld_transport().is_some()) {
             return Err(invalid(
                 "baselines",
-                "tunneld is what the grid measures; list only raw, ipsec, wireguard-go".into(),
+                "tunneld is what the grid measures (its transports with the `transport` knob); \
+                 list only raw, ipsec, wireguard-go"
+                    .into(),
             ));
         }
         if f.scenario.is_some() && f.wan.is_some() {
@@ -675,6 +662,20 @@ impl SweepProfile {
                              config file) and `remote.restart` (the command that restarts it)",
                             tunneld_knobs.join(", ")
                         ),
+                    ));
+                }
+                if knobs.contains(&Knob::Transport) {
+                    let field = if f.grid.is_some() {
+                        "grid.transport"
+                    } else {
+                        "points"
+                    };
+                    return Err(invalid(
+                        field,
+                        "remote mode rewrites only the local tunneld config, but a transport \
+                         change (and QUIC's certificates and pins) must reach both gateways; \
+                         sweep transports in lab mode"
+                            .into(),
                     ));
                 }
                 if r.server.trim().is_empty() {

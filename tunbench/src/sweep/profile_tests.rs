@@ -121,13 +121,48 @@ fn out_of_range_values() {
 }
 
 #[test]
-fn transport_knob_is_refused_with_a_reason() {
-    let e = err(&TINY.replace("workers: [1, 2]", "transport: [udp, tcp]"));
+fn transport_knob_in_grid_and_points() {
+    let p = parse(&TINY.replace("workers: [1, 2]", "transport: [udp, tcp, quic]")).expect("grid");
+    assert_eq!(p.knobs, vec![Knob::Batch, Knob::Transport]);
+    let keys: Vec<String> = p.cells.iter().map(|c| c.key()).collect();
+    assert_eq!(keys.len(), 6, "{keys:?}");
     assert!(
-        e.contains("grid.transport") && e.contains("not supported yet"),
+        keys.contains(&"batch=64,transport=quic".to_string()),
+        "{keys:?}"
+    );
+    let points = TINY.replace(
+        "grid:\n  batch: [8, 64]\n  workers: [1, 2]\n",
+        "points:\n  - {transport: tcp}\n  - {transport: quic, batch: 8}\n",
+    );
+    let p = parse(&points).expect("points");
+    let keys: Vec<String> = p.cells.iter().map(|c| c.key()).collect();
+    assert_eq!(keys, ["transport=tcp", "batch=8,transport=quic"]);
+}
+
+#[test]
+fn unknown_transport_is_refused_with_field_and_line() {
+    let e = err(&TINY.replace("workers: [1, 2]", "transport: [udp, sctp]"));
+    assert!(e.contains("grid.transport") && e.contains("sctp"), "{e}");
+    assert!(e.starts_with("t.yaml:11:"), "{e}");
+    let e = err(&TINY.replace("workers: [1, 2]", "transport: [udp, udp]"));
+    assert!(e.contains("twice"), "{e}");
+}
+
+#[test]
+fn transport_knob_is_refused_in_remote_mode() {
+    let remote = TINY.replace("workers: [1, 2]", "transport: [udp, tcp]")
+        + "mode: remote\nremote:\n  server: 198.18.2.2\n  config: /tmp/x.yaml\n  restart: \"true\"\n";
+    let e = err(&remote);
+    assert!(
+        e.contains("grid.transport") && e.contains("both gateways"),
         "{e}"
     );
-    assert!(e.starts_with("t.yaml:11:"), "{e}");
+}
+
+#[test]
+fn tunneld_rows_are_not_baselines() {
+    let e = err(&format!("{TINY}baselines: [raw, tunneld-tcp]\n"));
+    assert!(e.contains("baselines"), "{e}");
 }
 
 #[test]

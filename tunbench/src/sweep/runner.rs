@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tunneld::config::{CipherKind, TunnelFile};
 use tunneld::units::Size;
 
-use super::knobs::{cipher_of, Cell, Knob};
+use super::knobs::{cipher_of, transport_of, Cell, Knob};
 use super::profile::{Mode, SweepProfile};
 use super::results::{
     self, Baseline, CellRecord, CellWriter, ResultsError, SweepMeta, META_SCHEMA,
@@ -126,6 +126,15 @@ pub fn apply_knobs(f: &mut TunnelFile, cell: &Cell) {
             Knob::SocketBuffer => {
                 if let Some(n) = v.num() {
                     f.socket_buffer = Size(n);
+                }
+            }
+            Knob::Transport => {
+                // The peers' transport only; QUIC's certificates and pins
+                // are filled in by `Tunneld::start_on` (lab mode).
+                if let Some(t) = transport_of(v) {
+                    for p in &mut f.peers {
+                        p.transport = t;
+                    }
                 }
             }
             Knob::Mss | Knob::Window | Knob::Streams => {}
@@ -360,7 +369,11 @@ fn run_lab(
             instance,
         };
         let mut tun_b = String::new();
-        let started_sys = Tunneld::start_with(&ctx, &mut |side, f| {
+        let transport = cell
+            .get(Knob::Transport)
+            .and_then(transport_of)
+            .unwrap_or_default();
+        let started_sys = Tunneld::start_on(&ctx, transport, &mut |side, f| {
             apply_knobs(f, cell);
             if side == Side::B {
                 tun_b = f.interface.name.clone();

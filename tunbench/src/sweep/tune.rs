@@ -12,14 +12,16 @@ use tunneld::config::TunnelFile;
 use tunneld::keys::PublicKey;
 use tunneld::units::{format_rate, Span};
 
-use super::knobs::{show, Knob};
+use super::knobs::{show, transport_of, Knob};
 use super::results::{CellRecord, SweepMeta};
 use super::runner::apply_knobs;
-use crate::lab::systems::tunneld::{tunnel_file, Side};
+use crate::lab::systems::tunneld::{set_transport, tunnel_file, QuicCerts, QuicIdentity, Side};
 
 /// Placeholder peer key in a tuned profile (the example profile's; the
 /// header says to replace it).
 pub const PLACEHOLDER_PEER_KEY: &str = "ywiVZdqg0pcdfEV466JrS3t6omdsTlhFlUPJx6GrkoA=";
+/// Stand-in for the peer's QUIC SPKI pin in a tuned profile over QUIC.
+pub const PLACEHOLDER_PIN: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
 
 /// The limits a pick must meet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,6 +112,18 @@ pub fn tuned_file(meta: &SweepMeta, r: &CellRecord) -> TunnelFile {
     );
     f.peers[0].name = "dc-b".into();
     f.peers[0].keepalive = Some(Span(Duration::from_secs(25)));
+    if let Some(t) = r.cell.get(Knob::Transport).and_then(transport_of) {
+        let id = |gw: &str| QuicIdentity {
+            cert_file: format!("{gw}.crt").into(),
+            key_file: format!("{gw}.crt.key").into(),
+            pin: PLACEHOLDER_PIN.into(),
+        };
+        let placeholders = QuicCerts {
+            a: id("gw-a"),
+            b: id("gw-b"),
+        };
+        set_transport(Side::A, &mut f, t, Some(&placeholders));
+    }
     apply_knobs(&mut f, &r.cell);
     f
 }
@@ -162,7 +176,8 @@ pub fn render(meta: &SweepMeta, r: &CellRecord, c: &Constraints) -> Result<Strin
         ));
     }
     h.push_str(
-        "# Replace the addresses, key file, peer key and endpoint with your gateways' own\n\
+        "# Replace the addresses, key file, peer key and endpoint (and over QUIC the\n\
+         # certificate files and the peer's pin: `tunneld gencert`) with your gateways' own\n\
          # (these are the lab's); `tunneld check --config FILE` validates the result.\n",
     );
     Ok(h + &yaml)
@@ -267,5 +282,41 @@ mod tests {
         let f = tunneld::config::parse_file_format(&text, "tuned.yaml").expect("file format");
         assert_eq!((f.dataplane.batch, f.dataplane.workers), (16, 1));
         assert!(text.contains("TCP socket buffers 4.0 MiB"), "{text}");
+    }
+
+    #[test]
+    fn tuned_profile_over_quic_has_certificates_and_pin() {
+        let mut r = rec(16, 1, 1e9, 5.0, 0.5);
+        r.cell.knobs.insert(
+            Knob::Transport,
+            crate::sweep::knobs::transport_value(tunneld::config::TransportKind::Quic),
+        );
+        let text = render(
+            &meta(),
+            &r,
+            &Constraints {
+                max_p99_ms: 10.0,
+                max_cores: 1.0,
+            },
+        )
+        .expect("render");
+        let dir = std::env::temp_dir().join(format!("tb-tune-q-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        tunneld::keys::PrivateKey::generate()
+            .expect("key")
+            .save_file(&dir.join("gw-a.key"))
+            .expect("save key");
+        let (cert, key, _) = tunneld::transport::quic::generate_cert().expect("cert");
+        std::fs::write(dir.join("gw-a.crt"), cert).expect("cert file");
+        std::fs::write(dir.join("gw-a.crt.key"), key).expect("key file");
+        let cfg = tunneld::config::parse_str(&text, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = cfg.unwrap_or_else(|e| panic!("tunneld rejects the tuned profile: {e}\n{text}"));
+        assert_eq!(cfg.peers.len(), 1);
+        let f = tunneld::config::parse_file_format(&text, "tuned.yaml").expect("file format");
+        assert_eq!(f.peers[0].transport, tunneld::config::TransportKind::Quic);
+        assert!(f.quic.is_some() && f.peers[0].quic.is_some(), "{text}");
+        assert!(text.contains("gencert"), "{text}");
     }
 }

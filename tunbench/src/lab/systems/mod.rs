@@ -63,7 +63,10 @@ pub trait Running {
 pub fn start(kind: SystemKind, ctx: &Ctx) -> Result<Box<dyn Running>, NotRun> {
     let mut sys: Box<dyn Running> = match kind {
         SystemKind::Raw => Box::new(raw::Raw::start(ctx)?),
-        SystemKind::Tunneld => Box::new(tunneld::Tunneld::start(ctx)?),
+        SystemKind::Tunneld | SystemKind::TunneldTcp | SystemKind::TunneldQuic => {
+            let transport = kind.tunneld_transport().unwrap_or_default();
+            Box::new(tunneld::Tunneld::start_on(ctx, transport, &mut |_, _| {})?)
+        }
         SystemKind::Ipsec => ipsec::start(ctx)?,
         SystemKind::WireguardGo => Box::new(wireguard::WireguardGo::start(ctx)?),
     };

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tunneld::config::{CipherKind, InterfaceFile, Kind, PeerFile, RekeyFile, TunnelFile};
+use tunneld::config::{
+    CipherKind, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile, TransportKind,
+    TunnelFile,
+};
 use tunneld::keys::{PrivateKey, PublicKey};
 use tunneld::prefix::Prefix;
 use tunneld::units::{Size, Span};
@@ -20,6 +23,9 @@ use crate::topo::{self, DcPair};
 
 /// UDP port both daemons listen on.
 pub const PORT: u16 = 51820;
+/// Largest tunnel MTU the lab uses over QUIC: 1360 + 32 (our frame) + 50
+/// (QUIC) + 28 (IPv4/UDP) fits the lab's 1500-byte links (as tests/transports.rs).
+pub const QUIC_MAX_MTU: u16 = 1360;
 /// How long a daemon gets to answer `status` after start.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -155,6 +161,30 @@ impl Tunneld {
         Self::start_with(ctx, &mut |_, _| {})
     }
 
+    /// As [`Tunneld::start_with`], with every peer on `transport` (for
+    /// `quic`, a certificate per gateway is generated into the lab dir
+    /// first). The transport is set before `edit` runs, so an explicit
+    /// `edit` (a sweep cell's MTU, say) wins over the QUIC MTU cap.
+    pub fn start_on(
+        ctx: &Ctx,
+        transport: TransportKind,
+        edit: &mut dyn FnMut(Side, &mut TunnelFile),
+    ) -> Result<Tunneld, NotRun> {
+        let certs = match transport {
+            TransportKind::Quic => {
+                let dir = instance_dir(ctx);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| NotRun::Failed(format!("creating {}: {e}", dir.display())))?;
+                Some(QuicCerts::generate(&dir).map_err(NotRun::Failed)?)
+            }
+            _ => None,
+        };
+        Self::start_with(ctx, &mut |side, f| {
+            set_transport(side, f, transport, certs.as_ref());
+            edit(side, f);
+        })
+    }
+
     // ---- hook for `tunbench sweep` (added on the sweep branch) ----
     /// As [`Tunneld::start`], but `edit` may change each side's generated
     /// config (dataplane knobs, MTU, ...) before it is written. The sweep
@@ -170,7 +200,7 @@ impl Tunneld {
             )
         })?;
         let dc = ctx.dc;
-        let dir = dc.lab.dir().join(format!("tunneld-{}", ctx.instance));
+        let dir = instance_dir(ctx);
         std::fs::create_dir_all(&dir)
             .map_err(|e| NotRun::Failed(format!("creating {}: {e}", dir.display())))?;
         let fail = |what: &str, e: &dyn std::fmt::Display| NotRun::Failed(format!("{what}: {e}"));
@@ -182,6 +212,7 @@ impl Tunneld {
             keys.push((path, k.public()));
         }
         let mut prepared = Vec::new();
+        let mut variant = String::new();
         for (i, side) in [Side::A, Side::B].into_iter().enumerate() {
             let tun = dc
                 .lab
@@ -197,6 +228,9 @@ impl Tunneld {
                 &ctx.scenario.tunneld,
             );
             edit(side, &mut file);
+            if side == Side::A {
+                variant = variant_of(&file);
+            }
             let yaml = serde_norway::to_string(&file).map_err(|e| fail("rendering YAML", &e))?;
             let config = dir.join(format!("{}.yaml", side.letter()));
             std::fs::write(&config, yaml).map_err(|e| fail("writing the config", &e))?;
@@ -208,10 +242,7 @@ impl Tunneld {
         }
         let mut me = Tunneld {
             pids: Vec::new(),
-            variant: format!(
-                "tunneld {} mtu {}",
-                ctx.scenario.tunneld.cipher, ctx.scenario.tunneld.mtu
-            ),
+            variant,
         };
         for p in &prepared {
             let mut cmd = Command::new(bin);
@@ -234,6 +265,130 @@ impl Tunneld {
             }
         }
         Ok(me)
+    }
+}
+
+/// Where one start's keys, certificates and configs live.
+fn instance_dir(ctx: &Ctx) -> PathBuf {
+    ctx.dc.lab.dir().join(format!("tunneld-{}", ctx.instance))
+}
+
+/// The row's variant text: cipher, MTU and transport of the config as run.
+fn variant_of(f: &TunnelFile) -> String {
+    let transport = f.peers.first().map_or(TransportKind::Udp, |p| p.transport);
+    format!(
+        "tunneld {} mtu {} over {transport}",
+        f.cipher, f.interface.mtu
+    )
+}
+
+/// One gateway's QUIC identity: certificate, private key (mode 0600), and
+/// the SPKI pin its peer expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicIdentity {
+    /// Certificate PEM file.
+    pub cert_file: PathBuf,
+    /// Private key PEM file (mode 0600).
+    pub key_file: PathBuf,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo (base64).
+    pub pin: String,
+}
+
+/// Both gateways' QUIC identities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicCerts {
+    /// gw-a's.
+    pub a: QuicIdentity,
+    /// gw-b's.
+    pub b: QuicIdentity,
+}
+
+impl QuicCerts {
+    /// Generates a self-signed certificate per gateway into `dir`
+    /// (`a.crt`/`a.crt.key`, `b.crt`/`b.crt.key`).
+    pub fn generate(dir: &Path) -> Result<QuicCerts, String> {
+        let one = |side: Side| -> Result<QuicIdentity, String> {
+            let (cert, key, pin) = tunneld::transport::quic::generate_cert()
+                .map_err(|e| format!("generating a QUIC certificate: {e}"))?;
+            let cert_file = dir.join(format!("{}.crt", side.letter()));
+            let key_file = dir.join(format!("{}.crt.key", side.letter()));
+            std::fs::write(&cert_file, cert)
+                .map_err(|e| format!("writing {}: {e}", cert_file.display()))?;
+            write_private(&key_file, key.as_bytes())
+                .map_err(|e| format!("writing {}: {e}", key_file.display()))?;
+            Ok(QuicIdentity {
+                cert_file,
+                key_file,
+                pin,
+            })
+        };
+        Ok(QuicCerts {
+            a: one(Side::A)?,
+            b: one(Side::B)?,
+        })
+    }
+
+    /// The identity of `side`.
+    pub fn of(&self, side: Side) -> &QuicIdentity {
+        match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        }
+    }
+}
+
+/// Writes `bytes` to a new file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+/// Puts every peer of `side`'s config on `transport`. For `tcp` and `quic`
+/// only gw-a dials (gw-b's peers lose their endpoint and accept), as the
+/// end-to-end tests run them. For `quic` it fills `quic:` with this side's
+/// identity from `certs`, each peer's pin with the other side's, and caps
+/// the MTU at [`QUIC_MAX_MTU`]; without `certs` a quic config is left
+/// without them (tunneld's check then names what is missing).
+pub fn set_transport(
+    side: Side,
+    f: &mut TunnelFile,
+    transport: TransportKind,
+    certs: Option<&QuicCerts>,
+) {
+    for p in &mut f.peers {
+        p.transport = transport;
+        p.quic = None;
+        if transport != TransportKind::Udp && side == Side::B {
+            p.endpoint = None;
+        }
+    }
+    f.quic = None;
+    if transport != TransportKind::Quic {
+        return;
+    }
+    f.interface.mtu = f.interface.mtu.min(QUIC_MAX_MTU);
+    if let Some(c) = certs {
+        let mine = c.of(side);
+        f.quic = Some(QuicFile {
+            cert_file: mine.cert_file.clone(),
+            key_file: mine.key_file.clone(),
+            port: None,
+            idle_timeout: Span(tunneld::config::DEFAULT_QUIC_IDLE),
+            keepalive: Span(tunneld::config::DEFAULT_QUIC_KEEPALIVE),
+        });
+        let theirs = c.of(side.peer()).pin.clone();
+        for p in &mut f.peers {
+            p.quic = Some(PeerQuicFile {
+                spki_sha256: theirs.clone(),
+            });
+        }
     }
 }
 
@@ -298,6 +453,100 @@ mod tests {
         let cfg = tunneld::config::parse_str(&yaml, &dir)
             .unwrap_or_else(|e| panic!("tunneld rejects the lab's config: {e}\n{yaml}"));
         assert_eq!(cfg.peers.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Both sides' configs for `transport`, as the lab writes them, with
+    /// the keys (and certificates) in `dir`.
+    fn pair(dir: &Path, transport: TransportKind) -> Vec<(Side, TunnelFile)> {
+        let certs = (transport == TransportKind::Quic)
+            .then(|| QuicCerts::generate(dir).expect("certificates"));
+        let keys = [
+            PrivateKey::generate().expect("key"),
+            PrivateKey::generate().expect("key"),
+        ];
+        let mut out = Vec::new();
+        for (i, side) in [Side::A, Side::B].into_iter().enumerate() {
+            let key = dir.join(format!("{}.key", side.letter()));
+            keys[i].save_file(&key).expect("save key");
+            let mut f = tunnel_file(
+                side,
+                &format!("tb1x1t{}", side.letter()),
+                &key,
+                &dir.join(format!("{}.sock", side.letter())),
+                keys[1 - i].public(),
+                &TunneldSettings::default(),
+            );
+            set_transport(side, &mut f, transport, certs.as_ref());
+            out.push((side, f));
+        }
+        out
+    }
+
+    #[test]
+    fn transport_configs_pass_tunneld_checks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tb-lab-tr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for transport in [TransportKind::Tcp, TransportKind::Quic] {
+            let dir = dir.join(transport.as_str());
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            for (side, file) in pair(&dir, transport) {
+                let yaml = serde_norway::to_string(&file).expect("yaml");
+                let parsed = tunneld::config::parse_file_format(&yaml, "lab.yaml")
+                    .unwrap_or_else(|e| panic!("{transport}: does not parse: {e}\n{yaml}"));
+                let cfg = tunneld::config::check(&parsed, &dir, "lab.yaml", Some(&yaml))
+                    .unwrap_or_else(|e| panic!("{transport}: tunneld rejects it: {e}\n{yaml}"));
+                assert_eq!(cfg.peers.len(), 1);
+                assert_eq!(parsed.peers[0].transport, transport);
+                // Only gw-a dials.
+                assert_eq!(
+                    parsed.peers[0].endpoint.is_some(),
+                    side == Side::A,
+                    "{yaml}"
+                );
+                if transport == TransportKind::Quic {
+                    assert!(parsed.interface.mtu <= QUIC_MAX_MTU);
+                    let q = parsed.quic.as_ref().expect("quic section");
+                    let mode = std::fs::metadata(&q.key_file)
+                        .expect("key file")
+                        .permissions()
+                        .mode();
+                    assert_eq!(mode & 0o777, 0o600, "{}", q.key_file.display());
+                    // The pin is the other gateway's certificate.
+                    let other = match side {
+                        Side::A => dir.join("b.crt"),
+                        Side::B => dir.join("a.crt"),
+                    };
+                    let pin = tunneld::transport::quic::pin_of_cert_file(&other).expect("pin");
+                    let want = tunneld::transport::quic::parse_pin(&pin).expect("parse");
+                    let have = parsed.peers[0].quic.as_ref().expect("peer quic");
+                    assert_eq!(
+                        tunneld::transport::quic::parse_pin(&have.spki_sha256).expect("parse"),
+                        want
+                    );
+                } else {
+                    assert!(parsed.quic.is_none() && parsed.peers[0].quic.is_none());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn quic_without_certificates_is_refused_by_tunneld() {
+        let dir = std::env::temp_dir().join(format!("tb-lab-trn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (_, mut f) = pair(&dir, TransportKind::Udp).remove(0);
+        set_transport(Side::A, &mut f, TransportKind::Quic, None);
+        let yaml = serde_norway::to_string(&f).expect("yaml");
+        let e = tunneld::config::check(&f, &dir, "lab.yaml", Some(&yaml));
+        assert!(
+            e.is_err(),
+            "accepted a quic config without certificates:\n{yaml}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
