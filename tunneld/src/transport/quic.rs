@@ -1,5 +1,6 @@
 //! Frames as QUIC unreliable datagrams (RFC 9221): no head-of-line blocking
-//! and no retransmission of the inner traffic, but QUIC's congestion control,
+//! and no retransmission of the inner traffic, but QUIC's congestion control
+//! (BBR, so random loss is not taken for congestion),
 //! connection migration and a TLS 1.3 handshake that looks like HTTP/3 on
 //! the wire. quinn runs on a tokio runtime in a thread of its own; received
 //! datagrams reach the data path through an [`Inbox`], and sends call
@@ -376,7 +377,12 @@ fn transport_config(s: &QuicSettings) -> Result<quinn::TransportConfig, QuicErro
         .datagram_receive_buffer_size(Some(s.socket_buffer))
         .datagram_send_buffer_size(s.socket_buffer)
         .max_concurrent_bidi_streams(0u32.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_uni_streams(0u32.into())
+        // The datagrams carry inner TCP, which runs its own congestion control;
+        // a loss-based controller here backs off for every lost datagram on top
+        // of it (Cubic: 0.03× UDP at 1% loss in the lab). BBR paces to the
+        // measured bottleneck and does not treat random loss as congestion.
+        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Ok(tc)
 }
 
