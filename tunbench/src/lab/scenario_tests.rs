@@ -45,12 +45,19 @@ fn base_parses() {
 fn shipped_profiles_parse() {
     let quick = Scenario::quick().expect("built-in profile parses");
     assert!(quick.estimated_time() < Duration::from_secs(120));
-    for f in ["appliance-350m.yaml", "dc-to-dc.yaml", "lab-quick.yaml"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../profiles")
-            .join(f);
-        Scenario::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+    // Every shipped `kind: scenario` profile parses.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("profiles dir") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        if !text.contains("kind: scenario") {
+            continue;
+        }
+        Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
     }
+    assert!(n >= 7, "expected the shipped scenario profiles, found {n}");
     let app = Scenario::load(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/appliance-350m.yaml"),
     )
