@@ -4,7 +4,6 @@
 //! pair prints both daemons' configs and logs.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
@@ -15,54 +14,11 @@ use tunbench::topo::{self, dc_pair, DcPair};
 
 use crate::{bin, genkey, pubkey, write_key};
 
-/// UDP port both daemons listen on.
-pub const PORT: u16 = 51820;
+// The gateway sides, their addresses and the daemons' port are the lab's.
+pub use tunbench::lab::systems::tunneld::{Side, PORT};
+
 /// How long a freshly started daemon gets to answer `status`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Which gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// gw-a (DC A).
-    A,
-    /// gw-b (DC B).
-    B,
-}
-
-impl Side {
-    /// "a" or "b".
-    pub fn letter(self) -> &'static str {
-        match self {
-            Side::A => "a",
-            Side::B => "b",
-        }
-    }
-
-    /// The other gateway.
-    pub fn peer(self) -> Side {
-        match self {
-            Side::A => Side::B,
-            Side::B => Side::A,
-        }
-    }
-
-    /// This gateway's underlay listen address.
-    pub fn listen(self) -> SocketAddr {
-        let ip = match self {
-            Side::A => topo::GW_A_WAN_V4,
-            Side::B => topo::GW_B_WAN_V4,
-        };
-        SocketAddr::new(ip.into(), PORT)
-    }
-
-    /// This gateway's tunnel-inner addresses (v4, v6) without prefix length.
-    pub fn inner(self) -> (&'static str, &'static str) {
-        match self {
-            Side::A => ("198.19.0.1", "fd00:19::1"),
-            Side::B => ("198.19.0.2", "fd00:19::2"),
-        }
-    }
-}
 
 /// The baseline config of one side as JSON (rendered to YAML on start):
 /// exactly the contract's example, mirrored for gw-b. Tests tweak it.
