@@ -82,8 +82,24 @@ pub fn run_test(dc: &DcPair, spec: &TestSpec, pids: &[u32]) -> TestFigures {
     let before = cpu_total(pids);
     let res = run_client_retrying(dc, spec);
     let after = cpu_total(pids);
+    let res = match res {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    figures(spec.params.parallel, res, before, after, pids)
+}
+
+/// The figures of one engine test: its result (or why it produced none) and
+/// the CPU seconds of `pids` read before and after it.
+pub fn figures(
+    streams: u32,
+    res: Result<engine::TestResult, String>,
+    before: Option<f64>,
+    after: Option<f64>,
+    pids: &[u32],
+) -> TestFigures {
     let mut f = TestFigures {
-        streams: spec.params.parallel,
+        streams,
         bits_per_second: 0.0,
         bytes_total: 0,
         retransmits: None,
@@ -94,13 +110,9 @@ pub fn run_test(dc: &DcPair, spec: &TestSpec, pids: &[u32]) -> TestFigures {
         error: None,
     };
     let r = match res {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            f.error = Some(e.to_string());
-            return f;
-        }
+        Ok(r) => r,
         Err(e) => {
-            f.error = Some(e.to_string());
+            f.error = Some(e);
             return f;
         }
     };
@@ -116,12 +128,10 @@ pub fn run_test(dc: &DcPair, spec: &TestSpec, pids: &[u32]) -> TestFigures {
         f.latency_idle = l.idle;
         f.latency_loaded = l.loaded;
     }
-    if let (Some(b), Some(a)) = (before, after) {
-        if !pids.is_empty() {
-            f.cpu_seconds = Some(a - b);
-            if f.bytes_total > 0 {
-                f.cpu_s_per_gb = Some((a - b) / (f.bytes_total as f64 / 1e9));
-            }
+    if let (Some(b), Some(a), false) = (before, after, pids.is_empty()) {
+        f.cpu_seconds = Some(a - b);
+        if f.bytes_total > 0 {
+            f.cpu_s_per_gb = Some((a - b) / (f.bytes_total as f64 / 1e9));
         }
     }
     f

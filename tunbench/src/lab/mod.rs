@@ -58,17 +58,15 @@ pub fn run(s: &Scenario, opts: &LabOptions, progress: &dyn Fn(&str)) -> Result<L
         .unwrap_or(0.0);
     progress("building the topology (5 namespaces)");
     let dc = dc_pair("lab", true)?;
-    let server = NsServer {
-        dc: &dc,
-        handle: Some(
-            dc.lab
-                .run_in(&dc.host_b, || {
-                    Server::bind((std::net::Ipv4Addr::UNSPECIFIED, measure::ENGINE_PORT).into())
-                        .map(Server::spawn)
-                })?
-                .map_err(|e| LabError::Wan(format!("engine server in host-b: {e}")))?,
-        ),
-    };
+    // Dropped before the topology; its accept loop polls a flag, so it
+    // stops from any namespace.
+    let server = dc
+        .lab
+        .run_in(&dc.host_b, || {
+            Server::bind((std::net::Ipv4Addr::UNSPECIFIED, measure::ENGINE_PORT).into())
+                .map(Server::spawn)
+        })?
+        .map_err(|e| LabError::Wan(format!("engine server in host-b: {e}")))?;
     progress("setting up the WAN link");
     let mut link = WanLink::setup(&dc, &s.wan, &opts.tunbench_bin, opts.seed)?;
     progress(&format!("WAN emulator: {}", link.kind.label()));
@@ -191,28 +189,6 @@ pub fn run(s: &Scenario, opts: &LabOptions, progress: &dyn Fn(&str)) -> Result<L
     };
     write_outputs(&report, &opts.out_dir)?;
     Ok(report)
-}
-
-/// The engine server in host-b. Its shutdown wakes the accept loop with a
-/// connection to itself, which only works from inside host-b: so it is shut
-/// down there (or leaked if the namespace is already gone, rather than hang).
-struct NsServer<'a> {
-    dc: &'a DcPair,
-    handle: Option<crate::engine::ServerHandle>,
-}
-
-impl Drop for NsServer<'_> {
-    fn drop(&mut self) {
-        let cell = std::sync::Mutex::new(self.handle.take());
-        let _ = self.dc.lab.run_in(&self.dc.host_b, || {
-            if let Some(h) = cell.lock().ok().and_then(|mut g| g.take()) {
-                h.shutdown();
-            }
-        });
-        if let Some(h) = cell.into_inner().ok().flatten() {
-            std::mem::forget(h);
-        }
-    }
 }
 
 /// Writes results.json and summary.md.

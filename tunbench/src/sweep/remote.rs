@@ -143,43 +143,9 @@ pub fn run(
 /// One engine test from this host; CPU of `pids` is read around it.
 fn run_direct(spec: &crate::engine::TestSpec, pids: &[u32]) -> TestFigures {
     let before = measure::cpu_total(pids);
-    let res = crate::engine::run_client(spec);
+    let res = crate::engine::run_client(spec).map_err(|e| e.to_string());
     let after = measure::cpu_total(pids);
-    let mut f = TestFigures {
-        streams: spec.params.parallel,
-        bits_per_second: 0.0,
-        bytes_total: 0,
-        retransmits: None,
-        cpu_seconds: None,
-        cpu_s_per_gb: None,
-        latency_idle: None,
-        latency_loaded: None,
-        error: None,
-    };
-    match res {
-        Err(e) => f.error = Some(e.to_string()),
-        Ok(r) => {
-            if !r.complete {
-                f.error = Some(r.error.clone().unwrap_or_else(|| "incomplete test".into()));
-            }
-            if let Some(d) = r.directions.first() {
-                f.bits_per_second = d.bits_per_second;
-                f.bytes_total = d.receiver_bytes_total.unwrap_or(d.bytes);
-                f.retransmits = d.retransmits;
-            }
-            if let Some(l) = r.latency {
-                f.latency_idle = l.idle;
-                f.latency_loaded = l.loaded;
-            }
-            if let (Some(b), Some(a), false) = (before, after, pids.is_empty()) {
-                f.cpu_seconds = Some(a - b);
-                if f.bytes_total > 0 {
-                    f.cpu_s_per_gb = Some((a - b) / (f.bytes_total as f64 / 1e9));
-                }
-            }
-        }
-    }
-    f
+    measure::figures(spec.params.parallel, res, before, after, pids)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::lab::measure::{self, TestFigures, ENGINE_PORT};
 use crate::lab::systems::{self, tunneld::Side, tunneld::Tunneld, Ctx, Running};
 use crate::lab::wan::WanLink;
 use crate::lab::LabError;
-use crate::topo::{dc_pair, DcPair, HOST_B_V4};
+use crate::topo::{dc_pair, HOST_B_V4};
 
 /// Why a sweep stopped.
 #[derive(Debug, thiserror::Error)]
@@ -205,27 +205,6 @@ pub fn run(
     Ok(records)
 }
 
-/// The engine server in host-b, shut down from inside host-b (its accept
-/// loop is woken by a connection to itself).
-struct NsServer<'a> {
-    dc: &'a DcPair,
-    handle: Option<crate::engine::ServerHandle>,
-}
-
-impl Drop for NsServer<'_> {
-    fn drop(&mut self) {
-        let cell = std::sync::Mutex::new(self.handle.take());
-        let _ = self.dc.lab.run_in(&self.dc.host_b, || {
-            if let Some(h) = cell.lock().ok().and_then(|mut g| g.take()) {
-                h.shutdown();
-            }
-        });
-        if let Some(h) = cell.into_inner().ok().flatten() {
-            std::mem::forget(h);
-        }
-    }
-}
-
 /// Polls `/proc/PID/net/dev` (the namespace of PID) for `iface`'s byte
 /// counters and reports the rate until dropped.
 pub(crate) struct LivePoll {
@@ -302,17 +281,14 @@ fn run_lab(
     let bin = opts.tunneld_bin.as_deref().ok_or(RunError::NoTunneld)?;
     progress.note("building the topology (5 namespaces)");
     let dc = dc_pair("sweep", true)?;
-    let _server = NsServer {
-        dc: &dc,
-        handle: Some(
-            dc.lab
-                .run_in(&dc.host_b, || {
-                    Server::bind((std::net::Ipv4Addr::UNSPECIFIED, ENGINE_PORT).into())
-                        .map(Server::spawn)
-                })?
-                .map_err(|e| LabError::Wan(format!("engine server in host-b: {e}")))?,
-        ),
-    };
+    // Dropped before the topology; its accept loop polls a flag, so it
+    // stops from any namespace.
+    let _server = dc
+        .lab
+        .run_in(&dc.host_b, || {
+            Server::bind((std::net::Ipv4Addr::UNSPECIFIED, ENGINE_PORT).into()).map(Server::spawn)
+        })?
+        .map_err(|e| LabError::Wan(format!("engine server in host-b: {e}")))?;
     let mut link = WanLink::setup(&dc, &p.scenario.wan, &opts.tunbench_bin, opts.seed)?;
     progress.note(&format!("WAN emulator: {}", link.kind.label()));
     meta.emulator = Some(link.kind.label().to_string());
