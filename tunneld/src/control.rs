@@ -45,6 +45,12 @@ pub struct IoCounters {
     /// buffers: GRO).
     pub udp_recv_buffers: u64,
     pub udp_recv_frames: u64,
+    /// Inner packets the fq_codel queue dropped: CoDel (a standing queue)
+    /// and overflow (the queue held `queue_limit` packets).
+    pub queue_codel_drops: u64,
+    pub queue_overflow_drops: u64,
+    /// Packets in the fq_codel queue at the last status snapshot.
+    pub queue_packets: u64,
 }
 
 /// The data path's shape and which offloads are active (probed at start).
@@ -58,6 +64,8 @@ pub struct DataplaneStatus {
     pub udp_gso_segments: usize,
     /// Datagrams per UDP receive buffer (1: no GRO).
     pub udp_gro_segments: usize,
+    /// TUN → network queue: `fq_codel` or `fifo`.
+    pub queue: &'static str,
 }
 
 /// What `tunneld status` prints.
@@ -148,6 +156,19 @@ impl Status {
                 "tunneld_io_errors_total{{interface=\"{iface}\",op=\"{op}\"}} {v}\n"
             ));
         }
+        s.push_str("# HELP tunneld_queue_drops_total Inner packets dropped by the fq_codel queue, by reason.\n# TYPE tunneld_queue_drops_total counter\n");
+        for (reason, v) in [
+            ("codel", self.io.queue_codel_drops),
+            ("overflow", self.io.queue_overflow_drops),
+        ] {
+            s.push_str(&format!(
+                "tunneld_queue_drops_total{{interface=\"{iface}\",reason=\"{reason}\"}} {v}\n"
+            ));
+        }
+        s.push_str(&format!(
+            "# HELP tunneld_queue_packets Packets in the fq_codel queue.\n# TYPE tunneld_queue_packets gauge\ntunneld_queue_packets{{interface=\"{iface}\"}} {}\n",
+            self.io.queue_packets
+        ));
         s.push_str("# HELP tunneld_io_calls_total Data-path system calls by operation.\n# TYPE tunneld_io_calls_total counter\n");
         s.push_str("# HELP tunneld_io_packets_total Packets moved by those calls (packets / calls = batching achieved).\n# TYPE tunneld_io_packets_total counter\n");
         let io = &self.io;

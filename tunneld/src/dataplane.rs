@@ -10,10 +10,15 @@
 //!    and the shutdown flag are seen promptly.
 //! 3. TX: one read returns a packet or, with TUN offload, a TCP super-packet
 //!    split into up to [`MAX_SPLIT`] packets, each at the headroom offset of a
-//!    pooled buffer (without offload, up to `batch` reads fill the batch). The
-//!    device lock is taken once per batch to seal every packet in place; then,
-//!    unlocked, runs of equal-sized frames to the same peer are copied back to
-//!    back and sent with one GSO `sendmsg` of up to `batch` segments.
+//!    pooled buffer (without offload, up to `batch` reads fill the batch).
+//!    With `queue: fq_codel` (the default) the TUN ring is drained eagerly
+//!    into a bounded pool and the packets are queued per inner flow
+//!    ([`crate::fq`]); a batch is then the next `batch` packets the queue
+//!    releases, so a ping never waits behind bulk data. With `queue: fifo`
+//!    the batch read is the batch sent. The device lock is taken once per
+//!    batch to seal every packet in place; then, unlocked, runs of
+//!    equal-sized frames to the same peer are copied back to back and sent
+//!    with one GSO `sendmsg` of up to `batch` segments.
 //! 4. RX: one `recvmmsg` returns up to [`MAX_RECV_BATCH`] buffers, each a
 //!    GRO train of frames; the device lock is taken once to open every frame in
 //!    place; then, unlocked, the inner packets are copied into pooled buffers
@@ -25,9 +30,10 @@
 //! happens per data packet. Control messages (handshakes, keepalives) are rare
 //! and allocate.
 
-use crate::config::DataplaneConfig;
+use crate::config::{DataplaneConfig, QueueKind};
 use crate::control::{DataplaneStatus, IoCounters, Status, StatusCell};
 use crate::device::{Datagram, Device, Outcome, Time, HEADROOM, OVERHEAD, TAILROOM};
+use crate::fq::{FqCodel, FqParams};
 use crate::transport::{Received, Transport, MAX_RECV_BATCH};
 use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
 use std::io::{self, IoSliceMut};
@@ -64,6 +70,10 @@ const TUN_WRITE_CAPACITY: usize = 2 * TUN_WRITE_OFFSET + 65_535;
 /// trains can hold thousands; they are written in chunks of this many).
 const TUN_WRITE_BATCH: usize = 128;
 
+/// Most TUN reads in one pass of the fq_codel drain: enough to empty a ring
+/// of `txqueuelen` 500, few enough that sending is not starved.
+const MAX_DRAIN_READS: usize = 512;
+
 /// I/O errors counted by both workers.
 #[derive(Debug, Default)]
 struct IoStats {
@@ -78,6 +88,9 @@ struct IoStats {
     udp_send_frames: AtomicU64,
     udp_recv_buffers: AtomicU64,
     udp_recv_frames: AtomicU64,
+    queue_codel_drops: AtomicU64,
+    queue_overflow_drops: AtomicU64,
+    queue_packets: AtomicU64,
 }
 
 impl IoStats {
@@ -95,6 +108,9 @@ impl IoStats {
             udp_send_frames: get(&self.udp_send_frames),
             udp_recv_buffers: get(&self.udp_recv_buffers),
             udp_recv_frames: get(&self.udp_recv_frames),
+            queue_codel_drops: get(&self.queue_codel_drops),
+            queue_overflow_drops: get(&self.queue_overflow_drops),
+            queue_packets: get(&self.queue_packets),
         }
     }
 }
@@ -111,6 +127,7 @@ struct Shared<'a> {
     shutdown: &'a AtomicBool,
     io: IoStats,
     knobs: DataplaneConfig,
+    mtu: usize,
     info: DataplaneStatus,
     started: Instant,
 }
@@ -149,12 +166,14 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 /// Moves packets until `shutdown` is set. Returns an error only for failures
-/// that make going on pointless (the TUN device broke).
+/// that make going on pointless (the TUN device broke). `mtu` is the TUN
+/// device's: it sizes the pooled buffers of the fq_codel queue.
 pub fn run(
     device: Device,
     tun: &Tun,
     transport: &dyn Transport,
     knobs: DataplaneConfig,
+    mtu: usize,
     status: &StatusCell,
     shutdown: &Arc<AtomicBool>,
 ) -> io::Result<()> {
@@ -164,11 +183,13 @@ pub fn run(
         tun_offload: tun.offload(),
         udp_gso_segments: transport.max_segments(),
         udp_gro_segments: transport.gro_segments(),
+        queue: knobs.queue.as_str(),
     };
     log::info!(
-        "data path: {} worker(s), batch {}, TUN offload {}, UDP GSO {} segments, UDP GRO {} segments",
+        "data path: {} worker(s), batch {}, queue {}, TUN offload {}, UDP GSO {} segments, UDP GRO {} segments",
         info.workers,
         info.batch,
+        info.queue,
         if info.tun_offload { "on" } else { "off" },
         info.udp_gso_segments,
         info.udp_gro_segments
@@ -180,6 +201,7 @@ pub fn run(
         shutdown,
         io: IoStats::default(),
         knobs,
+        mtu,
         info,
         started: Instant::now(),
     };
@@ -210,7 +232,7 @@ pub fn run(
 fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let single = shared.knobs.workers <= 1;
     let do_tx = single || !rx;
-    let mut txs = do_tx.then(|| TxState::new(shared.knobs.batch, shared.transport.max_segments()));
+    let mut txs = do_tx.then(|| TxState::new(shared));
     let mut rxs = rx.then(|| RxState::new(shared.transport.gro_segments()));
     let mut last_tick = Instant::now() - TICK;
     let mut idle = false;
@@ -287,62 +309,82 @@ struct TxState {
     /// the GRO table their TUN write needs.
     icmp: Vec<Vec<u8>>,
     icmp_gro: tun_rs::GROTable,
+    /// The fq_codel queue (`None` with `queue: fifo`).
+    queue: Option<TxQueue>,
 }
 
 impl TxState {
-    fn new(batch: usize, max_segments: usize) -> TxState {
-        let slots = MAX_SPLIT.max(batch);
+    fn new(shared: &Shared<'_>) -> TxState {
+        let k = &shared.knobs;
+        let max_segments = shared.transport.max_segments();
+        let slots = MAX_SPLIT.max(k.batch);
+        let queue = (k.queue == QueueKind::FqCodel).then(|| TxQueue::new(k, shared.mtu));
         TxState {
             scratch: vec![0u8; READ_SCRATCH],
-            bufs: vec![vec![0u8; HEADROOM + MAX_FRAME + TAILROOM]; slots],
+            bufs: vec![vec![0u8; slot_size(shared.mtu)]; slots],
             sizes: vec![0; slots],
             outcomes: Vec::with_capacity(slots),
             gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
             control: Vec::new(),
-            batch,
+            batch: k.batch,
             max_segments: max_segments.max(1),
             icmp: Vec::new(),
             icmp_gro: tun_rs::GROTable::default(),
+            queue,
         }
     }
 
-    /// Reads a batch from the TUN device, seals it, sends it. Returns
-    /// whether there was anything to read.
+    /// Reads a batch from the TUN device (through the queue, if any), seals
+    /// it, sends it. Returns whether there was anything to do.
     fn run(&mut self, shared: &Shared<'_>, tun: &Tun) -> io::Result<bool> {
+        let n = match self.queue.as_mut() {
+            None => self.read_fifo(shared, tun)?,
+            Some(q) => {
+                let read = q.drain(shared, tun, &mut self.scratch)?;
+                let n = q.release(&mut self.bufs, &mut self.sizes, self.batch);
+                q.publish(&shared.io);
+                if n == 0 {
+                    return Ok(read);
+                }
+                n
+            }
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        self.seal_and_send(shared, tun, n);
+        if let Some(q) = self.queue.as_mut() {
+            q.take_back(&mut self.bufs, n);
+        }
+        Ok(true)
+    }
+
+    /// `queue: fifo`: reads one batch straight into the send buffers.
+    fn read_fifo(&mut self, shared: &Shared<'_>, tun: &Tun) -> io::Result<usize> {
         // With offload one read is a batch (a split super-packet); without,
         // up to `batch` reads of one packet each.
         let mut n = 0;
         let reads = if tun.offload() { 1 } else { self.batch };
         for _ in 0..reads {
-            match tun.read_batch(
+            match read_tun(
+                shared,
+                tun,
                 &mut self.scratch,
                 &mut self.bufs[n..],
                 &mut self.sizes[n..],
-                HEADROOM,
-            ) {
-                Ok(k) => {
-                    n += k;
-                    add(&shared.io.tun_reads, 1);
-                    add(&shared.io.tun_read_packets, k);
-                }
-                Err(e) if would_block(&e) => break,
-                Err(e) => {
-                    // A malformed super-packet is the kernel's doing and rare;
-                    // a broken descriptor shows up as EBADF and ends the loop.
-                    if e.raw_os_error() == Some(libc::EBADF) {
-                        return Err(e);
-                    }
-                    log::debug!("TUN read: {e}");
-                    break;
-                }
+            )? {
+                Some(k) => n += k,
+                None => break,
             }
             if n >= self.bufs.len() {
                 break;
             }
         }
-        if n == 0 {
-            return Ok(false);
-        }
+        Ok(n)
+    }
+
+    /// Seals `bufs[..n]` under one device lock and sends them.
+    fn seal_and_send(&mut self, shared: &Shared<'_>, tun: &Tun, n: usize) {
         let t = time_now();
         self.outcomes.clear();
         let floor = shared.transport.frame_floor();
@@ -369,7 +411,6 @@ impl TxState {
         }
         self.send(shared);
         shared.send_control(&mut self.control);
-        Ok(true)
     }
 
     /// Sends sealed frames, grouping runs of equal size to one peer into GSO
@@ -410,6 +451,185 @@ impl TxState {
         if let Some((to, seg, _)) = run {
             flush(shared, to, &self.gso, seg);
         }
+    }
+}
+
+/// Size of every TX buffer: headroom, the largest inner packet, tag.
+fn slot_size(mtu: usize) -> usize {
+    HEADROOM + mtu.clamp(576, MAX_FRAME - OVERHEAD) + TAILROOM
+}
+
+/// One TUN read into `bufs`: `Some(packets)`, or `None` when the ring is
+/// empty (or the read failed in a way worth only a log line).
+fn read_tun(
+    shared: &Shared<'_>,
+    tun: &Tun,
+    scratch: &mut [u8],
+    bufs: &mut [Vec<u8>],
+    sizes: &mut [usize],
+) -> io::Result<Option<usize>> {
+    match tun.read_batch(scratch, bufs, sizes, HEADROOM) {
+        Ok(k) => {
+            add(&shared.io.tun_reads, 1);
+            add(&shared.io.tun_read_packets, k);
+            Ok(Some(k))
+        }
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) => {
+            // A malformed super-packet is the kernel's doing and rare; a
+            // broken descriptor shows up as EBADF and ends the loop.
+            if e.raw_os_error() == Some(libc::EBADF) {
+                return Err(e);
+            }
+            log::debug!("TUN read: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The fq_codel stage of the TX direction: a pool of packet buffers and the
+/// queue of their slot numbers. Buffers move between the read staging area,
+/// the pool and the send batch by swapping `Vec`s, never by copying bytes.
+struct TxQueue {
+    fq: FqCodel,
+    /// Packet buffers by slot; grown up to `capacity` as the queue first
+    /// fills, then reused.
+    pool: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    free: Vec<u32>,
+    capacity: usize,
+    buf_size: usize,
+    /// Where one read lands before its packets are queued.
+    staging: Vec<Vec<u8>>,
+    staging_sizes: Vec<usize>,
+    /// Slots whose buffers are in the send batch, by batch position.
+    in_batch: Vec<u32>,
+    dropped: Vec<u32>,
+    seed: std::collections::hash_map::RandomState,
+    origin: Instant,
+}
+
+impl TxQueue {
+    fn new(k: &DataplaneConfig, mtu: usize) -> TxQueue {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let mtu = mtu.clamp(576, MAX_FRAME - OVERHEAD);
+        // The queue holds at most `queue_limit` packets once a read's worth
+        // is enqueued (overflow drops happen at enqueue), so one more read's
+        // worth of slots is always free for the next read.
+        let capacity = k.queue_limit + MAX_SPLIT;
+        let params = FqParams {
+            target: nanos(k.codel_target),
+            interval: nanos(k.codel_interval),
+            // One TCP super-packet's worth per round: a bulk flow's
+            // segments leave together, in one GSO send.
+            quantum: 64 * 1024,
+            limit: k.queue_limit,
+            mtu: mtu as u32,
+        };
+        let batch = MAX_SPLIT.max(k.batch);
+        TxQueue {
+            fq: FqCodel::new(params, capacity),
+            pool: Vec::new(),
+            lens: vec![0; capacity],
+            free: Vec::with_capacity(capacity),
+            capacity,
+            buf_size: slot_size(mtu),
+            staging: vec![vec![0u8; slot_size(mtu)]; MAX_SPLIT],
+            staging_sizes: vec![0; MAX_SPLIT],
+            in_batch: Vec::with_capacity(batch),
+            dropped: Vec::with_capacity(capacity),
+            seed: std::collections::hash_map::RandomState::new(),
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        if let Some(s) = self.free.pop() {
+            return Some(s);
+        }
+        if self.pool.len() < self.capacity {
+            self.pool.push(vec![0u8; self.buf_size]);
+            return Some((self.pool.len() - 1) as u32);
+        }
+        None
+    }
+
+    /// Reads the TUN ring until it is empty (at most [`MAX_DRAIN_READS`]
+    /// reads) and queues every packet. Returns whether anything was read.
+    fn drain(&mut self, shared: &Shared<'_>, tun: &Tun, scratch: &mut [u8]) -> io::Result<bool> {
+        let mut any = false;
+        for _ in 0..MAX_DRAIN_READS {
+            let Some(k) = read_tun(
+                shared,
+                tun,
+                scratch,
+                &mut self.staging,
+                &mut self.staging_sizes,
+            )?
+            else {
+                break;
+            };
+            any = true;
+            let now = self.now();
+            for i in 0..k {
+                let Some(slot) = self.alloc() else {
+                    // Unreachable by the capacity argument in `new`; if it
+                    // ever happens the packet is dropped and counted.
+                    add(&shared.io.queue_overflow_drops, 1);
+                    continue;
+                };
+                let len = self.staging_sizes[i];
+                std::mem::swap(&mut self.pool[slot as usize], &mut self.staging[i]);
+                self.lens[slot as usize] = len;
+                let packet = &self.pool[slot as usize][HEADROOM..HEADROOM + len];
+                let hash = crate::wire::ip::flow_hash(packet, &self.seed);
+                self.fq.enqueue(slot, hash, len, now, &mut self.dropped);
+                self.free.append(&mut self.dropped);
+            }
+        }
+        Ok(any)
+    }
+
+    /// Moves up to `batch` packets from the queue into `bufs[..]` (their
+    /// buffers swapped in); returns how many.
+    fn release(&mut self, bufs: &mut [Vec<u8>], sizes: &mut [usize], batch: usize) -> usize {
+        let now = self.now();
+        self.in_batch.clear();
+        let want = batch.min(bufs.len());
+        while self.in_batch.len() < want {
+            let Some(slot) = self.fq.dequeue(now, &mut self.dropped) else {
+                break;
+            };
+            let i = self.in_batch.len();
+            std::mem::swap(&mut bufs[i], &mut self.pool[slot as usize]);
+            sizes[i] = self.lens[slot as usize];
+            self.in_batch.push(slot);
+        }
+        self.free.append(&mut self.dropped);
+        self.in_batch.len()
+    }
+
+    /// Returns the batch's buffers to their slots and frees the slots.
+    fn take_back(&mut self, bufs: &mut [Vec<u8>], n: usize) {
+        for (i, &slot) in self.in_batch.iter().take(n).enumerate() {
+            std::mem::swap(&mut bufs[i], &mut self.pool[slot as usize]);
+            self.free.push(slot);
+        }
+        self.in_batch.clear();
+    }
+
+    fn publish(&self, io: &IoStats) {
+        let st = self.fq.stats();
+        io.queue_codel_drops
+            .store(st.codel_drops, Ordering::Relaxed);
+        io.queue_overflow_drops
+            .store(st.overflow_drops, Ordering::Relaxed);
+        io.queue_packets
+            .store(self.fq.len() as u64, Ordering::Relaxed);
     }
 }
 

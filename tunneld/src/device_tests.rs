@@ -44,6 +44,7 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
             offload: true,
             batch: 64,
             workers: 1,
+            ..Default::default()
         },
         rekey_after_time: Duration::from_secs(120),
         rekey_after_bytes: 1 << 30,

@@ -17,6 +17,7 @@ pub mod control;
 pub mod crypto;
 pub mod dataplane;
 pub mod device;
+pub mod fq;
 pub mod keys;
 pub mod peer;
 pub mod prefix;

@@ -277,8 +277,16 @@ fn run(path: &std::path::Path) -> Result<()> {
         );
     }
     let device = Device::new(&cfg);
-    tunneld::dataplane::run(device, &tun, transport.as_ref(), dp, &status, &shutdown)
-        .context("data path failed")?;
+    tunneld::dataplane::run(
+        device,
+        &tun,
+        transport.as_ref(),
+        dp,
+        usize::from(cfg.interface.mtu),
+        &status,
+        &shutdown,
+    )
+    .context("data path failed")?;
     log::info!("shutting down: removing {}", cfg.interface.name);
     Ok(())
 }

@@ -280,7 +280,14 @@ impl serde::Serialize for Rate {
 
 impl serde::Serialize for Span {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+        // Whole milliseconds read best; anything finer is written in µs so
+        // that a written config parses back to the same value.
+        let d = self.0;
+        if d.subsec_nanos() % 1_000_000 == 0 {
+            s.serialize_str(&format!("{}ms", d.as_millis()))
+        } else {
+            s.serialize_str(&format!("{}us", d.as_micros()))
+        }
     }
 }
 

@@ -55,6 +55,19 @@ pub const BATCH_RANGE: std::ops::RangeInclusive<u64> = 1..=128;
 pub const DEFAULT_WORKERS: u64 = 1;
 /// Worker counts the data path supports (a loop for both directions, or one per direction).
 pub const WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=2;
+/// Default CoDel target and interval (RFC 8289's, for Internet RTTs; a
+/// tunnel between nearby DCs can go lower).
+pub const DEFAULT_CODEL_TARGET: Duration = Duration::from_millis(5);
+/// See [`DEFAULT_CODEL_TARGET`].
+pub const DEFAULT_CODEL_INTERVAL: Duration = Duration::from_millis(100);
+/// CoDel times: below 100 µs is scheduler noise, above 10 s no queue at all.
+pub const CODEL_TIME_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_micros(100)..=Duration::from_secs(10);
+/// Default queue limit in packets: 8192 × 1420 bytes ≈ 11.6 MB, 10 ms at
+/// 9 Gbit/s; buffers are allocated only as the queue first grows.
+pub const DEFAULT_QUEUE_LIMIT: u64 = 8192;
+/// Queue limit bounds: at least two TCP super-packets' segments.
+pub const QUEUE_LIMIT_RANGE: std::ops::RangeInclusive<u64> = 256..=65_536;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Peer names appear in metrics labels and logs; keep them short.
@@ -169,6 +182,20 @@ pub struct DataplaneFile {
     /// direction).
     #[serde(default = "default_workers")]
     pub workers: u64,
+    /// The TUN → network queue: `fq_codel` (default) or `fifo`.
+    #[serde(default)]
+    pub queue: crate::config::QueueKind,
+    /// CoDel target sojourn time (fq_codel), 100us..=10s, below
+    /// `codel_interval`.
+    #[serde(default = "default_codel_target", deserialize_with = "de_span")]
+    pub codel_target: Span,
+    /// CoDel interval (fq_codel): about the worst RTT of the inner flows.
+    #[serde(default = "default_codel_interval", deserialize_with = "de_span")]
+    pub codel_interval: Span,
+    /// Most packets the fq_codel queue holds (256..=65536); past it the
+    /// fattest flow loses packets.
+    #[serde(default = "default_queue_limit")]
+    pub queue_limit: u64,
 }
 
 impl Default for DataplaneFile {
@@ -177,6 +204,10 @@ impl Default for DataplaneFile {
             offload: true,
             batch: DEFAULT_BATCH,
             workers: DEFAULT_WORKERS,
+            queue: crate::config::QueueKind::default(),
+            codel_target: default_codel_target(),
+            codel_interval: default_codel_interval(),
+            queue_limit: DEFAULT_QUEUE_LIMIT,
         }
     }
 }
@@ -301,6 +332,15 @@ fn default_true() -> bool {
 }
 fn default_batch() -> u64 {
     DEFAULT_BATCH
+}
+fn default_codel_target() -> Span {
+    Span(DEFAULT_CODEL_TARGET)
+}
+fn default_codel_interval() -> Span {
+    Span(DEFAULT_CODEL_INTERVAL)
+}
+fn default_queue_limit() -> u64 {
+    DEFAULT_QUEUE_LIMIT
 }
 fn default_workers() -> u64 {
     DEFAULT_WORKERS

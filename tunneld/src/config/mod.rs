@@ -48,6 +48,32 @@ pub enum CipherKind {
     None,
 }
 
+/// The tunnel's own queue in the TUN → network direction (`dataplane.queue`).
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum QueueKind {
+    /// Drain the TUN ring eagerly into per-flow queues served round robin,
+    /// with CoDel on each (RFC 8290): a ping never waits behind bulk data.
+    #[default]
+    #[serde(rename = "fq_codel")]
+    FqCodel,
+    /// Read a batch, send it: the kernel's TUN ring (`txqueuelen` packets,
+    /// first in first out) is the only queue.
+    #[serde(rename = "fifo")]
+    Fifo,
+}
+
+impl QueueKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::FqCodel => "fq_codel",
+            QueueKind::Fifo => "fifo",
+        }
+    }
+}
+
 impl CipherKind {
     /// The config spelling: `aes-256-gcm`, `chacha20-poly1305` or `none`.
     pub fn as_str(&self) -> &'static str {
@@ -174,6 +200,29 @@ pub struct DataplaneConfig {
     pub batch: usize,
     /// Data-path threads.
     pub workers: usize,
+    /// The TUN → network queue discipline.
+    pub queue: QueueKind,
+    /// CoDel target sojourn time (fq_codel).
+    pub codel_target: Duration,
+    /// CoDel interval (fq_codel).
+    pub codel_interval: Duration,
+    /// Most packets queued (fq_codel).
+    pub queue_limit: usize,
+}
+
+impl Default for DataplaneConfig {
+    /// The defaults a config file without `dataplane:` gets.
+    fn default() -> Self {
+        DataplaneConfig {
+            offload: true,
+            batch: file::DEFAULT_BATCH as usize,
+            workers: file::DEFAULT_WORKERS as usize,
+            queue: QueueKind::default(),
+            codel_target: file::DEFAULT_CODEL_TARGET,
+            codel_interval: file::DEFAULT_CODEL_INTERVAL,
+            queue_limit: file::DEFAULT_QUEUE_LIMIT as usize,
+        }
+    }
 }
 
 /// The TUN device settings.
@@ -513,6 +562,11 @@ pub fn check(
     for (field, v, range) in [
         ("dataplane.batch", dp.batch, file::BATCH_RANGE),
         ("dataplane.workers", dp.workers, file::WORKERS_RANGE),
+        (
+            "dataplane.queue_limit",
+            dp.queue_limit,
+            file::QUEUE_LIMIT_RANGE,
+        ),
     ] {
         if !range.contains(&v) {
             return Err(cx.invalid(
@@ -521,10 +575,31 @@ pub fn check(
             ));
         }
     }
+    for (field, v) in [
+        ("dataplane.codel_target", dp.codel_target.0),
+        ("dataplane.codel_interval", dp.codel_interval.0),
+    ] {
+        if !file::CODEL_TIME_RANGE.contains(&v) {
+            return Err(cx.invalid(field.into(), format!("{v:?} is out of range 100us..=10s")));
+        }
+    }
+    if dp.codel_target.0 >= dp.codel_interval.0 {
+        return Err(cx.invalid(
+            "dataplane.codel_target".into(),
+            format!(
+                "{:?} must be below dataplane.codel_interval ({:?})",
+                dp.codel_target.0, dp.codel_interval.0
+            ),
+        ));
+    }
     let dataplane = DataplaneConfig {
         offload: dp.offload,
         batch: dp.batch as usize,
         workers: dp.workers as usize,
+        queue: dp.queue,
+        codel_target: dp.codel_target.0,
+        codel_interval: dp.codel_interval.0,
+        queue_limit: dp.queue_limit as usize,
     };
     let socket_buffer = usize::try_from(raw.socket_buffer.0)
         .map_err(|_| cx.invalid("socket_buffer".into(), "too large for this platform".into()))?;

@@ -124,6 +124,41 @@ fn defaults_applied() {
     assert_eq!(c.rekey_after_bytes, 64 << 30);
     assert_eq!(c.peers[0].keepalive, None);
     assert!(c.listen.is_ipv6());
+    assert_eq!(c.dataplane, crate::config::DataplaneConfig::default());
+    assert_eq!(c.dataplane.queue, crate::config::QueueKind::FqCodel);
+}
+
+#[test]
+fn queue_settings_parse_and_bad_ones_name_field_and_line() {
+    let f = fixture();
+    let with = |dp: &str| f.yaml().replace("peers:\n", &format!("dataplane:\n{dp}peers:\n"));
+    let c = f
+        .parse(&with(
+            "  queue: fifo\n  codel_target: 1ms\n  codel_interval: 20ms\n  queue_limit: 2048\n",
+        ))
+        .expect("valid queue settings");
+    assert_eq!(c.dataplane.queue, crate::config::QueueKind::Fifo);
+    assert_eq!(c.dataplane.codel_target, Duration::from_millis(1));
+    assert_eq!(c.dataplane.codel_interval, Duration::from_millis(20));
+    assert_eq!(c.dataplane.queue_limit, 2048);
+    let t = with("  queue: red\n");
+    f.expect_err(&t, "dataplane.queue", "queue: red");
+    let t = with("  queue_limit: 10\n");
+    let msg = f.expect_err(&t, "dataplane.queue_limit", "queue_limit:");
+    assert!(msg.contains("256..=65536"), "{msg}");
+    let t = with("  queue_limit: -1\n");
+    f.expect_err(&t, "dataplane.queue_limit", "queue_limit:");
+    let t = with("  codel_target: 0s\n");
+    f.expect_err(&t, "dataplane.codel_target", "codel_target:");
+    let t = with("  codel_target: fast\n");
+    f.expect_err(&t, "dataplane.codel_target", "codel_target:");
+    let t = with("  codel_target: 50ms\n  codel_interval: 10ms\n");
+    let msg = f.expect_err(&t, "dataplane.codel_target", "codel_target:");
+    assert!(msg.contains("below dataplane.codel_interval"), "{msg}");
+    let t = with("  codel_interval: 1h\n");
+    f.expect_err(&t, "dataplane.codel_interval", "codel_interval:");
+    let t = with("  codel: on\n");
+    f.expect_err(&t, "codel", "codel: on");
 }
 
 #[test]
@@ -491,6 +526,10 @@ fn round_trip_generated_config() {
             offload: false,
             batch: 1,
             workers: 1,
+            queue: crate::config::QueueKind::Fifo,
+            codel_target: Span(Duration::from_micros(1500)),
+            codel_interval: Span(Duration::from_millis(20)),
+            queue_limit: 1024,
         },
         quic: None,
         rekey: RekeyFile {
