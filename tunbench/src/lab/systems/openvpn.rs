@@ -28,6 +28,8 @@ pub const TUN_MTU: u16 = 1420;
 const READY: &str = "Initialization Sequence Completed";
 /// How long the TLS handshake and tunnel set-up may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long after [`READY`] the cipher line may take to appear in the log.
+const CIPHER_LOG_WAIT: Duration = Duration::from_secs(2);
 /// Validity of the throwaway certificates, in days (a lab run is minutes).
 const CERT_DAYS: &str = "2";
 /// Inner (tunnel) addresses of gw-a and gw-b, inside 198.18.0.0/15 and
@@ -108,13 +110,25 @@ pub fn config_text(e: &End) -> String {
     )
 }
 
-/// The data-channel cipher OpenVPN reports in its log
-/// (`Data Channel: cipher 'AES-256-GCM'`), if it got that far.
+/// The data-channel cipher OpenVPN reports in its log: the line
+/// `Data Channel: cipher 'AES-256-GCM'` (printed just after
+/// [`READY`]), or before it the p2p negotiation result
+/// (`P2P mode NCP negotiation result: ..., cipher=AES-256-GCM`).
 pub fn negotiated_cipher(log: &str) -> Option<&str> {
     const MARK: &str = "Data Channel: cipher '";
-    let start = log.find(MARK)? + MARK.len();
-    let rest = &log[start..];
-    let end = rest.find('\'')?;
+    const NCP: &str = "NCP negotiation result:";
+    if let Some(i) = log.find(MARK) {
+        let rest = &log[i + MARK.len()..];
+        return rest
+            .find('\'')
+            .map(|end| &rest[..end])
+            .filter(|c| !c.is_empty());
+    }
+    let line = log[log.find(NCP)?..].lines().next()?;
+    let rest = &line[line.find("cipher=")? + "cipher=".len()..];
+    let end = rest
+        .find(|c: char| c == ',' || c.is_whitespace())
+        .unwrap_or(rest.len());
     Some(&rest[..end]).filter(|c| !c.is_empty())
 }
 
@@ -370,14 +384,16 @@ impl Openvpn {
             for &pid in &me.pids {
                 wait_ready(dc, pid)?;
             }
-            let log = dc.lab.log(me.pids[0]);
-            let cipher = negotiated_cipher(&log).unwrap_or("unknown");
-            if cipher != CIPHER {
-                return Err(format!(
-                    "the data channel uses cipher {cipher}, not {CIPHER}"
-                ));
+            for &pid in &me.pids {
+                let cipher = wait_cipher(dc, pid);
+                if cipher.as_deref() != Some(CIPHER) {
+                    return Err(format!(
+                        "openvpn (pid {pid}) data channel cipher: {}, expected {CIPHER}",
+                        cipher.as_deref().unwrap_or("not logged")
+                    ));
+                }
+                me.cipher = CIPHER.into();
             }
-            me.cipher = cipher.to_string();
             for (ns, end, lan) in &ends {
                 dc.lab
                     .ip(ns, &["route", "add", lan, "dev", &end.ifname])
@@ -435,6 +451,21 @@ fn wait_ready(dc: &DcPair, pid: u32) -> Result<(), String> {
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The data-channel cipher `pid` logged; waits up to [`CIPHER_LOG_WAIT`]
+/// for it, since the line may follow [`READY`].
+fn wait_cipher(dc: &DcPair, pid: u32) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        if let Some(c) = negotiated_cipher(&dc.lab.log(pid)) {
+            return Some(c.to_string());
+        }
+        if start.elapsed() > CIPHER_LOG_WAIT {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

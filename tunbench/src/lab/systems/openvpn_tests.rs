@@ -164,6 +164,22 @@ fn cipher_is_read_from_the_log() {
     assert_eq!(negotiated_cipher("Data Channel: cipher 'AES"), None);
     assert_eq!(negotiated_cipher("Data Channel: cipher ''"), None);
     assert_eq!(negotiated_cipher("Initialization Sequence Completed"), None);
+    // Before the data-channel line: the p2p negotiation result.
+    let ncp = "x P2P mode NCP negotiation result: TLS_export=1, DATA_v2=1, \
+               peer-id 9279984, cipher=AES-256-GCM\nx Initialization Sequence Completed\n";
+    assert_eq!(negotiated_cipher(ncp), Some("AES-256-GCM"));
+    let ncp_end = "P2P mode NCP negotiation result: DATA_v2=1, cipher=BF-CBC";
+    assert_eq!(negotiated_cipher(ncp_end), Some("BF-CBC"));
+    assert_eq!(negotiated_cipher("NCP negotiation result: cipher=\n"), None);
+    assert_eq!(
+        negotiated_cipher("NCP negotiation result: DATA_v2=1\n"),
+        None
+    );
+    // The cipher= of another line is not taken for the result.
+    assert_eq!(
+        negotiated_cipher("NCP negotiation result: DATA_v2=1\nfoo cipher=X\n"),
+        None
+    );
 }
 
 #[test]
