@@ -4,8 +4,8 @@
 //! `dh none` (ECDHE), no DCO (the kernel module is absent on most lab
 //! hosts; `disable-dco` keeps the row userspace everywhere). The throwaway
 //! PKI, an EC P-256 CA and one certificate per gateway, is made with the
-//! `openssl` command into the lab's run directory (keys mode 0600) when the
-//! row starts. Static-key mode is not used: it cannot do AES-GCM.
+//! `openssl` command into the lab's run directory (keys mode 0600; the CA
+//! key is deleted once both certificates are signed) when the row starts. Static-key mode is not used: it cannot do AES-GCM.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -217,7 +217,8 @@ fn new_key(bin: &Path, path: &Path) -> Result<(), String> {
     write_private(path, &pem)
 }
 
-/// Makes the CA and the two gateway certificates in `dir`.
+/// Makes the CA and the two gateway certificates in `dir` (keys mode 0600);
+/// the CA key is deleted once both are signed.
 pub fn make_pki(bin: &Path, dir: &Path) -> Result<Pki, String> {
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let conf = dir.join("pki.cnf");
@@ -294,6 +295,8 @@ pub fn make_pki(bin: &Path, dir: &Path) -> Result<Pki, String> {
     };
     let server = leaf("gw-a", "server", "1")?;
     let client = leaf("gw-b", "client", "2")?;
+    // Throwaway: nothing is signed after this, so the CA key goes now.
+    std::fs::remove_file(&ca_key).map_err(|e| format!("removing {}: {e}", ca_key.display()))?;
     Ok(Pki { ca, server, client })
 }
 
@@ -364,12 +367,17 @@ impl Openvpn {
             version: version(&ovpn),
             cipher: String::new(),
         };
-        for (ns, end, _) in &ends {
+        // Both files first, so a write error leaves no process behind.
+        let mut confs = Vec::new();
+        for (_, end, _) in &ends {
             let conf = dir.join(format!("{}.conf", end.ifname));
             std::fs::write(&conf, config_text(end))
                 .map_err(|e| fail(format!("writing {}: {e}", conf.display())))?;
+            confs.push(conf);
+        }
+        for ((ns, end, _), conf) in ends.iter().zip(&confs) {
             let mut cmd = Command::new(&ovpn);
-            cmd.arg("--config").arg(&conf);
+            cmd.arg("--config").arg(conf);
             let pid = match dc.lab.spawn(ns, cmd) {
                 Ok(pid) => pid,
                 Err(e) => {
