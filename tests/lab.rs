@@ -1,7 +1,10 @@
 //! End-to-end `tunbench lab` run on a small scenario (200 Mbit/s, 10 ms RTT,
 //! 0.1% loss, short tests): the raw path measures the configured rate and
 //! RTT, every row has a number or a reason, tunneld stays close to raw at
-//! this rate, and nothing of the lab is left afterwards.
+//! this rate, the comparison rows (boringtun, openvpn) come up and carry
+//! traffic (required with CI=true, where tests/bench/install-baselines.sh
+//! installed them; otherwise they may say "not installed"), and nothing of
+//! the lab is left afterwards.
 
 use std::process::Command;
 
@@ -17,7 +20,7 @@ wan:
   rtt: 10ms
   loss: 0.1%
   queue: 30ms
-systems: [raw, ipsec, wireguard-go, tunneld]
+systems: [raw, ipsec, wireguard-go, tunneld, boringtun, openvpn]
 test:
   streams: [1, 4]
   duration: 2s
@@ -102,7 +105,7 @@ fn lab_small_scenario_end_to_end() {
 
     // Every row: a number or an explicit reason.
     let rows = r["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 6);
     let mut by_name = std::collections::BTreeMap::new();
     for row in rows {
         let name = row["system"].as_str().expect("system name").to_string();
@@ -136,4 +139,25 @@ fn lab_small_scenario_end_to_end() {
         "tunneld {tunneld} bit/s is more than 15% below raw {raw} bit/s: {}",
         by_name["tunneld"]
     );
+
+    // The comparison rows: up and carrying traffic, with the variant that ran.
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    for (name, variant_says) in [("boringtun", "boringtun"), ("openvpn", "AES-256-GCM")] {
+        let row = &by_name[name];
+        if row["status"] == "not-installed" && !ci {
+            eprintln!("{name}: not installed here, row checked for its reason only: {row}");
+            continue;
+        }
+        assert_eq!(row["status"], "ok", "{name} did not run: {row}");
+        assert!(
+            row["variant"]
+                .as_str()
+                .is_some_and(|v| v.contains(variant_says)),
+            "{name} variant: {row}"
+        );
+        // Carrying traffic, not a performance bar (CPU-bound rows on a
+        // shared 2-core box).
+        let got = best(name);
+        assert!(got > 20e6, "{name} carried only {got} bit/s: {row}");
+    }
 }

@@ -102,6 +102,12 @@ pub enum SystemKind {
     /// wireguard-go (userspace WireGuard).
     #[serde(rename = "wireguard-go")]
     WireguardGo,
+    /// boringtun (Cloudflare's userspace WireGuard, `boringtun-cli`).
+    #[serde(rename = "boringtun")]
+    Boringtun,
+    /// OpenVPN 2.6 over UDP, AES-256-GCM, TLS mode (no DCO).
+    #[serde(rename = "openvpn")]
+    Openvpn,
     /// tunneld with the profile's settings, over UDP.
     #[serde(rename = "tunneld")]
     Tunneld,
@@ -121,6 +127,8 @@ impl SystemKind {
             SystemKind::Raw => "raw",
             SystemKind::Ipsec => "ipsec",
             SystemKind::WireguardGo => "wireguard-go",
+            SystemKind::Boringtun => "boringtun",
+            SystemKind::Openvpn => "openvpn",
             SystemKind::Tunneld => "tunneld",
             SystemKind::TunneldTcp => "tunneld-tcp",
             SystemKind::TunneldQuic => "tunneld-quic",
@@ -134,7 +142,11 @@ impl SystemKind {
             SystemKind::Tunneld => Some(TransportKind::Udp),
             SystemKind::TunneldTcp => Some(TransportKind::Tcp),
             SystemKind::TunneldQuic => Some(TransportKind::Quic),
-            SystemKind::Raw | SystemKind::Ipsec | SystemKind::WireguardGo => None,
+            SystemKind::Raw
+            | SystemKind::Ipsec
+            | SystemKind::WireguardGo
+            | SystemKind::Boringtun
+            | SystemKind::Openvpn => None,
         }
     }
 }
@@ -661,7 +673,8 @@ fn de_streams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
 fn de_systems<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SystemKind>, D::Error> {
     d.deserialize_seq(UniqueList::<SystemKind> {
         what: "a list of systems such as [raw, ipsec, tunneld]",
-        empty: "list at least one system: raw, ipsec, wireguard-go, tunneld",
+        empty: "list at least one system: raw, ipsec, wireguard-go, boringtun, openvpn, \
+                tunneld, tunneld-tcp, tunneld-quic",
         _t: std::marker::PhantomData,
     })
 }

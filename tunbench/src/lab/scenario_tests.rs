@@ -165,3 +165,28 @@ fn transport_rows_parse_and_name_their_transport() {
     );
     assert_eq!(SystemKind::Raw.tunneld_transport(), None);
 }
+
+#[test]
+fn comparison_rows_parse_by_name() {
+    let text = "kind: scenario\nname: x\nsystems: [raw, boringtun, openvpn, wireguard-go]\n\
+                test:\n  streams: [1]\n  duration: 1s\n";
+    let s = Scenario::parse(text, "x").expect("profile with the comparison rows");
+    assert_eq!(
+        s.systems,
+        vec![
+            SystemKind::Raw,
+            SystemKind::Boringtun,
+            SystemKind::Openvpn,
+            SystemKind::WireguardGo
+        ]
+    );
+    for k in &s.systems {
+        assert!(text.contains(k.as_str()), "{k}");
+        assert_eq!(k.tunneld_transport(), None, "{k}");
+    }
+    // Near misses are rejected with the name and line.
+    let e = err(&with(7, "systems: [raw, boring-tun]"));
+    assert!(e.contains("boring-tun") && e.contains("t.yaml:7:"), "{e}");
+    let e = err(&with(7, "systems: [openvpn, openvpn]"));
+    assert!(e.contains("twice"), "{e}");
+}

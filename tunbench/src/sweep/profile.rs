@@ -128,7 +128,7 @@ pub struct SweepFile {
     #[serde(default)]
     pub tunneld: Option<TunneldSettings>,
     /// Lab: systems measured once before the grid, for comparison (`raw`,
-    /// `ipsec`, `wireguard-go`).
+    /// `ipsec`, `wireguard-go`, `boringtun`, `openvpn`).
     #[serde(default)]
     pub baselines: Vec<SystemKind>,
     /// The traffic of each cell.
@@ -628,7 +628,7 @@ impl SweepProfile {
             return Err(invalid(
                 "baselines",
                 "tunneld is what the grid measures (its transports with the `transport` knob); \
-                 list only raw, ipsec, wireguard-go"
+                 list only raw, ipsec, wireguard-go, boringtun, openvpn"
                     .into(),
             ));
         }

@@ -4,6 +4,7 @@
 //! down again so the next system starts from a clean topology.
 
 pub mod ipsec;
+pub mod openvpn;
 pub mod raw;
 pub mod tunneld;
 pub mod wireguard;
@@ -68,7 +69,14 @@ pub fn start(kind: SystemKind, ctx: &Ctx) -> Result<Box<dyn Running>, NotRun> {
             Box::new(tunneld::Tunneld::start_on(ctx, transport, &mut |_, _| {})?)
         }
         SystemKind::Ipsec => ipsec::start(ctx)?,
-        SystemKind::WireguardGo => Box::new(wireguard::WireguardGo::start(ctx)?),
+        SystemKind::WireguardGo => {
+            Box::new(wireguard::Wireguard::start(ctx, wireguard::Userspace::Go)?)
+        }
+        SystemKind::Boringtun => Box::new(wireguard::Wireguard::start(
+            ctx,
+            wireguard::Userspace::Boringtun,
+        )?),
+        SystemKind::Openvpn => Box::new(openvpn::Openvpn::start(ctx)?),
     };
     if let Err(e) = wait_reachable(ctx.dc, Duration::from_secs(15)) {
         let logs = sys
