@@ -20,7 +20,9 @@
 //!    equal-sized frames to the same peer are copied back to back and sent
 //!    with one GSO `sendmsg` of up to `batch` segments.
 //! 4. RX: one `recvmmsg` returns up to [`MAX_RECV_BATCH`] buffers, each a
-//!    GRO train of frames; the device lock is taken once to open every frame in
+//!    GRO train of frames (at most [`RX_PASS_FRAMES`] frames' worth of
+//!    buffers per pass, so a single loop turns back to its TX side within
+//!    a fraction of a millisecond); the device lock is taken once to open every frame in
 //!    place; then, unlocked, the inner packets are copied into pooled buffers
 //!    and written with one batched TUN write that coalesces TCP flows (GRO).
 //! 5. The RX loop (or the only loop) also runs the device's timers every
@@ -73,6 +75,11 @@ const TUN_WRITE_BATCH: usize = 128;
 /// Most TUN reads in one pass of the fq_codel drain: enough to empty a ring
 /// of `txqueuelen` 500, few enough that sending is not starved.
 const MAX_DRAIN_READS: usize = 512;
+
+/// About the most frames one RX pass takes in: 32 GRO trains of 64 frames
+/// would be ~3 MB, several milliseconds of opening and TUN writes during
+/// which a single worker's TX side (a ping's answer, TCP ACKs) waits.
+const RX_PASS_FRAMES: usize = 256;
 
 /// I/O errors counted by both workers.
 #[derive(Debug, Default)]
@@ -235,24 +242,29 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let mut txs = do_tx.then(|| TxState::new(shared));
     let mut rxs = rx.then(|| RxState::new(shared.transport.gro_segments()));
     let mut last_tick = Instant::now() - TICK;
-    let mut idle = false;
+    let mut backlog = false;
     while !shared.shutdown.load(Ordering::Relaxed) {
-        // Poll only once both directions ran dry: under load the loop goes
-        // from batch to batch without a poll(2) in between.
-        if idle {
-            wait_readable(
-                do_tx.then(|| tun.as_raw_fd()),
-                rx.then(|| shared.transport.as_raw_fd()),
-            )?;
-        }
-        let mut did = false;
+        // Every turn starts with one poll(2) of both descriptors; it waits
+        // (at most a TICK) only when no packet is queued inside, and a
+        // direction is served only when its descriptor is readable. An
+        // idle direction costs no system call, and a lone packet costs a
+        // poll, its read or receive, its send or write, and the next poll.
+        let (tun_ready, net_ready) = poll_readable(
+            do_tx.then(|| tun.as_raw_fd()),
+            rx.then(|| shared.transport.as_raw_fd()),
+            if backlog { Duration::ZERO } else { TICK },
+        )?;
         if let Some(t) = txs.as_mut() {
-            did |= t.run(shared, tun)?;
+            if tun_ready || t.backlog() {
+                t.run(shared, tun, tun_ready)?;
+            }
+            backlog = t.backlog();
         }
         if let Some(r) = rxs.as_mut() {
-            did |= r.run(shared, tun);
+            if net_ready {
+                r.run(shared, tun);
+            }
         }
-        idle = !did;
         if rx {
             let now = Instant::now();
             if now.duration_since(last_tick) >= TICK {
@@ -276,8 +288,14 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until one of the descriptors is readable, at most [`TICK`].
-fn wait_readable(a: Option<RawFd>, b: Option<RawFd>) -> io::Result<()> {
+/// Waits until one of the descriptors is readable, at most `timeout`;
+/// returns which are (an error or hang-up counts as readable, so that the
+/// next read reports it).
+fn poll_readable(
+    a: Option<RawFd>,
+    b: Option<RawFd>,
+    timeout: Duration,
+) -> io::Result<(bool, bool)> {
     let mut fds = [a, b].map(|fd| libc::pollfd {
         fd: fd.unwrap_or(-1),
         events: libc::POLLIN,
@@ -285,14 +303,16 @@ fn wait_readable(a: Option<RawFd>, b: Option<RawFd>) -> io::Result<()> {
     });
     // SAFETY: `fds` is a valid array of two pollfd structs for the call;
     // negative fds are ignored by poll(2).
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, TICK.as_millis() as libc::c_int) };
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+        return Ok((false, false));
     }
-    Ok(())
+    let ready = |p: &libc::pollfd| p.fd >= 0 && p.revents != 0;
+    Ok((ready(&fds[0]), ready(&fds[1])))
 }
 
 /// Buffers of the TUN → network direction.
@@ -334,13 +354,20 @@ impl TxState {
         }
     }
 
-    /// Reads a batch from the TUN device (through the queue, if any), seals
-    /// it, sends it. Returns whether there was anything to do.
-    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) -> io::Result<bool> {
+    /// Packets wait in the queue: the loop must come back without waiting.
+    fn backlog(&self) -> bool {
+        self.queue.as_ref().is_some_and(|q| !q.fq.is_empty())
+    }
+
+    /// Reads from the TUN device if it is `readable` (through the queue, if
+    /// any), then seals and sends one batch. Returns whether there was
+    /// anything to do.
+    fn run(&mut self, shared: &Shared<'_>, tun: &Tun, readable: bool) -> io::Result<bool> {
         let n = match self.queue.as_mut() {
-            None => self.read_fifo(shared, tun)?,
+            None if readable => self.read_fifo(shared, tun)?,
+            None => 0,
             Some(q) => {
-                let read = q.drain(shared, tun, &mut self.scratch)?;
+                let read = readable && q.drain(shared, tun, &mut self.scratch)?;
                 let n = q.release(&mut self.bufs, &mut self.sizes, self.batch);
                 q.publish(&shared.io);
                 if n == 0 {
@@ -689,6 +716,8 @@ struct RxState {
     out: Vec<Vec<u8>>,
     gro: tun_rs::GROTable,
     control: Vec<Datagram>,
+    /// Receive buffers offered per pass (see [`RX_PASS_FRAMES`]).
+    per_pass: usize,
 }
 
 impl RxState {
@@ -708,6 +737,7 @@ impl RxState {
                 .collect(),
             gro: tun_rs::GROTable::default(),
             control: Vec::new(),
+            per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
         }
     }
 
@@ -720,7 +750,10 @@ impl RxState {
             for (s, b) in slices.iter_mut().zip(self.bufs.iter_mut()) {
                 *s = IoSliceMut::new(b);
             }
-            match shared.transport.recv(&mut slices, &mut self.got) {
+            match shared
+                .transport
+                .recv(&mut slices[..self.per_pass], &mut self.got)
+            {
                 Ok(n) => n,
                 Err(e) if would_block(&e) => return false,
                 Err(e) => {
