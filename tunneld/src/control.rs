@@ -58,6 +58,9 @@ pub struct DataplaneStatus {
     pub udp_gso_segments: usize,
     /// Datagrams per UDP receive buffer (1: no GRO).
     pub udp_gro_segments: usize,
+    /// UDP flows (sockets) frames are spread over (`dataplane.flows`; 1
+    /// when no peer uses UDP).
+    pub flows: usize,
 }
 
 /// What `tunneld status` prints.
@@ -174,6 +177,19 @@ impl Status {
             s.push_str(&format!(
                 "tunneld_offload{{interface=\"{iface}\",kind=\"{what}\"}} {v}\n"
             ));
+        }
+        s.push_str("# HELP tunneld_udp_flows UDP flows (sockets) frames are spread over.\n# TYPE tunneld_udp_flows gauge\n");
+        s.push_str(&format!(
+            "tunneld_udp_flows{{interface=\"{iface}\"}} {}\n",
+            d.flows
+        ));
+        if !self.transport.udp_flow_datagrams.is_empty() {
+            s.push_str("# HELP tunneld_udp_flow_datagrams_total UDP datagrams sent, per flow.\n# TYPE tunneld_udp_flow_datagrams_total counter\n");
+            for (flow, v) in self.transport.udp_flow_datagrams.iter().enumerate() {
+                s.push_str(&format!(
+                    "tunneld_udp_flow_datagrams_total{{interface=\"{iface}\",flow=\"{flow}\"}} {v}\n"
+                ));
+            }
         }
         s.push_str("# HELP tunneld_peer_session Whether a usable session exists with the peer.\n# TYPE tunneld_peer_session gauge\n");
         for p in &self.peers {

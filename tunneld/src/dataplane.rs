@@ -12,8 +12,10 @@
 //!    split into up to [`MAX_SPLIT`] packets, each at the headroom offset of a
 //!    pooled buffer (without offload, up to `batch` reads fill the batch). The
 //!    device lock is taken once per batch to seal every packet in place; then,
-//!    unlocked, runs of equal-sized frames to the same peer are copied back to
-//!    back and sent with one GSO `sendmsg` of up to `batch` segments.
+//!    unlocked, runs of equal-sized frames to the same peer and outer flow are
+//!    copied back to back and sent with one GSO `sendmsg` of up to `batch`
+//!    segments. With `flows` > 1 each packet's outer flow is its inner
+//!    5-tuple's hash, taken before sealing, so an inner flow keeps its order.
 //! 4. RX: one `recvmmsg` returns up to [`MAX_RECV_BATCH`] buffers, each a
 //!    GRO train of frames; the device lock is taken once to open every frame in
 //!    place; then, unlocked, the inner packets are copied into pooled buffers
@@ -164,14 +166,16 @@ pub fn run(
         tun_offload: tun.offload(),
         udp_gso_segments: transport.max_segments(),
         udp_gro_segments: transport.gro_segments(),
+        flows: transport.flows(),
     };
     log::info!(
-        "data path: {} worker(s), batch {}, TUN offload {}, UDP GSO {} segments, UDP GRO {} segments",
+        "data path: {} worker(s), batch {}, TUN offload {}, UDP GSO {} segments, UDP GRO {} segments, {} UDP flow(s)",
         info.workers,
         info.batch,
         if info.tun_offload { "on" } else { "off" },
         info.udp_gso_segments,
-        info.udp_gro_segments
+        info.udp_gro_segments,
+        info.flows
     );
     let shared = Shared {
         device: Mutex::new(device),
@@ -210,7 +214,13 @@ pub fn run(
 fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let single = shared.knobs.workers <= 1;
     let do_tx = single || !rx;
-    let mut txs = do_tx.then(|| TxState::new(shared.knobs.batch, shared.transport.max_segments()));
+    let mut txs = do_tx.then(|| {
+        TxState::new(
+            shared.knobs.batch,
+            shared.transport.max_segments(),
+            shared.transport.flows(),
+        )
+    });
     let mut rxs = rx.then(|| RxState::new(shared.transport.gro_segments()));
     let mut last_tick = Instant::now() - TICK;
     let mut idle = false;
@@ -278,6 +288,10 @@ struct TxState {
     scratch: Vec<u8>,
     bufs: Vec<Vec<u8>>,
     sizes: Vec<usize>,
+    /// Outer flow of each packet (its inner 5-tuple's hash).
+    flow: Vec<usize>,
+    /// The transport's flow count.
+    flows: usize,
     outcomes: Vec<Outcome>,
     gso: Vec<u8>,
     control: Vec<Datagram>,
@@ -290,12 +304,14 @@ struct TxState {
 }
 
 impl TxState {
-    fn new(batch: usize, max_segments: usize) -> TxState {
+    fn new(batch: usize, max_segments: usize, flows: usize) -> TxState {
         let slots = MAX_SPLIT.max(batch);
         TxState {
             scratch: vec![0u8; READ_SCRATCH],
             bufs: vec![vec![0u8; HEADROOM + MAX_FRAME + TAILROOM]; slots],
             sizes: vec![0; slots],
+            flow: vec![0; slots],
+            flows,
             outcomes: Vec::with_capacity(slots),
             gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
             control: Vec::new(),
@@ -346,6 +362,14 @@ impl TxState {
         let t = time_now();
         self.outcomes.clear();
         let floor = shared.transport.frame_floor();
+        if self.flows > 1 {
+            // Each packet's outer flow, from its inner 5-tuple: here, as
+            // sealing hides the inner headers (outside the device lock).
+            for i in 0..n {
+                let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
+                self.flow[i] = crate::wire::flow_index(packet, self.flows);
+            }
+        }
         {
             let mut dev = shared.lock();
             for i in 0..n {
@@ -372,43 +396,46 @@ impl TxState {
         Ok(true)
     }
 
-    /// Sends sealed frames, grouping runs of equal size to one peer into GSO
-    /// sends (a shorter frame may end a run).
+    /// Sends sealed frames, grouping runs of equal size to one peer on one
+    /// outer flow into GSO sends (a shorter frame may end a run).
     fn send(&mut self, shared: &Shared<'_>) {
-        let mut run: Option<(std::net::SocketAddr, usize, usize)> = None; // (to, segment, count)
+        // (to, flow, segment, count)
+        let mut run: Option<(std::net::SocketAddr, usize, usize, usize)> = None;
         self.gso.clear();
         for (i, o) in self.outcomes.iter().enumerate() {
             let Outcome::Send { to, len } = *o else {
                 continue;
             };
             let frame = &self.bufs[i][..len];
+            let flow = self.flow[i];
             match run {
-                Some((rto, seg, count))
+                Some((rto, rflow, seg, count))
                     if rto == to
+                        && rflow == flow
                         && len <= seg
                         && count < self.max_segments
                         && self.gso.len() + len <= MAX_GSO_BYTES =>
                 {
                     self.gso.extend_from_slice(frame);
                     // A shorter frame must be the run's last.
-                    run = (len == seg).then_some((rto, seg, count + 1));
+                    run = (len == seg).then_some((rto, rflow, seg, count + 1));
                     if run.is_none() {
-                        flush(shared, rto, &self.gso, seg);
+                        flush(shared, rto, rflow, &self.gso, seg);
                         self.gso.clear();
                     }
                 }
                 _ => {
-                    if let Some((rto, seg, _)) = run.take() {
-                        flush(shared, rto, &self.gso, seg);
+                    if let Some((rto, rflow, seg, _)) = run.take() {
+                        flush(shared, rto, rflow, &self.gso, seg);
                         self.gso.clear();
                     }
                     self.gso.extend_from_slice(frame);
-                    run = Some((to, len, 1));
+                    run = Some((to, flow, len, 1));
                 }
             }
         }
-        if let Some((to, seg, _)) = run {
-            flush(shared, to, &self.gso, seg);
+        if let Some((to, flow, seg, _)) = run {
+            flush(shared, to, flow, &self.gso, seg);
         }
     }
 }
@@ -445,7 +472,7 @@ fn too_big(
     true
 }
 
-fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, contents: &[u8], seg: usize) {
+fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, flow: usize, contents: &[u8], seg: usize) {
     if contents.is_empty() {
         return;
     }
@@ -454,7 +481,7 @@ fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, contents: &[u8], seg: us
         &shared.io.udp_send_frames,
         contents.len().div_ceil(seg.max(1)),
     );
-    if let Err(e) = shared.transport.send(to, contents, seg) {
+    if let Err(e) = shared.transport.send_flow(flow, to, contents, seg) {
         shared.io.send_errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("send to {to} failed: {e}");
     }

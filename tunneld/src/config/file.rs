@@ -55,6 +55,13 @@ pub const BATCH_RANGE: std::ops::RangeInclusive<u64> = 1..=128;
 pub const DEFAULT_WORKERS: u64 = 1;
 /// Worker counts the data path supports (a loop for both directions, or one per direction).
 pub const WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=2;
+/// Default UDP flows per peer: one socket, one outer 5-tuple, as before
+/// flows existed.
+pub const DEFAULT_FLOWS: u64 = 1;
+/// UDP flows (sockets) per peer: 16 outer 5-tuples give RSS/ECMP enough
+/// entropy to spread a tunnel over the queues of a NIC or the paths of a
+/// WAN; more only costs descriptors and receive calls.
+pub const FLOWS_RANGE: std::ops::RangeInclusive<u64> = 1..=16;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Peer names appear in metrics labels and logs; keep them short.
@@ -169,6 +176,11 @@ pub struct DataplaneFile {
     /// direction).
     #[serde(default = "default_workers")]
     pub workers: u64,
+    /// UDP flows per peer, 1..=16: flow 0 is the `listen` socket, the others
+    /// are sockets on ephemeral ports of the same address; each inner flow
+    /// (5-tuple) always leaves on the same one. Ignored for TCP/QUIC peers.
+    #[serde(default = "default_flows")]
+    pub flows: u64,
 }
 
 impl Default for DataplaneFile {
@@ -177,6 +189,7 @@ impl Default for DataplaneFile {
             offload: true,
             batch: DEFAULT_BATCH,
             workers: DEFAULT_WORKERS,
+            flows: DEFAULT_FLOWS,
         }
     }
 }
@@ -304,6 +317,9 @@ fn default_batch() -> u64 {
 }
 fn default_workers() -> u64 {
     DEFAULT_WORKERS
+}
+fn default_flows() -> u64 {
+    DEFAULT_FLOWS
 }
 fn default_mtu() -> u16 {
     DEFAULT_MTU

@@ -22,10 +22,11 @@ use std::time::Duration;
 
 pub use file::{
     DataplaneFile, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile, TunnelFile,
-    BATCH_RANGE, DEFAULT_BATCH, DEFAULT_MTU, DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE,
-    DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, IPV6_MIN_MTU,
-    KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE,
-    QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE, WORKERS_RANGE,
+    BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS, DEFAULT_MTU, DEFAULT_QUIC_IDLE,
+    DEFAULT_QUIC_KEEPALIVE, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER,
+    DEFAULT_WORKERS, FLOWS_RANGE, IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN,
+    MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE,
+    WORKERS_RANGE,
 };
 
 use crate::keys::{KeyError, PrivateKey, PublicKey};
@@ -153,7 +154,7 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Clamp TCP MSS of SYNs to fit the tunnel MTU.
     pub mss_clamp: bool,
-    /// Data-path knobs (offload, batch, workers).
+    /// Data-path knobs (offload, batch, workers, flows).
     pub dataplane: DataplaneConfig,
     /// Rekey after this time with one session key.
     pub rekey_after_time: Duration,
@@ -174,6 +175,8 @@ pub struct DataplaneConfig {
     pub batch: usize,
     /// Data-path threads.
     pub workers: usize,
+    /// UDP flows (sockets) per peer; TCP and QUIC peers ignore it.
+    pub flows: usize,
 }
 
 /// The TUN device settings.
@@ -513,6 +516,7 @@ pub fn check(
     for (field, v, range) in [
         ("dataplane.batch", dp.batch, file::BATCH_RANGE),
         ("dataplane.workers", dp.workers, file::WORKERS_RANGE),
+        ("dataplane.flows", dp.flows, file::FLOWS_RANGE),
     ] {
         if !range.contains(&v) {
             return Err(cx.invalid(
@@ -525,6 +529,7 @@ pub fn check(
         offload: dp.offload,
         batch: dp.batch as usize,
         workers: dp.workers as usize,
+        flows: dp.flows as usize,
     };
     let socket_buffer = usize::try_from(raw.socket_buffer.0)
         .map_err(|_| cx.invalid("socket_buffer".into(), "too large for this platform".into()))?;

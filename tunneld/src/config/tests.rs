@@ -339,6 +339,50 @@ fn socket_buffer_out_of_range() {
 }
 
 #[test]
+fn dataplane_flows_default_and_explicit() {
+    let f = fixture();
+    let c = f.parse(&f.yaml()).expect("valid config");
+    assert_eq!(c.dataplane.flows, 1, "default");
+    for n in [1usize, 4, 16] {
+        let t = f
+            .yaml()
+            .replace("peers:\n", &format!("dataplane:\n  flows: {n}\npeers:\n"));
+        let c = f.parse(&t).expect("flows in range");
+        assert_eq!(c.dataplane.flows, n);
+        assert_eq!(c.dataplane.batch, 64, "other knobs keep their defaults");
+    }
+}
+
+#[test]
+fn dataplane_flows_out_of_range() {
+    let f = fixture();
+    for bad in ["0", "17", "1000"] {
+        let t = f.yaml().replace(
+            "peers:\n",
+            &format!("dataplane:\n  workers: 1\n  flows: {bad}\npeers:\n"),
+        );
+        let msg = f.expect_err(&t, "dataplane.flows", "flows:");
+        assert!(msg.contains("1..=16") && msg.contains(bad), "{msg}");
+    }
+}
+
+#[test]
+fn dataplane_flows_wrong_type_and_unknown_field() {
+    let f = fixture();
+    for bad in ["four", "-1", "2.5", "[4]", "true"] {
+        let t = f
+            .yaml()
+            .replace("peers:\n", &format!("dataplane:\n  flows: {bad}\npeers:\n"));
+        f.expect_err(&t, "dataplane.flows", "flows:");
+    }
+    // A misspelt knob is named, not ignored.
+    let t = f
+        .yaml()
+        .replace("peers:\n", "dataplane:\n  flow: 4\npeers:\n");
+    f.expect_err(&t, "unknown field `flow`", "flow: 4");
+}
+
+#[test]
 fn cipher_unknown() {
     let f = fixture();
     let t = f
@@ -491,6 +535,7 @@ fn round_trip_generated_config() {
             offload: false,
             batch: 1,
             workers: 1,
+            flows: 3,
         },
         quic: None,
         rekey: RekeyFile {
