@@ -395,3 +395,36 @@ pub fn query(path: &Path, command: &str) -> io::Result<String> {
     io::Read::read_to_string(&mut stream, &mut out)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_and_per_flow_counts_in_metrics() {
+        let mut s = Status {
+            interface: "t0".into(),
+            ..Status::default()
+        };
+        s.dataplane.flows = 1;
+        let one = s.prometheus();
+        assert!(
+            one.contains("tunneld_udp_flows{interface=\"t0\"} 1\n"),
+            "{one}"
+        );
+        assert!(!one.contains("tunneld_udp_flow_datagrams_total{"), "{one}");
+        s.dataplane.flows = 3;
+        s.transport.udp_flow_datagrams = vec![7, 0, 42];
+        let m = s.prometheus();
+        assert!(m.contains("tunneld_udp_flows{interface=\"t0\"} 3\n"), "{m}");
+        for (flow, n) in [(0, 7), (1, 0), (2, 42)] {
+            let line = format!(
+                "tunneld_udp_flow_datagrams_total{{interface=\"t0\",flow=\"{flow}\"}} {n}\n"
+            );
+            assert!(m.contains(&line), "{line} missing in {m}");
+        }
+        let json = serde_json::to_value(&s).expect("status serializes");
+        assert_eq!(json["dataplane"]["flows"], 3);
+        assert_eq!(json["transport"]["udp_flow_datagrams"][2], 42);
+    }
+}

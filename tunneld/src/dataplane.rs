@@ -588,3 +588,7 @@ impl RxState {
         true
     }
 }
+
+#[cfg(test)]
+#[path = "dataplane_tests.rs"]
+mod tests;
