@@ -225,6 +225,30 @@ pub fn udp_payloads(frames: &[Vec<u8>], src: SocketAddr, dst: SocketAddr) -> Vec
         .collect()
 }
 
+/// UDP payload bytes of the captured frames from address `src` (any port)
+/// to `dst`, per source port: which outer flows carried the traffic.
+pub fn udp_bytes_by_source_port(
+    frames: &[Vec<u8>],
+    src: IpAddr,
+    dst: SocketAddr,
+) -> std::collections::BTreeMap<u16, usize> {
+    let mut by_port = std::collections::BTreeMap::new();
+    for f in frames {
+        let Some((s, d, 17, l4)) = ip_of_frame(f) else {
+            continue;
+        };
+        let (Some(sp), Some(dp)) = (l4.get(0..2), l4.get(2..4)) else {
+            continue;
+        };
+        let sport = u16::from_be_bytes([sp[0], sp[1]]);
+        let dport = u16::from_be_bytes([dp[0], dp[1]]);
+        if s == src && d == dst.ip() && dport == dst.port() {
+            *by_port.entry(sport).or_insert(0) += l4.len().saturating_sub(8);
+        }
+    }
+    by_port
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +297,22 @@ mod tests {
         for n in 0..frame.len() {
             let _ = udp_payloads(&[frame[..n].to_vec()], src, dst);
         }
+    }
+
+    #[test]
+    fn counts_bytes_per_source_port() {
+        let frame = v4_udp_frame(b"hello"); // 198.18.0.2:51820 -> 198.18.0.1:51820
+        let mut other = frame.clone();
+        other[14 + 20] = 0x9c; // source port 0x9c6c
+        let dst: SocketAddr = "198.18.0.1:51820".parse().expect("addr");
+        let src: IpAddr = "198.18.0.2".parse().expect("ip");
+        let got = udp_bytes_by_source_port(&[frame.clone(), other, frame.clone()], src, dst);
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec![(0x9c6c, 5), (51820, 10)]
+        );
+        let wrong: SocketAddr = "198.18.0.1:1".parse().expect("addr");
+        assert!(udp_bytes_by_source_port(&[frame], src, wrong).is_empty());
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! matching SHA-256, and UDP datagrams of odd sizes cross intact: 1 byte and
 //! exactly the tunnel MTU; one byte more (with DF / IPv6) is refused with an
 //! ICMP "fragmentation needed" / "packet too big" that the sender's kernel
-//! turns into EMSGSIZE. Needs root (skips outside CI without it).
+//! turns into EMSGSIZE. And `dataplane.flows: 4`: parallel TCP transfers
+//! arrive intact while the underlay carries more than one outer UDP source
+//! port, and the peers' endpoints stay on their listen ports. Needs root
+//! (skips outside CI without it).
 
+use e2e::capture::{udp_bytes_by_source_port, Capture};
 use e2e::{require_root, tcp_transfer, wait_ping, Side, TunnelLab};
 use serde_json::json;
 use std::io;
@@ -168,4 +172,105 @@ fn every_knob_combination_carries_traffic_intact() {
             }
         }
     }
+}
+
+/// `dataplane.flows: 4` on both gateways: four parallel TCP transfers each
+/// way family arrive with matching SHA-256; the WAN saw tunnel frames from
+/// more than one source port per gateway address (the flows), all to the
+/// peer's listen port; each side still sends to the other's listen port
+/// (no endpoint flapping); status reports the flows and their counts.
+#[test]
+fn flows_spread_outer_source_ports_and_keep_streams_intact() {
+    if !require_root() {
+        return;
+    }
+    const STREAMS: u64 = 4;
+    let tl = TunnelLab::start("e2e-flows", false, |_, cfg| {
+        cfg["dataplane"] = json!({"flows": 4});
+    })
+    .expect("start with flows 4");
+    wait_ping(
+        tl.lab(),
+        &tl.dc.host_a,
+        &topo::HOST_B_V4.to_string(),
+        Duration::from_secs(15),
+    )
+    .expect("tunnel up");
+    for side in [Side::A, Side::B] {
+        let st = tl.status(side).expect("status");
+        assert_eq!(st["dataplane"]["flows"], 4, "{st}");
+    }
+    let lab = tl.lab();
+    let cap = Capture::start(lab, &tl.dc.gw_b, topo::WAN_IF).expect("capture wan");
+    let (host_a, host_b) = (tl.dc.host_a.as_str(), tl.dc.host_b.as_str());
+    for (dst, seed) in [
+        (IpAddr::from(topo::HOST_B_V4), 21u64),
+        (IpAddr::from(topo::HOST_B_V6), 31),
+    ] {
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..STREAMS)
+                .map(|i| {
+                    s.spawn(move || tcp_transfer(lab, host_a, host_b, dst, 24 * MIB, seed + i))
+                })
+                .collect();
+            for (i, r) in runs.into_iter().enumerate() {
+                let t = r
+                    .join()
+                    .expect("transfer thread")
+                    .unwrap_or_else(|e| panic!("transfer {i} to {dst}: {e:#}"));
+                assert!(t.intact(), "transfer {i} to {dst} damaged: {t:?}");
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let frames = cap.stop().expect("capture").frames;
+    let a_ports = udp_bytes_by_source_port(&frames, Side::A.listen().ip(), Side::B.listen());
+    let b_ports = udp_bytes_by_source_port(&frames, Side::B.listen().ip(), Side::A.listen());
+    eprintln!("gw-a → gw-b bytes by source port: {a_ports:?}");
+    eprintln!("gw-b → gw-a bytes by source port: {b_ports:?}");
+    for (what, ports, listen) in [
+        ("gw-a", &a_ports, Side::A.listen()),
+        ("gw-b", &b_ports, Side::B.listen()),
+    ] {
+        assert!(ports.len() <= 4, "{what} used more than 4 flows: {ports:?}");
+        assert!(
+            ports.keys().any(|p| *p != listen.port()),
+            "{what}: every frame left from its listen port: {ports:?}"
+        );
+    }
+    assert!(
+        a_ports.len() + b_ports.len() > 2,
+        "the underlay carried one outer flow per direction: {a_ports:?} {b_ports:?}"
+    );
+    for side in [Side::A, Side::B] {
+        let st = tl.status(side).expect("status");
+        assert_eq!(
+            st["peers"][0]["endpoint"],
+            side.peer().listen().to_string(),
+            "{} keeps sending to its peer's listen port: {st}",
+            side.letter()
+        );
+        let per_flow: Vec<u64> = st["transport"]["udp_flow_datagrams"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default();
+        assert_eq!(per_flow.len(), 4, "{st}");
+        assert!(per_flow.iter().filter(|n| **n > 0).count() >= 2, "{st}");
+        let c = tl.counters(side).expect("counters");
+        for bad in [
+            "drop_bad_tag",
+            "drop_malformed",
+            "drop_spoofed_source",
+            "drop_replay",
+        ] {
+            assert_eq!(
+                c.get(bad).copied(),
+                Some(0),
+                "{bad} on {}: {c:?}",
+                side.letter()
+            );
+        }
+    }
+    let logs = tl.logs();
+    assert!(!logs.contains("moved to"), "endpoint flapped:\n{logs}");
 }

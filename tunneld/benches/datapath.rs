@@ -195,6 +195,7 @@ fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
             offload: true,
             batch: 64,
             workers: 1,
+            flows: 1,
             ..Default::default()
         },
         quic: None,

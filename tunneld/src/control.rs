@@ -66,6 +66,9 @@ pub struct DataplaneStatus {
     pub udp_gro_segments: usize,
     /// TUN → network queue: `fq_codel` or `fifo`.
     pub queue: &'static str,
+    /// UDP flows (sockets) frames are spread over (`dataplane.flows`; 1
+    /// when no peer uses UDP).
+    pub flows: usize,
 }
 
 /// What `tunneld status` prints.
@@ -195,6 +198,19 @@ impl Status {
             s.push_str(&format!(
                 "tunneld_offload{{interface=\"{iface}\",kind=\"{what}\"}} {v}\n"
             ));
+        }
+        s.push_str("# HELP tunneld_udp_flows UDP flows (sockets) frames are spread over.\n# TYPE tunneld_udp_flows gauge\n");
+        s.push_str(&format!(
+            "tunneld_udp_flows{{interface=\"{iface}\"}} {}\n",
+            d.flows
+        ));
+        if !self.transport.udp_flow_datagrams.is_empty() {
+            s.push_str("# HELP tunneld_udp_flow_datagrams_total UDP datagrams sent, per flow.\n# TYPE tunneld_udp_flow_datagrams_total counter\n");
+            for (flow, v) in self.transport.udp_flow_datagrams.iter().enumerate() {
+                s.push_str(&format!(
+                    "tunneld_udp_flow_datagrams_total{{interface=\"{iface}\",flow=\"{flow}\"}} {v}\n"
+                ));
+            }
         }
         s.push_str("# HELP tunneld_peer_session Whether a usable session exists with the peer.\n# TYPE tunneld_peer_session gauge\n");
         for p in &self.peers {
@@ -399,4 +415,37 @@ pub fn query(path: &Path, command: &str) -> io::Result<String> {
     let mut out = String::new();
     io::Read::read_to_string(&mut stream, &mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_and_per_flow_counts_in_metrics() {
+        let mut s = Status {
+            interface: "t0".into(),
+            ..Status::default()
+        };
+        s.dataplane.flows = 1;
+        let one = s.prometheus();
+        assert!(
+            one.contains("tunneld_udp_flows{interface=\"t0\"} 1\n"),
+            "{one}"
+        );
+        assert!(!one.contains("tunneld_udp_flow_datagrams_total{"), "{one}");
+        s.dataplane.flows = 3;
+        s.transport.udp_flow_datagrams = vec![7, 0, 42];
+        let m = s.prometheus();
+        assert!(m.contains("tunneld_udp_flows{interface=\"t0\"} 3\n"), "{m}");
+        for (flow, n) in [(0, 7), (1, 0), (2, 42)] {
+            let line = format!(
+                "tunneld_udp_flow_datagrams_total{{interface=\"t0\",flow=\"{flow}\"}} {n}\n"
+            );
+            assert!(m.contains(&line), "{line} missing in {m}");
+        }
+        let json = serde_json::to_value(&s).expect("status serializes");
+        assert_eq!(json["dataplane"]["flows"], 3);
+        assert_eq!(json["transport"]["udp_flow_datagrams"][2], 42);
+    }
 }

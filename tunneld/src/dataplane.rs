@@ -17,8 +17,10 @@
 //!    releases, so a ping never waits behind bulk data. With `queue: fifo`
 //!    the batch read is the batch sent. The device lock is taken once per
 //!    batch to seal every packet in place; then, unlocked, runs of
-//!    equal-sized frames to the same peer are copied back to back and sent
-//!    with one GSO `sendmsg` of up to `batch` segments.
+//!    equal-sized frames to the same peer and outer flow are copied back to
+//!    back and sent with one GSO `sendmsg` of up to `batch` segments. With
+//!    `flows` > 1 each packet's outer flow is its inner 5-tuple's hash,
+//!    taken before sealing, so an inner flow keeps its order.
 //! 4. RX: one `recvmmsg` returns up to [`MAX_RECV_BATCH`] buffers, each a
 //!    GRO train of frames (at most [`RX_PASS_FRAMES`] frames' worth of
 //!    buffers per pass, so a single loop turns back to its TX side within
@@ -191,15 +193,17 @@ pub fn run(
         udp_gso_segments: transport.max_segments(),
         udp_gro_segments: transport.gro_segments(),
         queue: knobs.queue.as_str(),
+        flows: transport.flows(),
     };
     log::info!(
-        "data path: {} worker(s), batch {}, queue {}, TUN offload {}, UDP GSO {} segments, UDP GRO {} segments",
+        "data path: {} worker(s), batch {}, queue {}, TUN offload {}, UDP GSO {} segments, UDP GRO {} segments, {} UDP flow(s)",
         info.workers,
         info.batch,
         info.queue,
         if info.tun_offload { "on" } else { "off" },
         info.udp_gso_segments,
-        info.udp_gro_segments
+        info.udp_gro_segments,
+        info.flows
     );
     let shared = Shared {
         device: Mutex::new(device),
@@ -320,6 +324,10 @@ struct TxState {
     scratch: Vec<u8>,
     bufs: Vec<Vec<u8>>,
     sizes: Vec<usize>,
+    /// Outer flow of each packet (its inner 5-tuple's hash).
+    flow: Vec<usize>,
+    /// The transport's flow count.
+    flows: usize,
     outcomes: Vec<Outcome>,
     gso: Vec<u8>,
     control: Vec<Datagram>,
@@ -343,6 +351,8 @@ impl TxState {
             scratch: vec![0u8; READ_SCRATCH],
             bufs: vec![vec![0u8; slot_size(shared.mtu)]; slots],
             sizes: vec![0; slots],
+            flow: vec![0; slots],
+            flows: shared.transport.flows(),
             outcomes: Vec::with_capacity(slots),
             gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
             control: Vec::new(),
@@ -415,6 +425,14 @@ impl TxState {
         let t = time_now();
         self.outcomes.clear();
         let floor = shared.transport.frame_floor();
+        if self.flows > 1 {
+            // Each packet's outer flow, from its inner 5-tuple: here, as
+            // sealing hides the inner headers (outside the device lock).
+            for i in 0..n {
+                let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
+                self.flow[i] = crate::wire::flow_index(packet, self.flows);
+            }
+        }
         {
             let mut dev = shared.lock();
             for i in 0..n {
@@ -440,43 +458,46 @@ impl TxState {
         shared.send_control(&mut self.control);
     }
 
-    /// Sends sealed frames, grouping runs of equal size to one peer into GSO
-    /// sends (a shorter frame may end a run).
+    /// Sends sealed frames, grouping runs of equal size to one peer on one
+    /// outer flow into GSO sends (a shorter frame may end a run).
     fn send(&mut self, shared: &Shared<'_>) {
-        let mut run: Option<(std::net::SocketAddr, usize, usize)> = None; // (to, segment, count)
+        // (to, flow, segment, count)
+        let mut run: Option<(std::net::SocketAddr, usize, usize, usize)> = None;
         self.gso.clear();
         for (i, o) in self.outcomes.iter().enumerate() {
             let Outcome::Send { to, len } = *o else {
                 continue;
             };
             let frame = &self.bufs[i][..len];
+            let flow = self.flow[i];
             match run {
-                Some((rto, seg, count))
+                Some((rto, rflow, seg, count))
                     if rto == to
+                        && rflow == flow
                         && len <= seg
                         && count < self.max_segments
                         && self.gso.len() + len <= MAX_GSO_BYTES =>
                 {
                     self.gso.extend_from_slice(frame);
                     // A shorter frame must be the run's last.
-                    run = (len == seg).then_some((rto, seg, count + 1));
+                    run = (len == seg).then_some((rto, rflow, seg, count + 1));
                     if run.is_none() {
-                        flush(shared, rto, &self.gso, seg);
+                        flush(shared, rto, rflow, &self.gso, seg);
                         self.gso.clear();
                     }
                 }
                 _ => {
-                    if let Some((rto, seg, _)) = run.take() {
-                        flush(shared, rto, &self.gso, seg);
+                    if let Some((rto, rflow, seg, _)) = run.take() {
+                        flush(shared, rto, rflow, &self.gso, seg);
                         self.gso.clear();
                     }
                     self.gso.extend_from_slice(frame);
-                    run = Some((to, len, 1));
+                    run = Some((to, flow, len, 1));
                 }
             }
         }
-        if let Some((to, seg, _)) = run {
-            flush(shared, to, &self.gso, seg);
+        if let Some((to, flow, seg, _)) = run {
+            flush(shared, to, flow, &self.gso, seg);
         }
     }
 }
@@ -532,7 +553,8 @@ struct TxQueue {
     /// Slots whose buffers are in the send batch, by batch position.
     in_batch: Vec<u32>,
     dropped: Vec<u32>,
-    seed: std::collections::hash_map::RandomState,
+    /// Secret key of the flow hash.
+    key: u64,
     origin: Instant,
 }
 
@@ -565,7 +587,10 @@ impl TxQueue {
             staging_sizes: vec![0; MAX_SPLIT],
             in_batch: Vec::with_capacity(batch),
             dropped: Vec::with_capacity(capacity),
-            seed: std::collections::hash_map::RandomState::new(),
+            key: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0x0074_756e_6e65_6c64_u64)
+            },
             origin: Instant::now(),
         }
     }
@@ -613,7 +638,7 @@ impl TxQueue {
                 std::mem::swap(&mut self.pool[slot as usize], &mut self.staging[i]);
                 self.lens[slot as usize] = len;
                 let packet = &self.pool[slot as usize][HEADROOM..HEADROOM + len];
-                let hash = crate::wire::ip::flow_hash(packet, &self.seed);
+                let hash = crate::wire::flow::flow_hash_keyed(packet, self.key);
                 self.fq.enqueue(slot, hash, len, now, &mut self.dropped);
                 self.free.append(&mut self.dropped);
             }
@@ -692,7 +717,7 @@ fn too_big(
     true
 }
 
-fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, contents: &[u8], seg: usize) {
+fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, flow: usize, contents: &[u8], seg: usize) {
     if contents.is_empty() {
         return;
     }
@@ -701,7 +726,7 @@ fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, contents: &[u8], seg: us
         &shared.io.udp_send_frames,
         contents.len().div_ceil(seg.max(1)),
     );
-    if let Err(e) = shared.transport.send(to, contents, seg) {
+    if let Err(e) = shared.transport.send_flow(flow, to, contents, seg) {
         shared.io.send_errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("send to {to} failed: {e}");
     }
@@ -814,3 +839,7 @@ impl RxState {
         true
     }
 }
+
+#[cfg(test)]
+#[path = "dataplane_tests.rs"]
+mod tests;

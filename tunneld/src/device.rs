@@ -526,12 +526,20 @@ impl Device {
             self.counters.drop_unknown_index += 1;
             // A peer that lost its state (restart) keeps sending with old
             // indexes; answering with a handshake recovers at once.
-            if let Some(pi) = self.peers.iter().position(|p| p.endpoint == Some(from)) {
+            // (With several flows the peer's data may come from another
+            // port of its address.)
+            let at = |same: fn(SocketAddr, SocketAddr) -> bool| {
+                self.peers
+                    .iter()
+                    .position(|p| p.endpoint.is_some_and(|e| same(e, from)))
+            };
+            if let Some(pi) = at(|e, f| e == f).or_else(|| at(|e, f| e.ip() == f.ip())) {
                 self.maybe_initiate(pi, t, out);
             }
             return None;
         };
         let reject = self.reject_after_time;
+        let udp = self.transports[pi] == crate::config::TransportKind::Udp.as_str();
         let peer = &mut self.peers[pi];
         let Some(slot) = peer.slot_of(idx) else {
             // The index belongs to a handshake in flight, not a session.
@@ -557,8 +565,17 @@ impl Device {
             return None;
         }
         peer.received(t.now, !is_keepalive && plain_len > 0);
-        if peer.endpoint != Some(from) {
-            log::info!("peer {} moved to {from}", peer.name);
+        if peer.endpoint != Some(from) && moves_endpoint(peer.endpoint, from, udp, is_keepalive) {
+            match peer.endpoint {
+                Some(old) if old.ip() == from.ip() => {
+                    log::debug!(
+                        "peer {} now at port {} ({old} before)",
+                        peer.name,
+                        from.port()
+                    );
+                }
+                _ => log::info!("peer {} moved to {from}", peer.name),
+            }
             peer.endpoint = Some(from);
         }
         if slot == Slot::Next {
@@ -706,6 +723,32 @@ impl Device {
                 out.push(Datagram { to, data });
             }
         }
+    }
+}
+
+/// Whether an authenticated data or keepalive frame from `from` moves a
+/// peer's endpoint (currently `current`).
+///
+/// A UDP peer with `dataplane.flows` > 1 sends data from several source
+/// ports of one address, and its flow 0 (the `listen` socket) is where it
+/// wants replies; following every data frame would make the endpoint flap
+/// between its flows. So for UDP peers a data frame moves the endpoint only
+/// to a new address (the peer roamed); a port-only change is taken from a
+/// keepalive, which tunneld always sends on flow 0 like its handshakes
+/// (those set the endpoint in `on_initiation` / `on_response`), so a NAT
+/// that rebinds the peer's port is followed within a keepalive or
+/// dead-peer interval. TCP and QUIC peers follow every frame: their
+/// `from` names the connection, and a redial comes from a new port.
+fn moves_endpoint(
+    current: Option<SocketAddr>,
+    from: SocketAddr,
+    udp: bool,
+    keepalive: bool,
+) -> bool {
+    match current {
+        None => true,
+        Some(e) if e == from => false,
+        Some(e) => !udp || keepalive || e.ip() != from.ip(),
     }
 }
 

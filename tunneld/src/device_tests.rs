@@ -44,6 +44,7 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
             offload: true,
             batch: 64,
             workers: 1,
+            flows: 1,
             ..Default::default()
         },
         rekey_after_time: Duration::from_secs(120),
@@ -496,4 +497,140 @@ fn keepalive_is_sent_when_configured() {
     );
     n.flush();
     assert_eq!(n.b.counters().drop_bad_tag, 0);
+}
+
+/// Rewrites the source of every frame in flight from A to `from`, as if A
+/// had sent them from another socket (flow) or address.
+fn resource(n: &mut Net, from: &str) {
+    for (_, src, _) in n.wire.iter_mut() {
+        if *src == addr(A_ADDR) {
+            *src = addr(from);
+        }
+    }
+}
+
+fn b_sees_a_at(n: &Net) -> Option<String> {
+    n.b.peer_status(n.time().now)[0].endpoint.clone()
+}
+
+#[test]
+fn data_from_a_peers_other_flows_keeps_its_endpoint() {
+    let mut n = Net::new();
+    n.established();
+    // A's inner flows leave from four source ports of its address.
+    for (i, port) in [51820u16, 40001, 40002, 40003, 40001, 51820, 40002]
+        .iter()
+        .enumerate()
+    {
+        n.send(
+            true,
+            &ipv4(A_HOST, B_HOST, format!("flow data {i}").as_bytes()),
+        );
+        resource(&mut n, &format!("198.18.0.1:{port}"));
+        n.flush();
+        assert_eq!(
+            b_sees_a_at(&n).as_deref(),
+            Some(A_ADDR),
+            "after port {port}"
+        );
+        // Replies keep going to A's flow 0 (the listen port).
+        n.send(false, &ipv4(B_HOST, A_HOST, b"reply"));
+        assert_eq!(n.wire.len(), 1);
+        assert_eq!(n.wire[0].0, addr(A_ADDR));
+        n.flush();
+    }
+    assert_eq!(n.to_b.len(), 7, "every flow's data delivered");
+    assert_eq!(n.to_a.len(), 7, "every reply delivered");
+    assert_eq!(n.b.counters().drop_bad_tag + n.b.counters().drop_replay, 0);
+}
+
+#[test]
+fn a_peer_on_a_new_address_is_followed() {
+    let mut n = Net::new();
+    n.established();
+    n.send(true, &ipv4(A_HOST, B_HOST, b"from a new uplink"));
+    resource(&mut n, "198.18.0.9:40002");
+    n.flush();
+    assert_eq!(b_sees_a_at(&n).as_deref(), Some("198.18.0.9:40002"));
+    assert_eq!(n.to_b.len(), 1);
+}
+
+#[test]
+fn a_keepalive_from_a_new_port_is_followed() {
+    // A NAT rebinding A's flow 0: its keepalive (always on flow 0) moves
+    // the endpoint; data from another port of the address does not.
+    let mut n = Net::new();
+    let mut cfg = a_config();
+    cfg.peers[0].keepalive = Some(Duration::from_secs(5));
+    n.a = Device::new(&cfg);
+    n.established();
+    n.send(true, &ipv4(A_HOST, B_HOST, b"data"));
+    resource(&mut n, "198.18.0.1:40001");
+    n.flush();
+    assert_eq!(b_sees_a_at(&n).as_deref(), Some(A_ADDR));
+    n.advance(Duration::from_secs(6));
+    n.tick();
+    assert!(n
+        .wire
+        .iter()
+        .any(|(_, _, f)| f[0] == MessageType::Keepalive as u8));
+    resource(&mut n, "198.18.0.1:6000");
+    n.flush();
+    assert_eq!(b_sees_a_at(&n).as_deref(), Some("198.18.0.1:6000"));
+}
+
+#[test]
+fn tcp_peers_follow_every_source() {
+    // Over TCP `from` names the connection; a redial comes from a new port.
+    let mut n = Net::new();
+    let mut cfg = b_config();
+    cfg.peers[0].transport = crate::config::TransportKind::Tcp;
+    n.b = Device::new(&cfg);
+    n.established();
+    n.send(true, &ipv4(A_HOST, B_HOST, b"new connection"));
+    resource(&mut n, "198.18.0.1:40001");
+    n.flush();
+    assert_eq!(b_sees_a_at(&n).as_deref(), Some("198.18.0.1:40001"));
+}
+
+#[test]
+fn endpoint_rule_table() {
+    let e = Some(addr("198.18.0.1:51820"));
+    let port = addr("198.18.0.1:40001");
+    let other = addr("198.18.0.7:51820");
+    // (current, from, udp, keepalive) -> moves
+    for (cur, from, udp, ka, want) in [
+        (None, port, true, false, true),
+        (e, addr("198.18.0.1:51820"), true, true, false),
+        (e, port, true, false, false),
+        (e, port, true, true, true),
+        (e, other, true, false, true),
+        (e, port, false, false, true),
+        (e, addr("[fd00::1]:40001"), true, false, true),
+    ] {
+        assert_eq!(
+            moves_endpoint(cur, from, udp, ka),
+            want,
+            "{cur:?} {from} udp {udp} ka {ka}"
+        );
+    }
+}
+
+#[test]
+fn restarted_peer_answers_data_from_another_flow_with_a_handshake() {
+    let mut n = Net::new();
+    n.established();
+    n.b = Device::new(&b_config());
+    n.advance(Duration::from_millis(100));
+    n.send(true, &ipv4(A_HOST, B_HOST, b"lost"));
+    resource(&mut n, "198.18.0.1:40003");
+    let (to, from, frame) = n.wire.pop().expect("data in flight");
+    n.deliver(to, from, frame);
+    assert!(
+        n.wire
+            .iter()
+            .any(|(to, _, f)| *to == addr(A_ADDR) && f[0] == MessageType::HandshakeInit as u8),
+        "B initiates towards A's listen port: {:?}",
+        n.wire.iter().map(|w| (w.0, w.2[0])).collect::<Vec<_>>()
+    );
 }

@@ -160,9 +160,32 @@ fn transports(cfg: &Config) -> Result<Box<dyn Transport>> {
     let dp = cfg.dataplane;
     let uses = |k: TransportKind| cfg.peers.iter().any(|p| p.transport == k);
     let udp = || {
-        UdpTransport::bind(cfg.listen, cfg.socket_buffer, dp.offload, dp.batch)
-            .with_context(|| format!("binding UDP {}", cfg.listen))
+        UdpTransport::bind_flows(
+            cfg.listen,
+            cfg.socket_buffer,
+            dp.offload,
+            dp.batch,
+            dp.flows,
+        )
+        .with_context(|| format!("binding UDP {} ({} flow(s))", cfg.listen, dp.flows))
     };
+    if dp.flows > 1 {
+        // flows spread UDP only; a TCP connection or QUIC connection is one
+        // outer flow by nature.
+        let others: Vec<&str> = cfg
+            .peers
+            .iter()
+            .filter(|p| p.transport != TransportKind::Udp)
+            .map(|p| p.name.as_str())
+            .collect();
+        if !others.is_empty() {
+            log::warn!(
+                "dataplane.flows {} applies to UDP peers only; ignored for {}",
+                dp.flows,
+                others.join(", ")
+            );
+        }
+    }
     if !uses(TransportKind::Tcp) && !uses(TransportKind::Quic) {
         return Ok(Box::new(udp()?));
     }

@@ -270,7 +270,7 @@ pub struct TunneldSettings {
     /// TCP MSS clamping.
     #[serde(default = "yes")]
     pub mss_clamp: bool,
-    /// Data-path knobs (offload, batch, workers), as in the tunneld config.
+    /// Data-path knobs (offload, batch, workers, flows), as in the tunneld config.
     #[serde(default)]
     pub dataplane: tunneld::config::DataplaneFile,
 }
@@ -418,6 +418,11 @@ impl Scenario {
                 "tunneld.dataplane.workers",
                 dp.workers,
                 tunneld::config::WORKERS_RANGE,
+            ),
+            (
+                "tunneld.dataplane.flows",
+                dp.flows,
+                tunneld::config::FLOWS_RANGE,
             ),
         ] {
             if !range.contains(&v) {

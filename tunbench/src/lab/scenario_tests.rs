@@ -190,3 +190,31 @@ fn comparison_rows_parse_by_name() {
     let e = err(&with(7, "systems: [openvpn, openvpn]"));
     assert!(e.contains("twice"), "{e}");
 }
+
+#[test]
+fn tunneld_flows_setting() {
+    let s = Scenario::parse(
+        &format!("{BASE}tunneld:\n  dataplane:\n    flows: 4\n"),
+        "t.yaml",
+    )
+    .expect("flows 4 parses");
+    assert_eq!(s.tunneld.dataplane.flows, 4);
+    assert_eq!(
+        Scenario::parse(BASE, "t.yaml")
+            .expect("base")
+            .tunneld
+            .dataplane
+            .flows,
+        1,
+        "default"
+    );
+    for bad in ["0", "17"] {
+        let e = err(&format!("{BASE}tunneld:\n  dataplane:\n    flows: {bad}\n"));
+        assert!(
+            e.contains("tunneld.dataplane.flows") && e.contains("t.yaml:13:"),
+            "{e}"
+        );
+    }
+    let e = err(&format!("{BASE}tunneld:\n  dataplane:\n    flows: many\n"));
+    assert!(e.contains("flows") && e.contains("t.yaml:13:"), "{e}");
+}

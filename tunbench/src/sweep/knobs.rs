@@ -24,6 +24,8 @@ pub enum Knob {
     Batch,
     /// tunneld `dataplane.workers` (1 or 2 threads).
     Workers,
+    /// tunneld `dataplane.flows` (UDP sockets per peer, 1..=16).
+    Flows,
     /// tunneld `interface.mtu`.
     Mtu,
     /// tunneld `mss_clamp` (rewrite the MSS of SYNs to fit the MTU).
@@ -41,11 +43,12 @@ pub enum Knob {
 }
 
 /// Every knob, in key order.
-pub const ALL: [Knob; 11] = [
+pub const ALL: [Knob; 12] = [
     Knob::Cipher,
     Knob::Offload,
     Knob::Batch,
     Knob::Workers,
+    Knob::Flows,
     Knob::Mtu,
     Knob::MssClamp,
     Knob::SocketBuffer,
@@ -63,6 +66,7 @@ impl Knob {
             Knob::Offload => "offload",
             Knob::Batch => "batch",
             Knob::Workers => "workers",
+            Knob::Flows => "flows",
             Knob::Mtu => "mtu",
             Knob::MssClamp => "mss_clamp",
             Knob::SocketBuffer => "socket_buffer",
@@ -258,6 +262,13 @@ bounded_type!(
     *tunneld::config::WORKERS_RANGE.end(),
     false,
     "worker count (1 or 2)"
+);
+bounded_type!(
+    FlowsV,
+    *tunneld::config::FLOWS_RANGE.start(),
+    *tunneld::config::FLOWS_RANGE.end(),
+    false,
+    "UDP flow count (1..=16)"
 );
 bounded_type!(
     MtuV,

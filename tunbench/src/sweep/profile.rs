@@ -14,8 +14,8 @@ use tunneld::config::{CipherKind, TransportKind};
 use tunneld::units::{parse_duration, parse_rate, Rate, Span};
 
 use super::knobs::{
-    cipher_value, transport_value, BatchV, Cell, Knob, MssV, MtuV, Quantity, SockBufV, StreamsV,
-    Value, WindowV, WorkersV,
+    cipher_value, transport_value, BatchV, Cell, FlowsV, Knob, MssV, MtuV, Quantity, SockBufV,
+    StreamsV, Value, WindowV, WorkersV,
 };
 use crate::lab::scenario::{Scenario, SystemKind, TunneldSettings, Wan};
 
@@ -245,6 +245,9 @@ macro_rules! grid_struct {
             /// tunneld dataplane.workers.
             #[serde(default, skip_serializing)]
             pub workers: Option<$wrap<WorkersV>>,
+            /// tunneld dataplane.flows.
+            #[serde(default, skip_serializing)]
+            pub flows: Option<$wrap<FlowsV>>,
             /// tunneld interface.mtu.
             #[serde(default, skip_serializing)]
             pub mtu: Option<$wrap<MtuV>>,
@@ -277,6 +280,7 @@ macro_rules! grid_struct {
                 if let Some(x) = &self.offload { v.push((Knob::Offload, x.items().map(|b| Value::Bool(*b)).collect())); }
                 if let Some(x) = &self.batch { v.push((Knob::Batch, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.workers { v.push((Knob::Workers, x.items().map(|b| n(b.0)).collect())); }
+                if let Some(x) = &self.flows { v.push((Knob::Flows, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.mtu { v.push((Knob::Mtu, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.mss_clamp { v.push((Knob::MssClamp, x.items().map(|b| Value::Bool(*b)).collect())); }
                 if let Some(x) = &self.socket_buffer { v.push((Knob::SocketBuffer, x.items().map(|b| n(b.0)).collect())); }

@@ -212,3 +212,31 @@ fn shipped_sweep_profiles_parse() {
     }
     assert!(n >= 4, "expected the shipped sweep profiles, found {n}");
 }
+
+#[test]
+fn flows_knob_in_grid_and_applied_to_the_config() {
+    let p = parse(&TINY.replace("workers: [1, 2]", "flows: [1, 4]")).expect("grid");
+    assert_eq!(p.knobs, vec![Knob::Batch, Knob::Flows]);
+    let keys: Vec<String> = p.cells.iter().map(|c| c.key()).collect();
+    assert!(keys.contains(&"batch=64,flows=4".to_string()), "{keys:?}");
+    let cell = p
+        .cells
+        .iter()
+        .find(|c| c.key() == "batch=8,flows=4")
+        .expect("cell");
+    let mut f = crate::lab::systems::tunneld::tunnel_file(
+        crate::lab::systems::tunneld::Side::A,
+        "tun0",
+        Path::new("gw-a.key"),
+        Path::new("gw-a.sock"),
+        tunneld::keys::PublicKey::from_bytes([9; 32]),
+        &p.scenario.tunneld,
+    );
+    assert_eq!(f.dataplane.flows, 1, "scenario default");
+    crate::sweep::runner::apply_knobs(&mut f, cell);
+    assert_eq!((f.dataplane.batch, f.dataplane.flows), (8, 4));
+    for bad in ["[0, 4]", "[1, 17]", "[two]"] {
+        let e = err(&TINY.replace("workers: [1, 2]", &format!("flows: {bad}")));
+        assert!(e.contains("grid.flows"), "{e}");
+    }
+}

@@ -117,6 +117,7 @@ pub fn apply_knobs(f: &mut TunnelFile, cell: &Cell) {
             Knob::Offload => f.dataplane.offload = v.flag().unwrap_or(f.dataplane.offload),
             Knob::Batch => f.dataplane.batch = v.num().unwrap_or(f.dataplane.batch),
             Knob::Workers => f.dataplane.workers = v.num().unwrap_or(f.dataplane.workers),
+            Knob::Flows => f.dataplane.flows = v.num().unwrap_or(f.dataplane.flows),
             Knob::Mtu => {
                 if let Some(m) = v.num().and_then(|m| u16::try_from(m).ok()) {
                     f.interface.mtu = m;

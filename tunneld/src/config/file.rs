@@ -68,6 +68,13 @@ pub const CODEL_TIME_RANGE: std::ops::RangeInclusive<Duration> =
 pub const DEFAULT_QUEUE_LIMIT: u64 = 8192;
 /// Queue limit bounds: at least two TCP super-packets' segments.
 pub const QUEUE_LIMIT_RANGE: std::ops::RangeInclusive<u64> = 256..=65_536;
+/// Default UDP flows per peer: one socket, one outer 5-tuple, as before
+/// flows existed.
+pub const DEFAULT_FLOWS: u64 = 1;
+/// UDP flows (sockets) per peer: 16 outer 5-tuples give RSS/ECMP enough
+/// entropy to spread a tunnel over the queues of a NIC or the paths of a
+/// WAN; more only costs descriptors and receive calls.
+pub const FLOWS_RANGE: std::ops::RangeInclusive<u64> = 1..=16;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Peer names appear in metrics labels and logs; keep them short.
@@ -196,6 +203,11 @@ pub struct DataplaneFile {
     /// fattest flow loses packets.
     #[serde(default = "default_queue_limit")]
     pub queue_limit: u64,
+    /// UDP flows per peer, 1..=16: flow 0 is the `listen` socket, the others
+    /// are sockets on ephemeral ports of the same address; each inner flow
+    /// (5-tuple) always leaves on the same one. Ignored for TCP/QUIC peers.
+    #[serde(default = "default_flows")]
+    pub flows: u64,
 }
 
 impl Default for DataplaneFile {
@@ -208,6 +220,7 @@ impl Default for DataplaneFile {
             codel_target: default_codel_target(),
             codel_interval: default_codel_interval(),
             queue_limit: DEFAULT_QUEUE_LIMIT,
+            flows: DEFAULT_FLOWS,
         }
     }
 }
@@ -344,6 +357,9 @@ fn default_queue_limit() -> u64 {
 }
 fn default_workers() -> u64 {
     DEFAULT_WORKERS
+}
+fn default_flows() -> u64 {
+    DEFAULT_FLOWS
 }
 fn default_mtu() -> u16 {
     DEFAULT_MTU

@@ -22,10 +22,11 @@ use std::time::Duration;
 
 pub use file::{
     DataplaneFile, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile, TunnelFile,
-    BATCH_RANGE, DEFAULT_BATCH, DEFAULT_MTU, DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE,
-    DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, IPV6_MIN_MTU,
-    KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE,
-    QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE, WORKERS_RANGE,
+    BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS, DEFAULT_MTU, DEFAULT_QUIC_IDLE,
+    DEFAULT_QUIC_KEEPALIVE, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER,
+    DEFAULT_WORKERS, FLOWS_RANGE, IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN,
+    MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE,
+    WORKERS_RANGE,
 };
 
 use crate::keys::{KeyError, PrivateKey, PublicKey};
@@ -179,7 +180,7 @@ pub struct Config {
     pub socket_buffer: usize,
     /// Clamp TCP MSS of SYNs to fit the tunnel MTU.
     pub mss_clamp: bool,
-    /// Data-path knobs (offload, batch, workers).
+    /// Data-path knobs (offload, batch, workers, flows).
     pub dataplane: DataplaneConfig,
     /// Rekey after this time with one session key.
     pub rekey_after_time: Duration,
@@ -200,6 +201,8 @@ pub struct DataplaneConfig {
     pub batch: usize,
     /// Data-path threads.
     pub workers: usize,
+    /// UDP flows (sockets) per peer; TCP and QUIC peers ignore it.
+    pub flows: usize,
     /// The TUN → network queue discipline.
     pub queue: QueueKind,
     /// CoDel target sojourn time (fq_codel).
@@ -221,6 +224,7 @@ impl Default for DataplaneConfig {
             codel_target: file::DEFAULT_CODEL_TARGET,
             codel_interval: file::DEFAULT_CODEL_INTERVAL,
             queue_limit: file::DEFAULT_QUEUE_LIMIT as usize,
+            flows: file::DEFAULT_FLOWS as usize,
         }
     }
 }
@@ -567,6 +571,7 @@ pub fn check(
             dp.queue_limit,
             file::QUEUE_LIMIT_RANGE,
         ),
+        ("dataplane.flows", dp.flows, file::FLOWS_RANGE),
     ] {
         if !range.contains(&v) {
             return Err(cx.invalid(
@@ -600,6 +605,7 @@ pub fn check(
         codel_target: dp.codel_target.0,
         codel_interval: dp.codel_interval.0,
         queue_limit: dp.queue_limit as usize,
+        flows: dp.flows as usize,
     };
     let socket_buffer = usize::try_from(raw.socket_buffer.0)
         .map_err(|_| cx.invalid("socket_buffer".into(), "too large for this platform".into()))?;

@@ -131,7 +131,10 @@ fn defaults_applied() {
 #[test]
 fn queue_settings_parse_and_bad_ones_name_field_and_line() {
     let f = fixture();
-    let with = |dp: &str| f.yaml().replace("peers:\n", &format!("dataplane:\n{dp}peers:\n"));
+    let with = |dp: &str| {
+        f.yaml()
+            .replace("peers:\n", &format!("dataplane:\n{dp}peers:\n"))
+    };
     let c = f
         .parse(&with(
             "  queue: fifo\n  codel_target: 1ms\n  codel_interval: 20ms\n  queue_limit: 2048\n",
@@ -374,6 +377,50 @@ fn socket_buffer_out_of_range() {
 }
 
 #[test]
+fn dataplane_flows_default_and_explicit() {
+    let f = fixture();
+    let c = f.parse(&f.yaml()).expect("valid config");
+    assert_eq!(c.dataplane.flows, 1, "default");
+    for n in [1usize, 4, 16] {
+        let t = f
+            .yaml()
+            .replace("peers:\n", &format!("dataplane:\n  flows: {n}\npeers:\n"));
+        let c = f.parse(&t).expect("flows in range");
+        assert_eq!(c.dataplane.flows, n);
+        assert_eq!(c.dataplane.batch, 64, "other knobs keep their defaults");
+    }
+}
+
+#[test]
+fn dataplane_flows_out_of_range() {
+    let f = fixture();
+    for bad in ["0", "17", "1000"] {
+        let t = f.yaml().replace(
+            "peers:\n",
+            &format!("dataplane:\n  workers: 1\n  flows: {bad}\npeers:\n"),
+        );
+        let msg = f.expect_err(&t, "dataplane.flows", "flows:");
+        assert!(msg.contains("1..=16") && msg.contains(bad), "{msg}");
+    }
+}
+
+#[test]
+fn dataplane_flows_wrong_type_and_unknown_field() {
+    let f = fixture();
+    for bad in ["four", "-1", "2.5", "[4]", "true"] {
+        let t = f
+            .yaml()
+            .replace("peers:\n", &format!("dataplane:\n  flows: {bad}\npeers:\n"));
+        f.expect_err(&t, "dataplane.flows", "flows:");
+    }
+    // A misspelt knob is named, not ignored.
+    let t = f
+        .yaml()
+        .replace("peers:\n", "dataplane:\n  flow: 4\npeers:\n");
+    f.expect_err(&t, "unknown field `flow`", "flow: 4");
+}
+
+#[test]
 fn cipher_unknown() {
     let f = fixture();
     let t = f
@@ -530,6 +577,7 @@ fn round_trip_generated_config() {
             codel_target: Span(Duration::from_micros(1500)),
             codel_interval: Span(Duration::from_millis(20)),
             queue_limit: 1024,
+            flows: 3,
         },
         quic: None,
         rekey: RekeyFile {

@@ -79,13 +79,32 @@ pub trait Transport: AsRawFd + Send + Sync {
     fn max_frame(&self, _to: SocketAddr) -> Option<usize> {
         None
     }
-    /// Counters of the stream/connection transports (zero for plain UDP).
+    /// Counters of the stream/connection transports, and UDP's per-flow
+    /// send counts.
     fn counters(&self) -> TransportCounters {
         TransportCounters::default()
     }
+    /// Outer flows frames to a peer can be spread over (`dataplane.flows`
+    /// UDP sockets); 1 for transports without flows (TCP, QUIC).
+    fn flows(&self) -> usize {
+        1
+    }
+    /// [`Transport::send`] on outer flow `flow` (`0..flows()`; larger
+    /// values wrap). Transports without flows ignore it.
+    fn send_flow(
+        &self,
+        flow: usize,
+        to: SocketAddr,
+        contents: &[u8],
+        segment_size: usize,
+    ) -> io::Result<()> {
+        let _ = flow;
+        self.send(to, contents, segment_size)
+    }
 }
 
-/// What the TCP and QUIC transports count (`tunneld status` → `transport`).
+/// What the transports count (`tunneld status` → `transport`): TCP and
+/// QUIC connection events, UDP datagrams per flow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TransportCounters {
     /// TCP connections accepted from the network.
@@ -110,6 +129,8 @@ pub struct TransportCounters {
     pub tx_queue_full: u64,
     /// Sends for a peer address without a live connection.
     pub tx_no_connection: u64,
+    /// UDP datagrams sent per flow (index = flow; empty with one flow).
+    pub udp_flow_datagrams: Vec<u64>,
 }
 
 /// Atomic form of [`TransportCounters`], shared with background threads.
@@ -148,6 +169,7 @@ impl Stats {
             rx_queue_full: g(&self.rx_queue_full),
             tx_queue_full: g(&self.tx_queue_full),
             tx_no_connection: g(&self.tx_no_connection),
+            udp_flow_datagrams: Vec::new(),
         }
     }
 }

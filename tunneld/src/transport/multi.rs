@@ -94,6 +94,16 @@ impl MultiTransport {
 
 impl Transport for MultiTransport {
     fn send(&self, to: SocketAddr, contents: &[u8], segment_size: usize) -> io::Result<()> {
+        self.send_flow(0, to, contents, segment_size)
+    }
+
+    fn send_flow(
+        &self,
+        flow: usize,
+        to: SocketAddr,
+        contents: &[u8],
+        segment_size: usize,
+    ) -> io::Result<()> {
         if let Some(r) = self
             .tcp
             .as_ref()
@@ -109,7 +119,7 @@ impl Transport for MultiTransport {
             return r;
         }
         match &self.udp {
-            Some(u) => u.send(to, contents, segment_size),
+            Some(u) => u.send_flow(flow, to, contents, segment_size),
             None => Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 format!("no connection to {to}"),
@@ -149,6 +159,10 @@ impl Transport for MultiTransport {
         self.udp.as_ref().map_or(1, |u| u.gro_segments())
     }
 
+    fn flows(&self) -> usize {
+        self.udp.as_ref().map_or(1, |u| u.flows())
+    }
+
     fn frame_floor(&self) -> Option<usize> {
         self.quic.as_ref().and_then(|q| q.frame_floor())
     }
@@ -167,6 +181,9 @@ impl Transport for MultiTransport {
             c.rx_queue_full += qc.rx_queue_full;
             c.tx_queue_full += qc.tx_queue_full;
             c.tx_no_connection += qc.tx_no_connection;
+        }
+        if let Some(u) = &self.udp {
+            c.udp_flow_datagrams = u.counters().udp_flow_datagrams;
         }
         c
     }

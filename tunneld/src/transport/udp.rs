@@ -6,22 +6,54 @@
 //! call. Both are probed when the socket is made, with a logged fallback to
 //! one datagram per call; what is active shows in `tunneld status`.
 //!
+//! With `dataplane.flows` above 1 the transport holds several sockets
+//! ("flows"): flow 0 on `listen`, the others on ephemeral ports of the same
+//! address. The data path picks a flow per inner 5-tuple
+//! ([`crate::wire::flow_index`]), so the outer 5-tuples differ between
+//! inner flows (RSS on the receiving NIC, ECMP in the WAN can spread them)
+//! while each inner flow stays on one socket and in order. Frames are sent
+//! to the peer's one endpoint (its flow 0); replies and frames from peers
+//! that learned another of our ports arrive on any flow, so all are
+//! received from, fairly.
+//!
 //! A dual-stack socket (`[::]:port`) reaches IPv4 peers through v4-mapped
 //! addresses; this module maps and unmaps them so that the rest of the daemon
 //! only ever sees plain IPv4 or IPv6 endpoints.
 
-use super::{unmap, Received, Transport, MAX_RECV_BATCH};
+use super::{unmap, Received, Transport, TransportCounters, MAX_RECV_BATCH};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Frames as UDP datagrams on one non-blocking socket.
+/// Most flows (sockets) one transport holds: the config's limit
+/// (`dataplane.flows`), and the width of the ready mask.
+pub const MAX_FLOWS: usize = 16;
+
+/// One outer flow: a socket and what quinn-udp probed for it.
 #[derive(Debug)]
-pub struct UdpTransport {
+struct Flow {
     sock: UdpSocket,
     state: UdpSocketState,
+    /// Datagrams sent on this flow.
+    sent: AtomicU64,
+}
+
+/// Frames as UDP datagrams on one or more non-blocking sockets ("flows").
+///
+/// Flow 0 is bound to `listen`; flows 1.. to the same address with an
+/// ephemeral port, so each has its own outer 5-tuple for RSS and ECMP. All
+/// of them are received from: with more than one flow, an epoll descriptor
+/// merges their readiness so the data path still polls one fd.
+#[derive(Debug)]
+pub struct UdpTransport {
+    flows: Vec<Flow>,
+    /// Readiness of all flows (only with more than one).
+    epoll: Option<OwnedFd>,
+    /// Where the next receive starts (round robin, so no flow starves).
+    turn: AtomicUsize,
     v6: bool,
     max_segments: usize,
     gro_segments: usize,
@@ -31,49 +63,182 @@ impl UdpTransport {
     /// Binds `listen` with `buffer` bytes of send and receive socket buffer
     /// (forced past `net.core.{r,w}mem_max` when permitted). With `offload`,
     /// GSO and GRO are used where the kernel has them; `batch` caps GSO
-    /// segments per send.
+    /// segments per send. One flow; see [`UdpTransport::bind_flows`].
     pub fn bind(
         listen: SocketAddr,
         buffer: usize,
         offload: bool,
         batch: usize,
     ) -> io::Result<UdpTransport> {
-        let domain = Domain::for_address(listen);
-        let sock = Socket::new(
-            domain,
-            Type::DGRAM.nonblocking().cloexec(),
-            Some(Protocol::UDP),
-        )?;
-        if listen.is_ipv6() {
-            sock.set_only_v6(false)?;
+        UdpTransport::bind_flows(listen, buffer, offload, batch, 1)
+    }
+
+    /// Like [`UdpTransport::bind`] with `flows` sockets (1..=[`MAX_FLOWS`]):
+    /// flow 0 on `listen`, the others on ephemeral ports of `listen`'s
+    /// address, all with the same options.
+    pub fn bind_flows(
+        listen: SocketAddr,
+        buffer: usize,
+        offload: bool,
+        batch: usize,
+        flows: usize,
+    ) -> io::Result<UdpTransport> {
+        if !(1..=MAX_FLOWS).contains(&flows) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{flows} UDP flows: 1..={MAX_FLOWS} are supported"),
+            ));
         }
-        set_buffers(&sock, buffer);
-        sock.bind(&listen.into())?;
-        let sock: UdpSocket = sock.into();
-        let state = UdpSocketState::new((&sock).into())?;
+        let mut socks = Vec::with_capacity(flows);
+        for i in 0..flows {
+            let addr = if i == 0 {
+                listen
+            } else {
+                SocketAddr::new(listen.ip(), 0)
+            };
+            let sock = bind_one(addr, buffer)?;
+            let state = UdpSocketState::new((&sock).into())?;
+            if !offload {
+                disable_gro(&sock);
+            }
+            socks.push(Flow {
+                sock,
+                state,
+                sent: AtomicU64::new(0),
+            });
+        }
+        // Every socket is on the same kernel: flow 0's probe speaks for all.
+        let probe = &socks[0].state;
         let (max_segments, gro_segments) = if offload {
             (
-                state.max_gso_segments().min(batch.max(1)),
-                state.gro_segments(),
+                probe.max_gso_segments().min(batch.max(1)),
+                probe.gro_segments(),
             )
         } else {
-            disable_gro(&sock);
             (1, 1)
         };
-        if offload && state.max_gso_segments() <= 1 {
+        if offload && probe.max_gso_segments() <= 1 {
             log::warn!("UDP GSO unavailable on this kernel: one datagram per send");
         }
-        if offload && state.gro_segments() <= 1 {
+        if offload && probe.gro_segments() <= 1 {
             log::warn!("UDP GRO unavailable on this kernel: one datagram per receive buffer");
         }
+        let epoll = if flows > 1 {
+            Some(merge_readiness(&socks)?)
+        } else {
+            None
+        };
+        if flows > 1 {
+            let ports: Vec<String> = socks
+                .iter()
+                .filter_map(|f| f.sock.local_addr().ok())
+                .map(|a| a.port().to_string())
+                .collect();
+            log::info!("UDP flows: {flows} sockets, ports {}", ports.join(", "));
+        }
         Ok(UdpTransport {
-            sock,
-            state,
+            flows: socks,
+            epoll,
+            turn: AtomicUsize::new(0),
             v6: listen.is_ipv6(),
             max_segments,
             gro_segments,
         })
     }
+
+    /// The local address of each flow (flow 0 first).
+    pub fn flow_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.flows.iter().map(|f| f.sock.local_addr()).collect()
+    }
+
+    /// Receives from flow `i` into `bufs`.
+    fn recv_flow(
+        &self,
+        i: usize,
+        bufs: &mut [IoSliceMut<'_>],
+        out: &mut [Received],
+    ) -> io::Result<usize> {
+        let f = &self.flows[i];
+        let mut meta = [RecvMeta::default(); MAX_RECV_BATCH];
+        let n = bufs.len().min(out.len()).min(MAX_RECV_BATCH);
+        let got = f
+            .state
+            .recv((&f.sock).into(), &mut bufs[..n], &mut meta[..n])?;
+        for (o, m) in out.iter_mut().zip(&meta[..got]) {
+            *o = Received {
+                from: unmap(m.addr),
+                len: m.len,
+                stride: m.stride.max(1),
+            };
+        }
+        Ok(got)
+    }
+
+    /// Asks epoll which flows are readable (without waiting).
+    fn poll_ready(&self, epoll: &OwnedFd) -> io::Result<u32> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_FLOWS];
+        // SAFETY: valid epoll fd; the pointer and count describe a live array.
+        let n = unsafe {
+            libc::epoll_wait(
+                epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                MAX_FLOWS as libc::c_int,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut mask = 0u32;
+        for e in &events[..n as usize] {
+            if let Some(bit) = 1u32.checked_shl(e.u64 as u32) {
+                mask |= bit;
+            }
+        }
+        Ok(mask)
+    }
+}
+
+/// A non-blocking UDP socket bound to `addr`, with `buffer` bytes of socket
+/// buffer (dual-stack when `addr` is IPv6).
+fn bind_one(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    let domain = Domain::for_address(addr);
+    let sock = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    set_buffers(&sock, buffer);
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// An epoll descriptor reporting each flow's readability (event data: the
+/// flow index), level-triggered.
+fn merge_readiness(flows: &[Flow]) -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes no pointers; the result is checked.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+    for (i, f) in flows.iter().enumerate() {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        let target = f.sock.as_raw_fd();
+        // SAFETY: valid epoll and target fds, pointer to a live event.
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, target, &mut ev) } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(epoll)
 }
 
 /// quinn-udp turns UDP_GRO on opportunistically; `offload: false` turns it off.
@@ -133,6 +298,16 @@ pub(crate) fn set_buffers(sock: &Socket, bytes: usize) {
 
 impl Transport for UdpTransport {
     fn send(&self, to: SocketAddr, contents: &[u8], segment_size: usize) -> io::Result<()> {
+        self.send_flow(0, to, contents, segment_size)
+    }
+
+    fn send_flow(
+        &self,
+        flow: usize,
+        to: SocketAddr,
+        contents: &[u8],
+        segment_size: usize,
+    ) -> io::Result<()> {
         let destination = match (self.v6, to) {
             (true, SocketAddr::V4(v4)) => {
                 SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
@@ -146,27 +321,43 @@ impl Transport for UdpTransport {
             segment_size: (contents.len() > segment_size).then_some(segment_size),
             src_ip: None,
         };
-        self.state.try_send((&self.sock).into(), &transmit)
+        let f = &self.flows[flow % self.flows.len()];
+        f.state.try_send((&f.sock).into(), &transmit)?;
+        f.sent.fetch_add(
+            contents.len().div_ceil(segment_size.max(1)) as u64,
+            Ordering::Relaxed,
+        );
+        Ok(())
     }
 
     fn recv(&self, bufs: &mut [IoSliceMut<'_>], out: &mut [Received]) -> io::Result<usize> {
-        let mut meta = [RecvMeta::default(); MAX_RECV_BATCH];
-        let n = bufs.len().min(out.len()).min(MAX_RECV_BATCH);
-        let got = self
-            .state
-            .recv((&self.sock).into(), &mut bufs[..n], &mut meta[..n])?;
-        for (o, m) in out.iter_mut().zip(&meta[..got]) {
-            *o = Received {
-                from: unmap(m.addr),
-                len: m.len,
-                stride: m.stride.max(1),
-            };
+        let Some(epoll) = &self.epoll else {
+            return self.recv_flow(0, bufs, out);
+        };
+        // One epoll_wait says which flows hold data, so an empty flow costs
+        // no receive call; the round-robin start keeps a busy flow from
+        // starving the others.
+        let ready = self.poll_ready(epoll)?;
+        let n = self.flows.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if ready & (1 << i) == 0 {
+                continue;
+            }
+            match self.recv_flow(i, bufs, out) {
+                Ok(0) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Data, or an error (e.g. ICMP port unreachable) that is
+                // this flow's news: report it; the others wait a turn.
+                r => return r,
+            }
         }
-        Ok(got)
+        Err(io::ErrorKind::WouldBlock.into())
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.sock.local_addr()
+        self.flows[0].sock.local_addr()
     }
 
     fn max_segments(&self) -> usize {
@@ -176,11 +367,32 @@ impl Transport for UdpTransport {
     fn gro_segments(&self) -> usize {
         self.gro_segments
     }
+
+    fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    fn counters(&self) -> TransportCounters {
+        TransportCounters {
+            udp_flow_datagrams: if self.flows.len() > 1 {
+                self.flows
+                    .iter()
+                    .map(|f| f.sent.load(Ordering::Relaxed))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            ..TransportCounters::default()
+        }
+    }
 }
 
 impl AsRawFd for UdpTransport {
     fn as_raw_fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        match &self.epoll {
+            Some(e) => e.as_raw_fd(),
+            None => self.flows[0].sock.as_raw_fd(),
+        }
     }
 }
 
@@ -256,5 +468,110 @@ mod tests {
             b.send(got[0].0, b"back", 4).expect("reply");
             assert_eq!(recv_all(&a, 1)[0].1, b"back");
         }
+    }
+
+    fn readable(fd: RawFd) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call.
+        unsafe { libc::poll(&mut p, 1, 1000) == 1 }
+    }
+
+    #[test]
+    fn flows_are_distinct_sockets_sent_from_and_received_on() {
+        let any = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+        for offload in [true, false] {
+            let t = UdpTransport::bind_flows(any("127.0.0.1:0"), 1 << 20, offload, 64, 4)
+                .expect("bind 4 flows");
+            assert_eq!(t.flows(), 4);
+            let addrs = t.flow_addrs().expect("addrs");
+            assert_eq!(addrs[0], t.local_addr().expect("addr"), "flow 0 is listen");
+            let mut ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            assert_eq!(ports.len(), 4, "distinct ports: {addrs:?}");
+            assert!(addrs.iter().all(|a| a.ip() == addrs[0].ip()), "{addrs:?}");
+
+            // Frames arriving on any flow come out of the one descriptor.
+            let far = UdpTransport::bind(any("127.0.0.1:0"), 1 << 20, offload, 64).expect("far");
+            assert!(!readable_now(t.as_raw_fd()));
+            for (i, a) in addrs.iter().enumerate() {
+                far.send(*a, &[i as u8; 10], 10).expect("send to flow");
+            }
+            assert!(readable(t.as_raw_fd()), "epoll reports queued frames");
+            let mut got: Vec<u8> = recv_all(&t, 4).iter().map(|(_, d)| d[0]).collect();
+            got.sort_unstable();
+            assert_eq!(got, vec![0, 1, 2, 3], "offload {offload}");
+
+            // Each flow sends from its own port and counts what it sent.
+            for flow in 0..6 {
+                t.send_flow(flow, far.local_addr().expect("far"), b"x", 1)
+                    .expect("send_flow");
+            }
+            let mut from: Vec<u16> = recv_all(&far, 6).iter().map(|(f, _)| f.port()).collect();
+            from.sort_unstable();
+            let mut want: Vec<u16> = (0..6).map(|f| addrs[f % 4].port()).collect();
+            want.sort_unstable();
+            assert_eq!(from, want, "flow k leaves from socket k (wrapping)");
+            assert_eq!(t.counters().udp_flow_datagrams, vec![2, 2, 1, 1]);
+        }
+    }
+
+    fn readable_now(fd: RawFd) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_busy_flow_does_not_starve_the_others() {
+        let any = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+        let t = UdpTransport::bind_flows(any("127.0.0.1:0"), 4 << 20, false, 1, 3).expect("bind");
+        let addrs = t.flow_addrs().expect("addrs");
+        let far = UdpTransport::bind(any("127.0.0.1:0"), 4 << 20, false, 1).expect("far");
+        // Flow 0 holds far more than one receive call takes; flow 2 one frame.
+        for _ in 0..200 {
+            far.send(addrs[0], b"busy", 4).expect("send");
+        }
+        far.send(addrs[2], b"quiet", 5).expect("send");
+        assert!(readable(t.as_raw_fd()));
+        let mut storage = vec![vec![0u8; 2048]; 4];
+        let mut seen_quiet_after = None;
+        for call in 0..6 {
+            let mut bufs: Vec<IoSliceMut> =
+                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut out = [Received::default(); 4];
+            let n = t.recv(&mut bufs, &mut out).expect("data queued");
+            if out[..n].iter().any(|r| r.len == 5) {
+                seen_quiet_after = Some(call);
+                break;
+            }
+        }
+        // Round robin over 3 flows: flow 2 gets a turn within 3 calls
+        // (4 buffers per call would need 50 calls to drain flow 0 first).
+        assert!(
+            matches!(seen_quiet_after, Some(c) if c < 3),
+            "{seen_quiet_after:?}"
+        );
+    }
+
+    #[test]
+    fn flow_count_is_checked() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        for bad in [0, MAX_FLOWS + 1] {
+            let e = UdpTransport::bind_flows(any, 1 << 20, false, 1, bad).expect_err("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
+        // The default single flow is the listen socket itself, no epoll.
+        let one = UdpTransport::bind(any, 1 << 20, false, 1).expect("one");
+        assert_eq!(one.flows(), 1);
+        assert!(one.counters().udp_flow_datagrams.is_empty());
     }
 }

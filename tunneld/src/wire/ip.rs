@@ -451,80 +451,10 @@ pub fn inner_ip_info(pkt: &[u8]) -> Result<IpInfo, WireError> {
     }
 }
 
-/// Hashes an inner packet's flow: addresses, protocol and, for TCP, UDP,
-/// UDP-Lite and SCTP, the ports (not for IPv4 fragments after the first, nor
-/// behind IPv6 extension headers: those hash by addresses and protocol, so
-/// all packets of a flow still agree). Malformed packets hash by what bytes
-/// there are. `seed` keys the hash so remote senders cannot aim collisions.
-pub fn flow_hash(pkt: &[u8], seed: &impl std::hash::BuildHasher) -> u64 {
-    use std::hash::Hasher;
-    let mut h = seed.build_hasher();
-    let ports = |proto: u8, l4: Option<&[u8]>| -> Option<[u8; 4]> {
-        matches!(proto, 6 | 17 | 132 | 136)
-            .then(|| l4.and_then(|l| l.get(..4)).and_then(|p| p.try_into().ok()))
-            .flatten()
-    };
-    match pkt.first().map(|b| b >> 4) {
-        Some(4) if pkt.len() >= 20 => {
-            let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            let proto = pkt[9];
-            let frag_offset = u16::from_be_bytes([pkt[6] & 0x1f, pkt[7]]);
-            h.write(&pkt[12..20]);
-            h.write_u8(proto);
-            if frag_offset == 0 {
-                if let Some(p) = ports(proto, pkt.get(ihl..)) {
-                    h.write(&p);
-                }
-            }
-        }
-        Some(6) if pkt.len() >= 40 => {
-            let proto = pkt[6];
-            h.write(&pkt[8..40]);
-            h.write_u8(proto);
-            if let Some(p) = ports(proto, pkt.get(40..)) {
-                h.write(&p);
-            }
-        }
-        _ => h.write(&pkt[..pkt.len().min(40)]),
-    }
-    h.finish()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::wire::testutil::mutations;
-
-    #[test]
-    fn flow_hash_follows_the_five_tuple() {
-        let seed = std::collections::hash_map::RandomState::new();
-        let h = |p: &[u8]| flow_hash(p, &seed);
-        let mut a = PING_V4.to_vec();
-        a[9] = 6; // TCP 198.18.1.2:4096 -> 198.18.2.2:80
-        a[20..24].copy_from_slice(&[0x10, 0x00, 0x00, 0x50]);
-        let mut a2 = a.clone();
-        a2[24..28].copy_from_slice(&[1, 2, 3, 4]); // other sequence number
-        a2[4] ^= 0xff; // other IP id
-        assert_eq!(h(&a), h(&a2), "same flow, different hash");
-        let mut b = a.clone();
-        b[21] = 0x01; // source port 4097
-        assert_ne!(h(&a), h(&b));
-        // A later fragment (offset != 0) carries no ports: it must not
-        // read payload bytes as ports.
-        let mut frag = a.clone();
-        frag[6] = 0x00;
-        frag[7] = 0x10;
-        let mut frag2 = frag.clone();
-        frag2[20] ^= 0xff;
-        assert_eq!(h(&frag), h(&frag2));
-        // Garbage and truncated packets hash without panicking.
-        mutations(&a, 500, |m| {
-            let _ = h(m);
-        });
-        let _ = h(&[]);
-        let _ = h(&[0x45]);
-        let _ = h(&[0x60; 39]);
-    }
 
     /// ICMP echo request 198.18.1.2 -> 198.18.2.2, 84 bytes, DF, TTL 64.
     pub(crate) static PING_V4: [u8; 84] = {

@@ -8,16 +8,20 @@
 //! - [`icmp`]: [`icmp_too_big`], building ICMP "fragmentation needed" /
 //!   ICMPv6 "packet too big" replies.
 //! - [`frame`]: the tunnel's own frames (handshake, data, keepalive).
+//! - [`flow`]: [`flow_index`], the inner 5-tuple hash that picks a packet's
+//!   outer UDP flow (`dataplane.flows`).
 //!
 //! The pattern is smoltcp's: `View<T: AsRef<[u8]>>` with `new_checked`, a
 //! private table of field offsets, getters, and setters only when
 //! `T: AsMut<[u8]>`.
 
+pub mod flow;
 pub mod frame;
 pub mod icmp;
 pub mod ip;
 pub mod tcp;
 
+pub use flow::{flow_hash, flow_index};
 pub use frame::{
     message_type, DataFrame, HandshakeInit, HandshakeResponse, MessageType, DATA_HEADER_LEN,
     HANDSHAKE_INIT_HEADER_LEN, HANDSHAKE_RESPONSE_HEADER_LEN, KEEPALIVE_LEN, MIN_NOISE_LEN,

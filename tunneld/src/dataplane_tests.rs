@@ -1,0 +1,164 @@
+//! Unit tests of the data path's send grouping: GSO runs never mix peers,
+//! outer flows or segment sizes, and each flow's frames leave in order.
+
+use super::*;
+use crate::config::{CipherKind, Config, InterfaceConfig, PeerConfig, TransportKind};
+use crate::keys::PrivateKey;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// One recorded send: (flow, to, segment size, frames).
+type Sent = (usize, SocketAddr, usize, Vec<Vec<u8>>);
+
+/// A transport that records every send.
+#[derive(Default)]
+struct Recorder {
+    sends: Mutex<Vec<Sent>>,
+}
+
+impl AsRawFd for Recorder {
+    fn as_raw_fd(&self) -> RawFd {
+        -1
+    }
+}
+
+impl Transport for Recorder {
+    fn send(&self, to: SocketAddr, contents: &[u8], seg: usize) -> io::Result<()> {
+        self.send_flow(0, to, contents, seg)
+    }
+    fn send_flow(
+        &self,
+        flow: usize,
+        to: SocketAddr,
+        contents: &[u8],
+        seg: usize,
+    ) -> io::Result<()> {
+        let frames = contents.chunks(seg.max(1)).map(<[u8]>::to_vec).collect();
+        self.sends
+            .lock()
+            .expect("recorder lock")
+            .push((flow, to, seg, frames));
+        Ok(())
+    }
+    fn recv(&self, _: &mut [IoSliceMut<'_>], _: &mut [Received]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
+    }
+    fn max_segments(&self) -> usize {
+        64
+    }
+    fn gro_segments(&self) -> usize {
+        1
+    }
+    fn flows(&self) -> usize {
+        4
+    }
+}
+
+fn config() -> Config {
+    let private_key = PrivateKey::from_bytes([1; 32]);
+    Config {
+        interface: InterfaceConfig {
+            name: "t0".into(),
+            addresses: vec![],
+            mtu: 1420,
+        },
+        listen: SocketAddr::from(([127, 0, 0, 1], 1)),
+        public_key: private_key.public(),
+        private_key,
+        cipher: CipherKind::Aes256Gcm,
+        insecure_lab_only: false,
+        control_socket: PathBuf::from("/nonexistent"),
+        socket_buffer: 1 << 20,
+        mss_clamp: true,
+        dataplane: DataplaneConfig {
+            offload: true,
+            batch: 64,
+            workers: 1,
+            flows: 4,
+            ..Default::default()
+        },
+        rekey_after_time: Duration::from_secs(120),
+        rekey_after_bytes: 1 << 30,
+        quic: None,
+        peers: vec![PeerConfig {
+            name: "p".into(),
+            public_key: PrivateKey::from_bytes([2; 32]).public(),
+            endpoint: None,
+            allowed_prefixes: vec!["198.18.2.0/24".parse().expect("prefix")],
+            keepalive: None,
+            transport: TransportKind::Udp,
+            quic_pin: None,
+        }],
+    }
+}
+
+#[test]
+fn gso_runs_never_mix_flows_peers_or_sizes() {
+    let cfg = config();
+    let rec = Recorder::default();
+    let status = StatusCell::default();
+    let shutdown = AtomicBool::new(false);
+    let shared = Shared {
+        device: Mutex::new(Device::new(&cfg)),
+        transport: &rec,
+        status: &status,
+        shutdown: &shutdown,
+        io: IoStats::default(),
+        knobs: cfg.dataplane,
+        mtu: 1420,
+        info: DataplaneStatus::default(),
+        started: Instant::now(),
+    };
+    let p1 = SocketAddr::from(([198, 18, 0, 2], 51820));
+    let p2 = SocketAddr::from(([198, 18, 0, 3], 51820));
+    // (peer, flow, frame length); frame i is filled with byte i.
+    let plan = [
+        (p1, 0, 100),
+        (p1, 0, 100),
+        (p1, 1, 100), // new flow: new run
+        (p1, 1, 100),
+        (p1, 1, 60), // shorter: ends the run
+        (p1, 1, 100),
+        (p2, 1, 100), // new peer: new run
+        (p1, 1, 100),
+        (p1, 0, 100),
+    ];
+    let mut tx = TxState::new(&shared);
+    assert_eq!(tx.flows, 4);
+    tx.outcomes.clear();
+    for (i, (to, flow, len)) in plan.iter().enumerate() {
+        tx.bufs[i][..*len].fill(i as u8);
+        tx.flow[i] = *flow;
+        tx.outcomes.push(Outcome::Send { to: *to, len: *len });
+    }
+    tx.outcomes.insert(2, Outcome::Held); // a held packet between sends is skipped
+    tx.bufs.insert(2, Vec::new());
+    tx.flow.insert(2, 3);
+    tx.send(&shared);
+    let sends = rec.sends.lock().expect("lock").clone();
+    let shape: Vec<(usize, SocketAddr, usize, Vec<u8>)> = sends
+        .iter()
+        .map(|(flow, to, seg, frames)| (*flow, *to, *seg, frames.iter().map(|f| f[0]).collect()))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (0, p1, 100, vec![0, 1]),
+            (1, p1, 100, vec![2, 3, 4]),
+            (1, p1, 100, vec![5]),
+            (1, p2, 100, vec![6]),
+            (1, p1, 100, vec![7]),
+            (0, p1, 100, vec![8]),
+        ]
+    );
+    for (_, _, seg, frames) in &sends {
+        for (k, f) in frames.iter().enumerate() {
+            let last = k + 1 == frames.len();
+            assert!(f.len() == *seg || (last && f.len() < *seg), "{frames:?}");
+            assert!(f.iter().all(|b| *b == f[0]), "a frame was cut or mixed");
+        }
+    }
+}
