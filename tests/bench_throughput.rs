@@ -93,7 +93,7 @@ fn tunnel_vs_raw() {
     let rows: Vec<(&str, Option<Value>)> = vec![
         ("raw veth (ceiling)", None),
         (
-            "tunneld defaults (offload, batch 64, workers 1)",
+            "tunneld defaults (offload, batch 64, workers 1, flows 1, fq_codel)",
             Some(json!({"offload": true, "batch": 64, "workers": 1})),
         ),
         (
@@ -107,6 +107,14 @@ fn tunnel_vs_raw() {
         (
             "tunneld workers 2",
             Some(json!({"offload": true, "batch": 64, "workers": 2})),
+        ),
+        (
+            "tunneld queue fifo",
+            Some(json!({"offload": true, "batch": 64, "workers": 1, "queue": "fifo"})),
+        ),
+        (
+            "tunneld flows 4",
+            Some(json!({"offload": true, "batch": 64, "workers": 1, "flows": 4})),
         ),
     ];
     type Row = (String, Vec<f64>, Vec<f64>, Vec<f64>);

@@ -1,5 +1,6 @@
 //! Correctness of the data path under every knob combination a sweep can
-//! pick (project issue 5): offload on/off × batch 1 and 128 × workers 1 and 2.
+//! pick (project issue 5): offload on/off × batch 1 and 128 × workers 1 and 2
+//! × queue fq_codel and fifo.
 //! For each: a 200 MiB TCP transfer over IPv4 and over IPv6 arrives with a
 //! matching SHA-256, and UDP datagrams of odd sizes cross intact: 1 byte and
 //! exactly the tunnel MTU; one byte more (with DF / IPv6) is refused with an
@@ -126,51 +127,60 @@ fn every_knob_combination_carries_traffic_intact() {
     if !require_root() {
         return;
     }
-    for offload in [true, false] {
-        for batch in [1u64, 128] {
-            for workers in [1u64, 2] {
-                let knobs = json!({"offload": offload, "batch": batch, "workers": workers});
-                let what = format!("offload {offload}, batch {batch}, workers {workers}");
-                let k = knobs.clone();
-                let tl = TunnelLab::start("e2e-knobs", false, move |_, cfg| {
-                    cfg["dataplane"] = k.clone();
-                })
-                .unwrap_or_else(|e| panic!("{what}: start: {e:#}"));
-                wait_ping(
-                    tl.lab(),
-                    &tl.dc.host_a,
-                    &topo::HOST_B_V4.to_string(),
-                    Duration::from_secs(15),
-                )
-                .unwrap_or_else(|e| panic!("{what}: tunnel up: {e:#}"));
-                let status = tl.status(Side::A).expect("status");
-                assert_eq!(status["dataplane"]["workers"], workers, "{status}");
-                assert_eq!(status["dataplane"]["batch"], batch, "{status}");
-                if !offload {
-                    assert_eq!(status["dataplane"]["tun_offload"], false, "{status}");
-                    assert_eq!(status["dataplane"]["udp_gso_segments"], 1, "{status}");
-                }
-                for (dst, seed) in [
-                    (IpAddr::from(topo::HOST_B_V4), 11u64),
-                    (IpAddr::from(topo::HOST_B_V6), 12),
-                ] {
-                    let t =
-                        tcp_transfer(tl.lab(), &tl.dc.host_a, &tl.dc.host_b, dst, 200 * MIB, seed)
-                            .unwrap_or_else(|e| panic!("{what}: transfer to {dst}: {e:#}"));
-                    assert!(t.intact(), "{what}: transfer to {dst} damaged: {t:?}");
-                    eprintln!(
-                        "{what}: 200 MiB to {dst} in {:?} ({:.2} Gbit/s)",
-                        t.elapsed,
-                        (200 * MIB * 8) as f64 / t.elapsed.as_secs_f64() / 1e9
-                    );
-                    odd_udp_sizes(&tl, dst);
-                }
-                let c = tl.counters(Side::B).expect("counters");
-                for bad in ["drop_bad_tag", "drop_malformed", "drop_spoofed_source"] {
-                    assert_eq!(c.get(bad).copied(), Some(0), "{what}: {bad} on gw-b: {c:?}");
-                }
-            }
+    let combos = [true, false].into_iter().flat_map(|offload| {
+        [1u64, 128].into_iter().flat_map(move |batch| {
+            [1u64, 2].into_iter().flat_map(move |workers| {
+                ["fq_codel", "fifo"]
+                    .into_iter()
+                    .map(move |queue| (offload, batch, workers, queue))
+            })
+        })
+    });
+    for (offload, batch, workers, queue) in combos {
+        let knobs = json!({"offload": offload, "batch": batch, "workers": workers, "queue": queue});
+        let what = format!("offload {offload}, batch {batch}, workers {workers}, queue {queue}");
+        let k = knobs.clone();
+        let tl = TunnelLab::start("e2e-knobs", false, move |_, cfg| {
+            cfg["dataplane"] = k.clone();
+        })
+        .unwrap_or_else(|e| panic!("{what}: start: {e:#}"));
+        wait_ping(
+            tl.lab(),
+            &tl.dc.host_a,
+            &topo::HOST_B_V4.to_string(),
+            Duration::from_secs(15),
+        )
+        .unwrap_or_else(|e| panic!("{what}: tunnel up: {e:#}"));
+        let status = tl.status(Side::A).expect("status");
+        assert_eq!(status["dataplane"]["workers"], workers, "{status}");
+        assert_eq!(status["dataplane"]["batch"], batch, "{status}");
+        assert_eq!(status["dataplane"]["queue"], queue, "{status}");
+        if !offload {
+            assert_eq!(status["dataplane"]["tun_offload"], false, "{status}");
+            assert_eq!(status["dataplane"]["udp_gso_segments"], 1, "{status}");
         }
+        for (dst, seed) in [
+            (IpAddr::from(topo::HOST_B_V4), 11u64),
+            (IpAddr::from(topo::HOST_B_V6), 12),
+        ] {
+            let t = tcp_transfer(tl.lab(), &tl.dc.host_a, &tl.dc.host_b, dst, 200 * MIB, seed)
+                .unwrap_or_else(|e| panic!("{what}: transfer to {dst}: {e:#}"));
+            assert!(t.intact(), "{what}: transfer to {dst} damaged: {t:?}");
+            eprintln!(
+                "{what}: 200 MiB to {dst} in {:?} ({:.2} Gbit/s)",
+                t.elapsed,
+                (200 * MIB * 8) as f64 / t.elapsed.as_secs_f64() / 1e9
+            );
+            odd_udp_sizes(&tl, dst);
+        }
+        let c = tl.counters(Side::B).expect("counters");
+        for bad in ["drop_bad_tag", "drop_malformed", "drop_spoofed_source"] {
+            assert_eq!(c.get(bad).copied(), Some(0), "{what}: {bad} on gw-b: {c:?}");
+        }
+        // Lossless TCP through an otherwise idle tunnel never
+        // overflows the queue.
+        let st = tl.status(Side::A).expect("status");
+        assert_eq!(st["io"]["queue_overflow_drops"], 0, "{what}: {st}");
     }
 }
 

@@ -344,7 +344,14 @@ fn quic_wrong_certificate_is_refused() {
         "names the presented pin: {line}"
     );
     assert!(line.contains(&wrong), "names the expected pin: {line}");
-    assert!(transport_counter(&tl, Side::A, "quic_handshake_failures") >= 1);
+    // The counter reaches the status snapshot up to one timer tick after
+    // the log line: wait for it rather than race it.
+    wait_for(
+        Duration::from_secs(5),
+        "the handshake failure counted",
+        || Ok((transport_counter(&tl, Side::A, "quic_handshake_failures") >= 1).then_some(())),
+    )
+    .expect("quic_handshake_failures counted");
     assert_eq!(transport_counter(&tl, Side::A, "quic_connections"), 0);
     assert!(
         !e2e::ping_once(tl.lab(), &tl.dc.host_a, &topo::HOST_B_V4.to_string()),

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use tunneld::config::{CipherKind, TransportKind};
+use tunneld::config::{CipherKind, QueueKind, TransportKind};
 use tunneld::units::{format_size, parse_size};
 
 /// One tunable setting. The order of the variants is the order of the knobs
@@ -26,6 +26,8 @@ pub enum Knob {
     Workers,
     /// tunneld `dataplane.flows` (UDP sockets per peer, 1..=16).
     Flows,
+    /// tunneld `dataplane.queue` (fq_codel or fifo).
+    Queue,
     /// tunneld `interface.mtu`.
     Mtu,
     /// tunneld `mss_clamp` (rewrite the MSS of SYNs to fit the MTU).
@@ -43,12 +45,13 @@ pub enum Knob {
 }
 
 /// Every knob, in key order.
-pub const ALL: [Knob; 12] = [
+pub const ALL: [Knob; 13] = [
     Knob::Cipher,
     Knob::Offload,
     Knob::Batch,
     Knob::Workers,
     Knob::Flows,
+    Knob::Queue,
     Knob::Mtu,
     Knob::MssClamp,
     Knob::SocketBuffer,
@@ -67,6 +70,7 @@ impl Knob {
             Knob::Batch => "batch",
             Knob::Workers => "workers",
             Knob::Flows => "flows",
+            Knob::Queue => "queue",
             Knob::Mtu => "mtu",
             Knob::MssClamp => "mss_clamp",
             Knob::SocketBuffer => "socket_buffer",
@@ -336,6 +340,23 @@ pub fn transport_of(v: &Value) -> Option<TransportKind> {
             "udp" => Some(TransportKind::Udp),
             "tcp" => Some(TransportKind::Tcp),
             "quic" => Some(TransportKind::Quic),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A tunneld queue discipline as a knob value.
+pub fn queue_value(q: QueueKind) -> Value {
+    Value::Text(q.as_str().into())
+}
+
+/// The queue discipline a knob value names.
+pub fn queue_of(v: &Value) -> Option<QueueKind> {
+    match v {
+        Value::Text(t) => match t.as_str() {
+            "fq_codel" => Some(QueueKind::FqCodel),
+            "fifo" => Some(QueueKind::Fifo),
             _ => None,
         },
         _ => None,

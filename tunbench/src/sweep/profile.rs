@@ -269,6 +269,9 @@ macro_rules! grid_struct {
             /// tunneld peers[].transport (udp, tcp, quic).
             #[serde(default, skip_serializing)]
             pub transport: Option<$wrap<TransportKind>>,
+            /// tunneld dataplane.queue (fq_codel, fifo).
+            #[serde(default, skip_serializing)]
+            pub queue: Option<$wrap<tunneld::config::QueueKind>>,
         }
 
         impl $name {
@@ -281,6 +284,7 @@ macro_rules! grid_struct {
                 if let Some(x) = &self.batch { v.push((Knob::Batch, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.workers { v.push((Knob::Workers, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.flows { v.push((Knob::Flows, x.items().map(|b| n(b.0)).collect())); }
+                if let Some(x) = &self.queue { v.push((Knob::Queue, x.items().map(|q| crate::sweep::knobs::queue_value(*q)).collect())); }
                 if let Some(x) = &self.mtu { v.push((Knob::Mtu, x.items().map(|b| n(b.0)).collect())); }
                 if let Some(x) = &self.mss_clamp { v.push((Knob::MssClamp, x.items().map(|b| Value::Bool(*b)).collect())); }
                 if let Some(x) = &self.socket_buffer { v.push((Knob::SocketBuffer, x.items().map(|b| n(b.0)).collect())); }

@@ -240,3 +240,29 @@ fn flows_knob_in_grid_and_applied_to_the_config() {
         assert!(e.contains("grid.flows"), "{e}");
     }
 }
+
+#[test]
+fn queue_knob_in_grid_and_applied_to_the_config() {
+    let p = parse(&TINY.replace("workers: [1, 2]", "queue: [fq_codel, fifo]")).expect("grid");
+    assert_eq!(p.knobs, vec![Knob::Batch, Knob::Queue]);
+    let cell = p
+        .cells
+        .iter()
+        .find(|c| c.key() == "batch=8,queue=fifo")
+        .expect("cell");
+    let mut f = crate::lab::systems::tunneld::tunnel_file(
+        crate::lab::systems::tunneld::Side::A,
+        "tun0",
+        Path::new("gw-a.key"),
+        Path::new("gw-a.sock"),
+        tunneld::keys::PublicKey::from_bytes([9; 32]),
+        &p.scenario.tunneld,
+    );
+    assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::FqCodel);
+    crate::sweep::runner::apply_knobs(&mut f, cell);
+    assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::Fifo);
+    for bad in ["[red]", "[fq_codel, 3]", "fifo"] {
+        let e = err(&TINY.replace("workers: [1, 2]", &format!("queue: {bad}")));
+        assert!(e.contains("grid.queue"), "{e}");
+    }
+}

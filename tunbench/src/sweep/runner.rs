@@ -118,6 +118,11 @@ pub fn apply_knobs(f: &mut TunnelFile, cell: &Cell) {
             Knob::Batch => f.dataplane.batch = v.num().unwrap_or(f.dataplane.batch),
             Knob::Workers => f.dataplane.workers = v.num().unwrap_or(f.dataplane.workers),
             Knob::Flows => f.dataplane.flows = v.num().unwrap_or(f.dataplane.flows),
+            Knob::Queue => {
+                if let Some(q) = crate::sweep::knobs::queue_of(v) {
+                    f.dataplane.queue = q;
+                }
+            }
             Knob::Mtu => {
                 if let Some(m) = v.num().and_then(|m| u16::try_from(m).ok()) {
                     f.interface.mtu = m;
