@@ -226,12 +226,11 @@ impl FqCodel {
         }
     }
 
-    /// Removes the head of flow `f`: (slot, whether CoDel may drop it).
-    fn take_head(&mut self, f: usize, now: u64) -> Option<(u32, bool)> {
+    /// Unlinks the head of flow `f` and updates the counts.
+    fn pop_head(&mut self, f: usize) -> Option<(u32, Slot)> {
         let flow = &mut self.flows[f];
         let slot = flow.head;
         if slot == NONE {
-            flow.codel.first_above_time = 0;
             return None;
         }
         let s = self.slots[slot as usize];
@@ -242,13 +241,24 @@ impl FqCodel {
         flow.packets -= 1;
         flow.bytes -= u64::from(s.len);
         self.packets -= 1;
+        Some((slot, s))
+    }
+
+    /// Removes the head of flow `f`: (slot, whether CoDel may drop it).
+    fn take_head(&mut self, f: usize, now: u64) -> Option<(u32, bool)> {
+        let Some((slot, s)) = self.pop_head(f) else {
+            self.flows[f].codel.first_above_time = 0;
+            return None;
+        };
+        let (target, interval, mtu) = (self.p.target, self.p.interval, self.p.mtu);
+        let flow = &mut self.flows[f];
         let sojourn = now.saturating_sub(s.enqueued);
         let c = &mut flow.codel;
         let mut ok_to_drop = false;
-        if sojourn < self.p.target || flow.bytes <= u64::from(self.p.mtu) {
+        if sojourn < target || flow.bytes <= u64::from(mtu) {
             c.first_above_time = 0;
         } else if c.first_above_time == 0 {
-            c.first_above_time = now + self.p.interval;
+            c.first_above_time = now + interval;
         } else if now >= c.first_above_time {
             ok_to_drop = true;
         }
@@ -323,19 +333,9 @@ impl FqCodel {
         };
         let n = self.flows[f].packets.div_ceil(2).clamp(1, OVERFLOW_BATCH);
         for _ in 0..n {
-            let flow = &mut self.flows[f];
-            let slot = flow.head;
-            if slot == NONE {
+            let Some((slot, _)) = self.pop_head(f) else {
                 break;
-            }
-            let s = self.slots[slot as usize];
-            flow.head = s.next;
-            if flow.head == NONE {
-                flow.tail = NONE;
-            }
-            flow.packets -= 1;
-            flow.bytes -= u64::from(s.len);
-            self.packets -= 1;
+            };
             self.stats.overflow_drops += 1;
             dropped.push(slot);
         }

@@ -213,6 +213,18 @@ fn shipped_sweep_profiles_parse() {
     assert!(n >= 4, "expected the shipped sweep profiles, found {n}");
 }
 
+/// Gateway A's tunneld config as the lab writes it for profile `p`.
+fn gw_a_file(p: &SweepProfile) -> tunneld::config::TunnelFile {
+    crate::lab::systems::tunneld::tunnel_file(
+        crate::lab::systems::tunneld::Side::A,
+        "tun0",
+        Path::new("gw-a.key"),
+        Path::new("gw-a.sock"),
+        tunneld::keys::PublicKey::from_bytes([9; 32]),
+        &p.scenario.tunneld,
+    )
+}
+
 #[test]
 fn flows_knob_in_grid_and_applied_to_the_config() {
     let p = parse(&TINY.replace("workers: [1, 2]", "flows: [1, 4]")).expect("grid");
@@ -224,14 +236,7 @@ fn flows_knob_in_grid_and_applied_to_the_config() {
         .iter()
         .find(|c| c.key() == "batch=8,flows=4")
         .expect("cell");
-    let mut f = crate::lab::systems::tunneld::tunnel_file(
-        crate::lab::systems::tunneld::Side::A,
-        "tun0",
-        Path::new("gw-a.key"),
-        Path::new("gw-a.sock"),
-        tunneld::keys::PublicKey::from_bytes([9; 32]),
-        &p.scenario.tunneld,
-    );
+    let mut f = gw_a_file(&p);
     assert_eq!(f.dataplane.flows, 1, "scenario default");
     crate::sweep::runner::apply_knobs(&mut f, cell);
     assert_eq!((f.dataplane.batch, f.dataplane.flows), (8, 4));
@@ -250,14 +255,7 @@ fn queue_knob_in_grid_and_applied_to_the_config() {
         .iter()
         .find(|c| c.key() == "batch=8,queue=fifo")
         .expect("cell");
-    let mut f = crate::lab::systems::tunneld::tunnel_file(
-        crate::lab::systems::tunneld::Side::A,
-        "tun0",
-        Path::new("gw-a.key"),
-        Path::new("gw-a.sock"),
-        tunneld::keys::PublicKey::from_bytes([9; 32]),
-        &p.scenario.tunneld,
-    );
+    let mut f = gw_a_file(&p);
     assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::FqCodel);
     crate::sweep::runner::apply_knobs(&mut f, cell);
     assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::Fifo);
