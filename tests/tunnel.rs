@@ -68,8 +68,14 @@ fn ping_both_ways_v4_and_v6() {
         wait_ping(tl.lab(), ns, dst, PING_TIMEOUT)
             .unwrap_or_else(|e| panic!("ping {ns} → {dst} through the tunnel: {e:#}"));
     }
-    // Status reflects the session and the traffic.
-    let status = tl.status(Side::A).expect("status a");
+    // Status reflects the session and the traffic. The snapshot is
+    // published once per timer tick (50 ms), and the pings may all have
+    // crossed within the first one: wait for it to catch up.
+    let status = e2e::wait_for(Duration::from_secs(2), "status showing the pings", || {
+        let st = tl.status(Side::A)?;
+        Ok((st["peers"][0]["rx_bytes"].as_u64().unwrap_or(0) > 0).then_some(st))
+    })
+    .unwrap_or_else(|_| tl.status(Side::A).expect("status a"));
     let peer = &status["peers"][0];
     assert_eq!(peer["name"], "b", "{status}");
     assert_eq!(peer["session"], true, "{status}");
