@@ -93,7 +93,7 @@ fn tunnel_vs_raw() {
     let rows: Vec<(&str, Option<Value>)> = vec![
         ("raw veth (ceiling)", None),
         (
-            "tunneld defaults (offload, batch 64, workers 1, flows 1, fq_codel)",
+            "tunneld defaults (offload, batch 64, workers 1, flows 1, fifo)",
             Some(json!({"offload": true, "batch": 64, "workers": 1})),
         ),
         (
@@ -109,8 +109,8 @@ fn tunnel_vs_raw() {
             Some(json!({"offload": true, "batch": 64, "workers": 2})),
         ),
         (
-            "tunneld queue fifo",
-            Some(json!({"offload": true, "batch": 64, "workers": 1, "queue": "fifo"})),
+            "tunneld queue fq_codel",
+            Some(json!({"offload": true, "batch": 64, "workers": 1, "queue": "fq_codel"})),
         ),
         (
             "tunneld flows 4",

@@ -11,7 +11,7 @@
 //! 3. TX: one read returns a packet or, with TUN offload, a TCP super-packet
 //!    split into up to [`MAX_SPLIT`] packets, each at the headroom offset of a
 //!    pooled buffer (without offload, up to `batch` reads fill the batch).
-//!    With `queue: fq_codel` (the default) the TUN ring is drained eagerly
+//!    With `queue: fq_codel` (opt-in) the TUN ring is drained eagerly
 //!    into a bounded pool and the packets are queued per inner flow
 //!    ([`crate::fq`]); a batch is then the next `batch` packets the queue
 //!    releases, so a ping never waits behind bulk data. With `queue: fifo`

@@ -248,17 +248,17 @@ fn flows_knob_in_grid_and_applied_to_the_config() {
 
 #[test]
 fn queue_knob_in_grid_and_applied_to_the_config() {
-    let p = parse(&TINY.replace("workers: [1, 2]", "queue: [fq_codel, fifo]")).expect("grid");
+    let p = parse(&TINY.replace("workers: [1, 2]", "queue: [fifo, fq_codel]")).expect("grid");
     assert_eq!(p.knobs, vec![Knob::Batch, Knob::Queue]);
     let cell = p
         .cells
         .iter()
-        .find(|c| c.key() == "batch=8,queue=fifo")
+        .find(|c| c.key() == "batch=8,queue=fq_codel")
         .expect("cell");
     let mut f = gw_a_file(&p);
-    assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::FqCodel);
-    crate::sweep::runner::apply_knobs(&mut f, cell);
     assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::Fifo);
+    crate::sweep::runner::apply_knobs(&mut f, cell);
+    assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::FqCodel);
     for bad in ["[red]", "[fq_codel, 3]", "fifo"] {
         let e = err(&TINY.replace("workers: [1, 2]", &format!("queue: {bad}")));
         assert!(e.contains("grid.queue"), "{e}");

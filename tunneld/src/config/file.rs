@@ -189,7 +189,7 @@ pub struct DataplaneFile {
     /// direction).
     #[serde(default = "default_workers")]
     pub workers: u64,
-    /// The TUN → network queue: `fq_codel` (default) or `fifo`.
+    /// The TUN → network queue: `fifo` (default) or `fq_codel`.
     #[serde(default)]
     pub queue: crate::config::QueueKind,
     /// CoDel target sojourn time (fq_codel), 100us..=10s, below

@@ -54,15 +54,17 @@ pub enum CipherKind {
     Clone, Copy, PartialEq, Eq, Debug, Default, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub enum QueueKind {
-    /// Drain the TUN ring eagerly into per-flow queues served round robin,
-    /// with CoDel on each (RFC 8290): a ping never waits behind bulk data.
-    #[default]
-    #[serde(rename = "fq_codel")]
-    FqCodel,
     /// Read a batch, send it: the kernel's TUN ring (`txqueuelen` packets,
-    /// first in first out) is the only queue.
+    /// first in first out) is the only queue. The default: the most
+    /// throughput per core (docs/performance.md).
+    #[default]
     #[serde(rename = "fifo")]
     Fifo,
+    /// Drain the TUN ring eagerly into per-flow queues served round robin,
+    /// with CoDel on each (RFC 8290): a ping does not wait behind bulk data,
+    /// at a cost in CPU per byte.
+    #[serde(rename = "fq_codel")]
+    FqCodel,
 }
 
 impl QueueKind {

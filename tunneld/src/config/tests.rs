@@ -125,7 +125,7 @@ fn defaults_applied() {
     assert_eq!(c.peers[0].keepalive, None);
     assert!(c.listen.is_ipv6());
     assert_eq!(c.dataplane, crate::config::DataplaneConfig::default());
-    assert_eq!(c.dataplane.queue, crate::config::QueueKind::FqCodel);
+    assert_eq!(c.dataplane.queue, crate::config::QueueKind::Fifo);
 }
 
 #[test]
@@ -137,10 +137,10 @@ fn queue_settings_parse_and_bad_ones_name_field_and_line() {
     };
     let c = f
         .parse(&with(
-            "  queue: fifo\n  codel_target: 1ms\n  codel_interval: 20ms\n  queue_limit: 2048\n",
+            "  queue: fq_codel\n  codel_target: 1ms\n  codel_interval: 20ms\n  queue_limit: 2048\n",
         ))
         .expect("valid queue settings");
-    assert_eq!(c.dataplane.queue, crate::config::QueueKind::Fifo);
+    assert_eq!(c.dataplane.queue, crate::config::QueueKind::FqCodel);
     assert_eq!(c.dataplane.codel_target, Duration::from_millis(1));
     assert_eq!(c.dataplane.codel_interval, Duration::from_millis(20));
     assert_eq!(c.dataplane.queue_limit, 2048);
