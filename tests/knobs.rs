@@ -284,3 +284,59 @@ fn flows_spread_outer_source_ports_and_keep_streams_intact() {
     let logs = tl.logs();
     assert!(!logs.contains("moved to"), "endpoint flapped:\n{logs}");
 }
+
+/// `dataplane.cpus`: the data-path thread runs pinned to the CPU given and
+/// status says so; a CPU this machine does not have stops the daemon with a
+/// message naming the field, the CPU and the CPUs it may use.
+#[test]
+fn cpus_pin_the_data_path_and_a_missing_cpu_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let tl = TunnelLab::start("e2e-cpus", false, |_, cfg| {
+        cfg["dataplane"] = json!({"cpus": [0]});
+    })
+    .expect("start pinned to CPU 0");
+    wait_ping(
+        tl.lab(),
+        &tl.dc.host_a,
+        &topo::HOST_B_V4.to_string(),
+        Duration::from_secs(15),
+    )
+    .expect("tunnel up");
+    let st = tl.status(Side::A).expect("status");
+    assert_eq!(st["dataplane"]["cpus"], json!([0]), "{st}");
+    // With one worker the data path is the main thread.
+    let pid = tl.a.pid.expect("a runs");
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).expect("thread status");
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(allowed, "0", "{status}");
+    drop(tl);
+
+    let started = TunnelLab::start("e2e-nocpu", false, |side, cfg| {
+        if side == Side::A {
+            cfg["dataplane"] = json!({"cpus": [1000]});
+        }
+    });
+    let log = match started {
+        Err(e) => format!("{e:#}"),
+        Ok(tl) => {
+            let pid = tl.a.pid.expect("a spawned");
+            e2e::wait_for(Duration::from_secs(10), "gw-a to exit", || {
+                Ok(tl.lab().try_wait(pid)?.map(|_| ()))
+            })
+            .expect("gw-a exits when it cannot pin");
+            tl.lab().log(pid)
+        }
+    };
+    assert!(
+        log.contains("dataplane.cpus") && log.contains("CPU 1000"),
+        "the refusal names the field and CPU: {log}"
+    );
+}

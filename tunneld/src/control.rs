@@ -66,6 +66,8 @@ pub struct DataplaneStatus {
     pub udp_gro_segments: usize,
     /// TUN → network queue: `fq_codel` or `fifo`.
     pub queue: &'static str,
+    /// CPUs the workers are pinned to (TX then RX), if pinned.
+    pub cpus: Option<Vec<u16>>,
     /// UDP flows (sockets) frames are spread over (`dataplane.flows`; 1
     /// when no peer uses UDP).
     pub flows: usize,

@@ -4,7 +4,8 @@
 //! Parallelism model:
 //! 1. `workers: 1` runs one loop for both directions; `workers: 2` runs a TX
 //!    thread (TUN → network) and an RX thread (network → TUN), so system calls
-//!    and crypto of the two directions overlap. The control socket has a
+//!    and crypto of the two directions overlap. These are OS threads (no
+//!    async runtime), pinned to CPUs when `dataplane.cpus` says so. The control socket has a
 //!    thread of its own and only reads a published [`Status`] snapshot.
 //! 2. Each loop `poll()`s its descriptors at most [`TICK`] at a time, so timers
 //!    and the shutdown flag are seen promptly.
@@ -193,6 +194,13 @@ pub fn run(
         udp_gso_segments: transport.max_segments(),
         udp_gro_segments: transport.gro_segments(),
         queue: knobs.queue.as_str(),
+        cpus: knobs.cpus.map(|(tx, rx)| {
+            if knobs.workers <= 1 {
+                vec![tx]
+            } else {
+                vec![tx, rx]
+            }
+        }),
         flows: transport.flows(),
     };
     log::info!(
@@ -217,6 +225,9 @@ pub fn run(
         started: Instant::now(),
     };
     if knobs.workers <= 1 {
+        if let Some((cpu, _)) = knobs.cpus {
+            pin_current_thread(cpu)?;
+        }
         return worker(&shared, tun, true);
     }
     std::thread::scope(|s| {
@@ -224,9 +235,19 @@ pub fn run(
         let tx = std::thread::Builder::new()
             .name("tx".into())
             .spawn_scoped(s, move || {
+                if let Some((cpu, _)) = shared.knobs.cpus {
+                    pin_current_thread(cpu)?;
+                }
                 worker(shared, tun, false)
                     .inspect_err(|_| shared.shutdown.store(true, Ordering::Relaxed))
             })?;
+        if let Some((_, cpu)) = shared.knobs.cpus {
+            if let Err(e) = pin_current_thread(cpu) {
+                shared.shutdown.store(true, Ordering::Relaxed);
+                let _ = tx.join();
+                return Err(e);
+            }
+        }
         // A failing worker stops its sibling by raising the shutdown flag.
         let rx = worker(shared, tun, true)
             .inspect_err(|_| shared.shutdown.store(true, Ordering::Relaxed));
@@ -290,6 +311,45 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pins the calling thread to `cpu`; an error names the CPU and what this
+/// process may use.
+fn pin_current_thread(cpu: u16) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; zeroed is the empty set, and
+    // CPU_SET/CPU_ISSET stay inside it for cpu < CPU_SETSIZE (the config
+    // allows at most 1023). sched_{set,get}affinity(0, ..) act on the
+    // calling thread with a set of the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(usize::from(cpu), &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+            log::info!("data-path thread pinned to CPU {cpu}");
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let have = if libc::sched_getaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &mut allowed,
+        ) == 0
+        {
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|c| libc::CPU_ISSET(*c, &allowed))
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            "unknown".into()
+        };
+        Err(io::Error::new(
+            e.kind(),
+            format!(
+                "dataplane.cpus: cannot pin to CPU {cpu} ({e}); this process may use CPUs {have}"
+            ),
+        ))
+    }
 }
 
 /// Waits until one of the descriptors is readable, at most `timeout`;

@@ -75,6 +75,8 @@ pub const DEFAULT_FLOWS: u64 = 1;
 /// entropy to spread a tunnel over the queues of a NIC or the paths of a
 /// WAN; more only costs descriptors and receive calls.
 pub const FLOWS_RANGE: std::ops::RangeInclusive<u64> = 1..=16;
+/// CPU numbers `dataplane.cpus` accepts (glibc's CPU_SETSIZE is 1024).
+pub const MAX_CPU: u64 = 1023;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Peer names appear in metrics labels and logs; keep them short.
@@ -208,6 +210,11 @@ pub struct DataplaneFile {
     /// (5-tuple) always leaves on the same one. Ignored for TCP/QUIC peers.
     #[serde(default = "default_flows")]
     pub flows: u64,
+    /// CPUs the data-path threads are pinned to: `[c]` pins the loop (or
+    /// both workers) to CPU `c`; `[tx, rx]` pins the TX and RX workers
+    /// apart (with one worker the first is used). Unset: not pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Vec<u64>>,
 }
 
 impl Default for DataplaneFile {
@@ -221,6 +228,7 @@ impl Default for DataplaneFile {
             codel_interval: default_codel_interval(),
             queue_limit: DEFAULT_QUEUE_LIMIT,
             flows: DEFAULT_FLOWS,
+            cpus: None,
         }
     }
 }

@@ -213,6 +213,9 @@ pub struct DataplaneConfig {
     pub codel_interval: Duration,
     /// Most packets queued (fq_codel).
     pub queue_limit: usize,
+    /// CPUs of the (TX, RX) workers (the same one twice for `[c]`); `None`:
+    /// not pinned.
+    pub cpus: Option<(u16, u16)>,
 }
 
 impl Default for DataplaneConfig {
@@ -227,6 +230,7 @@ impl Default for DataplaneConfig {
             codel_interval: file::DEFAULT_CODEL_INTERVAL,
             queue_limit: file::DEFAULT_QUEUE_LIMIT as usize,
             flows: file::DEFAULT_FLOWS as usize,
+            cpus: None,
         }
     }
 }
@@ -599,6 +603,26 @@ pub fn check(
             ),
         ));
     }
+    let cpus = match dp.cpus.as_deref() {
+        None => None,
+        Some(list) => {
+            let bad = |why: String| cx.invalid("dataplane.cpus".into(), why);
+            if list.is_empty() || list.len() > 2 {
+                return Err(bad(format!(
+                    "{} CPUs listed: give one ([c]) or one per worker ([tx, rx])",
+                    list.len()
+                )));
+            }
+            if let Some(c) = list.iter().find(|c| **c > file::MAX_CPU) {
+                return Err(bad(format!(
+                    "CPU {c} is out of range 0..={}",
+                    file::MAX_CPU
+                )));
+            }
+            let first = list[0] as u16;
+            Some((first, list.get(1).map_or(first, |c| *c as u16)))
+        }
+    };
     let dataplane = DataplaneConfig {
         offload: dp.offload,
         batch: dp.batch as usize,
@@ -608,6 +632,7 @@ pub fn check(
         codel_interval: dp.codel_interval.0,
         queue_limit: dp.queue_limit as usize,
         flows: dp.flows as usize,
+        cpus,
     };
     let socket_buffer = usize::try_from(raw.socket_buffer.0)
         .map_err(|_| cx.invalid("socket_buffer".into(), "too large for this platform".into()))?;

@@ -165,6 +165,33 @@ fn queue_settings_parse_and_bad_ones_name_field_and_line() {
 }
 
 #[test]
+fn cpus_pin_workers_and_bad_lists_name_field_and_line() {
+    let f = fixture();
+    let with = |dp: &str| {
+        f.yaml()
+            .replace("peers:\n", &format!("dataplane:\n{dp}peers:\n"))
+    };
+    let one = f.parse(&with("  cpus: [1]\n")).expect("one CPU");
+    assert_eq!(one.dataplane.cpus, Some((1, 1)));
+    let two = f.parse(&with("  cpus: [0, 3]\n")).expect("two CPUs");
+    assert_eq!(two.dataplane.cpus, Some((0, 3)));
+    assert_eq!(f.parse(&f.yaml()).expect("default").dataplane.cpus, None);
+    for (bad, why) in [
+        ("[]", "0 CPUs"),
+        ("[0, 1, 2]", "3 CPUs"),
+        ("[1024]", "out of range"),
+    ] {
+        let t = with(&format!("  cpus: {bad}\n"));
+        let msg = f.expect_err(&t, "dataplane.cpus", "cpus:");
+        assert!(msg.contains(why), "{bad}: {msg}");
+    }
+    for bad in ["[-1]", "[one]", "0", "[1.5]"] {
+        let t = with(&format!("  cpus: {bad}\n"));
+        f.expect_err(&t, "cpus", "cpus:");
+    }
+}
+
+#[test]
 fn explicit_values_and_relative_paths() {
     let f = fixture();
     let text = f.yaml().replace(
@@ -577,6 +604,7 @@ fn round_trip_generated_config() {
             codel_target: Span(Duration::from_micros(1500)),
             codel_interval: Span(Duration::from_millis(20)),
             queue_limit: 1024,
+            cpus: Some(vec![0, 1]),
             flows: 3,
         },
         quic: None,
