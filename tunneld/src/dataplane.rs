@@ -430,30 +430,28 @@ impl TxState {
     }
 
     /// Reads from the TUN device if it is `readable` (through the queue, if
-    /// any), then seals and sends one batch. Returns whether there was
-    /// anything to do.
-    fn run(&mut self, shared: &Shared<'_>, tun: &Tun, readable: bool) -> io::Result<bool> {
+    /// any), then seals and sends one batch.
+    fn run(&mut self, shared: &Shared<'_>, tun: &Tun, readable: bool) -> io::Result<()> {
         let n = match self.queue.as_mut() {
             None if readable => self.read_fifo(shared, tun)?,
             None => 0,
             Some(q) => {
-                let read = readable && q.drain(shared, tun, &mut self.scratch)?;
+                if readable {
+                    q.drain(shared, tun, &mut self.scratch)?;
+                }
                 let n = q.release(&mut self.bufs, &mut self.sizes, self.batch);
                 q.publish(&shared.io);
-                if n == 0 {
-                    return Ok(read);
-                }
                 n
             }
         };
         if n == 0 {
-            return Ok(false);
+            return Ok(());
         }
         self.seal_and_send(shared, tun, n);
         if let Some(q) = self.queue.as_mut() {
             q.take_back(&mut self.bufs, n);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// `queue: fifo`: reads one batch straight into the send buffers.
@@ -613,6 +611,8 @@ struct TxQueue {
     /// Slots whose buffers are in the send batch, by batch position.
     in_batch: Vec<u32>,
     dropped: Vec<u32>,
+    /// Packets lost because no slot was free (not expected: see `new`).
+    no_slot: u64,
     /// Secret key of the flow hash.
     key: u64,
     origin: Instant,
@@ -647,6 +647,7 @@ impl TxQueue {
             staging_sizes: vec![0; MAX_SPLIT],
             in_batch: Vec::with_capacity(batch),
             dropped: Vec::with_capacity(capacity),
+            no_slot: 0,
             key: {
                 use std::hash::BuildHasher;
                 std::collections::hash_map::RandomState::new().hash_one(0x0074_756e_6e65_6c64_u64)
@@ -671,9 +672,8 @@ impl TxQueue {
     }
 
     /// Reads the TUN ring until it is empty (at most [`MAX_DRAIN_READS`]
-    /// reads) and queues every packet. Returns whether anything was read.
-    fn drain(&mut self, shared: &Shared<'_>, tun: &Tun, scratch: &mut [u8]) -> io::Result<bool> {
-        let mut any = false;
+    /// reads) and queues every packet.
+    fn drain(&mut self, shared: &Shared<'_>, tun: &Tun, scratch: &mut [u8]) -> io::Result<()> {
         for _ in 0..MAX_DRAIN_READS {
             let Some(k) = read_tun(
                 shared,
@@ -685,13 +685,12 @@ impl TxQueue {
             else {
                 break;
             };
-            any = true;
             let now = self.now();
             for i in 0..k {
                 let Some(slot) = self.alloc() else {
                     // Unreachable by the capacity argument in `new`; if it
                     // ever happens the packet is dropped and counted.
-                    add(&shared.io.queue_overflow_drops, 1);
+                    self.no_slot += 1;
                     continue;
                 };
                 let len = self.staging_sizes[i];
@@ -703,7 +702,7 @@ impl TxQueue {
                 self.free.append(&mut self.dropped);
             }
         }
-        Ok(any)
+        Ok(())
     }
 
     /// Moves up to `batch` packets from the queue into `bufs[..]` (their
@@ -739,7 +738,7 @@ impl TxQueue {
         io.queue_codel_drops
             .store(st.codel_drops, Ordering::Relaxed);
         io.queue_overflow_drops
-            .store(st.overflow_drops, Ordering::Relaxed);
+            .store(st.overflow_drops + self.no_slot, Ordering::Relaxed);
         io.queue_packets
             .store(self.fq.len() as u64, Ordering::Relaxed);
     }
@@ -827,8 +826,8 @@ impl RxState {
     }
 
     /// Receives a batch, opens it, writes the inner packets to the TUN
-    /// device. Returns whether there was anything to receive.
-    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) -> bool {
+    /// device.
+    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) {
         let n = {
             let mut slices: [IoSliceMut<'_>; MAX_RECV_BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(&mut []));
@@ -840,13 +839,13 @@ impl RxState {
                 .recv(&mut slices[..self.per_pass], &mut self.got)
             {
                 Ok(n) => n,
-                Err(e) if would_block(&e) => return false,
+                Err(e) if would_block(&e) => return,
                 Err(e) => {
                     // ICMP errors surface here (e.g. port unreachable while
                     // the peer restarts); they are not fatal.
                     shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
                     log::debug!("receive failed: {e}");
-                    return true;
+                    return;
                 }
             }
         };
@@ -896,7 +895,6 @@ impl RxState {
                 log::debug!("TUN write failed: {e}");
             }
         }
-        true
     }
 }
 
