@@ -194,9 +194,17 @@ fn flows_spread_outer_source_ports_and_keep_streams_intact() {
     if !require_root() {
         return;
     }
+    // With fq_codel the outer flow comes from the queue's own (keyed) hash.
+    for queue in ["fifo", "fq_codel"] {
+        eprintln!("flows 4, queue {queue}");
+        flows_case(queue);
+    }
+}
+
+fn flows_case(queue: &str) {
     const STREAMS: u64 = 4;
     let tl = TunnelLab::start("e2e-flows", false, |_, cfg| {
-        cfg["dataplane"] = json!({"flows": 4});
+        cfg["dataplane"] = json!({"flows": 4, "queue": queue});
     })
     .expect("start with flows 4");
     wait_ping(

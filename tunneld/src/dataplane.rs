@@ -386,6 +386,8 @@ struct TxState {
     sizes: Vec<usize>,
     /// Outer flow of each packet (its inner 5-tuple's hash).
     flow: Vec<usize>,
+    /// The queue's flow hash of each packet (with `queue: fq_codel`).
+    hashes: Vec<u64>,
     /// The transport's flow count.
     flows: usize,
     outcomes: Vec<Outcome>,
@@ -412,6 +414,7 @@ impl TxState {
             bufs: vec![vec![0u8; slot_size(shared.mtu)]; slots],
             sizes: vec![0; slots],
             flow: vec![0; slots],
+            hashes: vec![0; slots],
             flows: shared.transport.flows(),
             outcomes: Vec::with_capacity(slots),
             gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
@@ -439,7 +442,12 @@ impl TxState {
                 if readable {
                     q.drain(shared, tun, &mut self.scratch)?;
                 }
-                let n = q.release(&mut self.bufs, &mut self.sizes, self.batch);
+                let n = q.release(
+                    &mut self.bufs,
+                    &mut self.sizes,
+                    &mut self.hashes,
+                    self.batch,
+                );
                 q.publish(&shared.io);
                 n
             }
@@ -486,9 +494,15 @@ impl TxState {
         if self.flows > 1 {
             // Each packet's outer flow, from its inner 5-tuple: here, as
             // sealing hides the inner headers (outside the device lock).
+            // The fq_codel queue already hashed it (with its own key, which
+            // keeps every inner flow on one outer flow just as well).
             for i in 0..n {
-                let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
-                self.flow[i] = crate::wire::flow_index(packet, self.flows);
+                self.flow[i] = if self.queue.is_some() {
+                    (self.hashes[i] % self.flows as u64) as usize
+                } else {
+                    let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
+                    crate::wire::flow_index(packet, self.flows)
+                };
             }
         }
         {
@@ -602,6 +616,8 @@ struct TxQueue {
     /// fills, then reused.
     pool: Vec<Vec<u8>>,
     lens: Vec<usize>,
+    /// Flow hash of the packet in each slot.
+    hashes: Vec<u64>,
     free: Vec<u32>,
     capacity: usize,
     buf_size: usize,
@@ -640,6 +656,7 @@ impl TxQueue {
             fq: FqCodel::new(params, capacity),
             pool: Vec::new(),
             lens: vec![0; capacity],
+            hashes: vec![0; capacity],
             free: Vec::with_capacity(capacity),
             capacity,
             buf_size: slot_size(mtu),
@@ -698,6 +715,7 @@ impl TxQueue {
                 self.lens[slot as usize] = len;
                 let packet = &self.pool[slot as usize][HEADROOM..HEADROOM + len];
                 let hash = crate::wire::flow::flow_hash_keyed(packet, self.key);
+                self.hashes[slot as usize] = hash;
                 self.fq.enqueue(slot, hash, len, now, &mut self.dropped);
                 self.free.append(&mut self.dropped);
             }
@@ -707,7 +725,15 @@ impl TxQueue {
 
     /// Moves up to `batch` packets from the queue into `bufs[..]` (their
     /// buffers swapped in); returns how many.
-    fn release(&mut self, bufs: &mut [Vec<u8>], sizes: &mut [usize], batch: usize) -> usize {
+    /// Their flow hashes go to `hashes`, so the outer flow is not hashed
+    /// again.
+    fn release(
+        &mut self,
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        hashes: &mut [u64],
+        batch: usize,
+    ) -> usize {
         let now = self.now();
         self.in_batch.clear();
         let want = batch.min(bufs.len());
@@ -718,6 +744,7 @@ impl TxQueue {
             let i = self.in_batch.len();
             std::mem::swap(&mut bufs[i], &mut self.pool[slot as usize]);
             sizes[i] = self.lens[slot as usize];
+            hashes[i] = self.hashes[slot as usize];
             self.in_batch.push(slot);
         }
         self.free.append(&mut self.dropped);

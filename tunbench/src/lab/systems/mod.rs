@@ -114,6 +114,22 @@ pub fn wait_reachable(dc: &DcPair, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// Writes `bytes` to `path` as a new file readable by its owner only (an
+/// existing file is replaced, so its old mode does not survive); the error
+/// names the path.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 /// The last `n` lines of `s`.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

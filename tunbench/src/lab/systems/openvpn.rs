@@ -7,14 +7,12 @@
 //! `openssl` command into the lab's run directory (keys mode 0600; the CA
 //! key is deleted once both certificates are signed) when the row starts. Static-key mode is not used: it cannot do AES-GCM.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{ip_quiet, which, Ctx, NotRun, Running};
+use super::{ip_quiet, which, write_private, Ctx, NotRun, Running};
 use crate::topo::{DcPair, GW_A_WAN_V4, GW_B_WAN_V4, LAN_A_V4, LAN_B_V4};
 
 /// UDP port of both ends (OpenVPN's registered port).
@@ -164,21 +162,6 @@ pub struct Pki {
     pub server: (PathBuf, PathBuf),
     /// gw-b's certificate and key (CN gw-b, TLS client).
     pub client: (PathBuf, PathBuf),
-}
-
-/// Writes a private file with mode 0600 (also if it existed).
-fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("creating {}: {e}", path.display()))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| f.write_all(data))
-        .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// Runs openssl; Ok(stdout).

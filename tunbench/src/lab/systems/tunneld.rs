@@ -17,7 +17,7 @@ use tunneld::keys::{PrivateKey, PublicKey};
 use tunneld::prefix::Prefix;
 use tunneld::units::{Size, Span};
 
-use super::{Ctx, NotRun, Running};
+use super::{write_private, Ctx, NotRun, Running};
 use crate::lab::scenario::TunneldSettings;
 use crate::topo::{self, DcPair};
 
@@ -314,8 +314,7 @@ impl QuicCerts {
             let key_file = dir.join(format!("{}.crt.key", side.letter()));
             std::fs::write(&cert_file, cert)
                 .map_err(|e| format!("writing {}: {e}", cert_file.display()))?;
-            write_private(&key_file, key.as_bytes())
-                .map_err(|e| format!("writing {}: {e}", key_file.display()))?;
+            write_private(&key_file, key.as_bytes())?;
             Ok(QuicIdentity {
                 cert_file,
                 key_file,
@@ -335,19 +334,6 @@ impl QuicCerts {
             Side::B => &self.b,
         }
     }
-}
-
-/// Writes `bytes` to a new file readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }
 
 /// Puts every peer of `side`'s config on `transport`. For `tcp` and `quic`
