@@ -51,6 +51,13 @@ pub struct IoCounters {
     pub queue_overflow_drops: u64,
     /// Packets in the fq_codel queue at the last status snapshot.
     pub queue_packets: u64,
+    /// ECN (`dataplane.ecn`): packets the fq_codel queue marked CE instead
+    /// of dropping; inner packets marked CE because the path marked their
+    /// outer header CE (RFC 6040); packets dropped because the path marked
+    /// CE on an inner packet that is not ECN-capable.
+    pub queue_ecn_marks: u64,
+    pub ecn_path_ce: u64,
+    pub ecn_not_ect_drops: u64,
 }
 
 /// The data path's shape and which offloads are active (probed at start).
@@ -168,6 +175,16 @@ impl Status {
         ] {
             s.push_str(&format!(
                 "tunneld_queue_drops_total{{interface=\"{iface}\",reason=\"{reason}\"}} {v}\n"
+            ));
+        }
+        s.push_str("# HELP tunneld_ecn_total ECN events: CE marks by the fq_codel queue (queue_ce), CE marks from the path carried into inner packets (path_ce), outer CE on inner packets that are not ECN-capable, dropped (path_ce_not_ect_dropped).\n# TYPE tunneld_ecn_total counter\n");
+        for (event, v) in [
+            ("queue_ce", self.io.queue_ecn_marks),
+            ("path_ce", self.io.ecn_path_ce),
+            ("path_ce_not_ect_dropped", self.io.ecn_not_ect_drops),
+        ] {
+            s.push_str(&format!(
+                "tunneld_ecn_total{{interface=\"{iface}\",event=\"{event}\"}} {v}\n"
             ));
         }
         s.push_str(&format!(

@@ -101,6 +101,9 @@ struct IoStats {
     queue_codel_drops: AtomicU64,
     queue_overflow_drops: AtomicU64,
     queue_packets: AtomicU64,
+    queue_ecn_marks: AtomicU64,
+    ecn_path_ce: AtomicU64,
+    ecn_not_ect_drops: AtomicU64,
 }
 
 impl IoStats {
@@ -121,6 +124,9 @@ impl IoStats {
             queue_codel_drops: get(&self.queue_codel_drops),
             queue_overflow_drops: get(&self.queue_overflow_drops),
             queue_packets: get(&self.queue_packets),
+            queue_ecn_marks: get(&self.queue_ecn_marks),
+            ecn_path_ce: get(&self.ecn_path_ce),
+            ecn_not_ect_drops: get(&self.ecn_not_ect_drops),
         }
     }
 }
@@ -265,7 +271,7 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let single = shared.knobs.workers <= 1;
     let do_tx = single || !rx;
     let mut txs = do_tx.then(|| TxState::new(shared));
-    let mut rxs = rx.then(|| RxState::new(shared.transport.gro_segments()));
+    let mut rxs = rx.then(|| RxState::new(shared.transport.gro_segments(), shared.knobs.ecn));
     let mut last_tick = Instant::now() - TICK;
     let mut backlog = false;
     while !shared.shutdown.load(Ordering::Relaxed) {
@@ -388,6 +394,11 @@ struct TxState {
     flow: Vec<usize>,
     /// The queue's flow hash of each packet (with `queue: fq_codel`).
     hashes: Vec<u64>,
+    /// ECN codepoint of each packet, for its outer header (RFC 6040 normal
+    /// mode: copied from the inner header; 0 with `ecn: false`).
+    ecn: Vec<u8>,
+    /// `dataplane.ecn`.
+    ecn_on: bool,
     /// The transport's flow count.
     flows: usize,
     outcomes: Vec<Outcome>,
@@ -415,6 +426,8 @@ impl TxState {
             sizes: vec![0; slots],
             flow: vec![0; slots],
             hashes: vec![0; slots],
+            ecn: vec![0; slots],
+            ecn_on: k.ecn,
             flows: shared.transport.flows(),
             outcomes: Vec::with_capacity(slots),
             gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
@@ -505,6 +518,13 @@ impl TxState {
                 };
             }
         }
+        for i in 0..n {
+            self.ecn[i] = if self.ecn_on {
+                crate::wire::ecn::of(&self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]])
+            } else {
+                crate::wire::ecn::NOT_ECT
+            };
+        }
         {
             let mut dev = shared.lock();
             for i in 0..n {
@@ -533,8 +553,8 @@ impl TxState {
     /// Sends sealed frames, grouping runs of equal size to one peer on one
     /// outer flow into GSO sends (a shorter frame may end a run).
     fn send(&mut self, shared: &Shared<'_>) {
-        // (to, flow, segment, count)
-        let mut run: Option<(std::net::SocketAddr, usize, usize, usize)> = None;
+        // (to, flow, ECN, segment, count)
+        let mut run: Option<(std::net::SocketAddr, usize, u8, usize, usize)> = None;
         self.gso.clear();
         for (i, o) in self.outcomes.iter().enumerate() {
             let Outcome::Send { to, len } = *o else {
@@ -542,34 +562,36 @@ impl TxState {
             };
             let frame = &self.bufs[i][..len];
             let flow = self.flow[i];
+            let ecn = self.ecn[i];
             match run {
-                Some((rto, rflow, seg, count))
+                Some((rto, rflow, recn, seg, count))
                     if rto == to
                         && rflow == flow
+                        && recn == ecn
                         && len <= seg
                         && count < self.max_segments
                         && self.gso.len() + len <= MAX_GSO_BYTES =>
                 {
                     self.gso.extend_from_slice(frame);
                     // A shorter frame must be the run's last.
-                    run = (len == seg).then_some((rto, rflow, seg, count + 1));
+                    run = (len == seg).then_some((rto, rflow, recn, seg, count + 1));
                     if run.is_none() {
-                        flush(shared, rto, rflow, &self.gso, seg);
+                        flush(shared, (rto, rflow, recn), &self.gso, seg);
                         self.gso.clear();
                     }
                 }
                 _ => {
-                    if let Some((rto, rflow, seg, _)) = run.take() {
-                        flush(shared, rto, rflow, &self.gso, seg);
+                    if let Some((rto, rflow, recn, seg, _)) = run.take() {
+                        flush(shared, (rto, rflow, recn), &self.gso, seg);
                         self.gso.clear();
                     }
                     self.gso.extend_from_slice(frame);
-                    run = Some((to, flow, len, 1));
+                    run = Some((to, flow, ecn, len, 1));
                 }
             }
         }
-        if let Some((to, flow, seg, _)) = run {
-            flush(shared, to, flow, &self.gso, seg);
+        if let Some((to, flow, ecn, seg, _)) = run {
+            flush(shared, (to, flow, ecn), &self.gso, seg);
         }
     }
 }
@@ -650,6 +672,7 @@ impl TxQueue {
             quantum: 64 * 1024,
             limit: k.queue_limit,
             mtu: mtu as u32,
+            ecn: k.ecn,
         };
         let batch = MAX_SPLIT.max(k.batch);
         TxQueue {
@@ -716,7 +739,12 @@ impl TxQueue {
                 let packet = &self.pool[slot as usize][HEADROOM..HEADROOM + len];
                 let hash = crate::wire::flow::flow_hash_keyed(packet, self.key);
                 self.hashes[slot as usize] = hash;
-                self.fq.enqueue(slot, hash, len, now, &mut self.dropped);
+                let pkt = crate::fq::Packet {
+                    hash,
+                    len,
+                    ect: crate::wire::ecn::of(packet) != crate::wire::ecn::NOT_ECT,
+                };
+                self.fq.enqueue(slot, pkt, now, &mut self.dropped);
                 self.free.append(&mut self.dropped);
             }
         }
@@ -738,12 +766,18 @@ impl TxQueue {
         self.in_batch.clear();
         let want = batch.min(bufs.len());
         while self.in_batch.len() < want {
-            let Some(slot) = self.fq.dequeue(now, &mut self.dropped) else {
+            let Some((slot, mark)) = self.fq.dequeue(now, &mut self.dropped) else {
                 break;
             };
+            let len = self.lens[slot as usize];
+            if mark {
+                // CoDel chose this ECN-capable packet: CE instead of a drop.
+                let packet = &mut self.pool[slot as usize][HEADROOM..HEADROOM + len];
+                crate::wire::ecn::set(packet, crate::wire::ecn::CE);
+            }
             let i = self.in_batch.len();
             std::mem::swap(&mut bufs[i], &mut self.pool[slot as usize]);
-            sizes[i] = self.lens[slot as usize];
+            sizes[i] = len;
             hashes[i] = self.hashes[slot as usize];
             self.in_batch.push(slot);
         }
@@ -768,6 +802,7 @@ impl TxQueue {
             .store(st.overflow_drops + self.no_slot, Ordering::Relaxed);
         io.queue_packets
             .store(self.fq.len() as u64, Ordering::Relaxed);
+        io.queue_ecn_marks.store(st.ecn_marks, Ordering::Relaxed);
     }
 }
 
@@ -803,7 +838,13 @@ fn too_big(
     true
 }
 
-fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, flow: usize, contents: &[u8], seg: usize) {
+/// Sends one GSO run to `(peer, outer flow, outer ECN codepoint)`.
+fn flush(
+    shared: &Shared<'_>,
+    (to, flow, ecn): (std::net::SocketAddr, usize, u8),
+    contents: &[u8],
+    seg: usize,
+) {
     if contents.is_empty() {
         return;
     }
@@ -812,7 +853,7 @@ fn flush(shared: &Shared<'_>, to: std::net::SocketAddr, flow: usize, contents: &
         &shared.io.udp_send_frames,
         contents.len().div_ceil(seg.max(1)),
     );
-    if let Err(e) = shared.transport.send_flow(flow, to, contents, seg) {
+    if let Err(e) = shared.transport.send_flow(flow, to, contents, seg, ecn) {
         shared.io.send_errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("send to {to} failed: {e}");
     }
@@ -829,10 +870,12 @@ struct RxState {
     control: Vec<Datagram>,
     /// Receive buffers offered per pass (see [`RX_PASS_FRAMES`]).
     per_pass: usize,
+    /// `dataplane.ecn`: outer CE marks are carried into inner packets.
+    ecn_on: bool,
 }
 
 impl RxState {
-    fn new(gro_segments: usize) -> RxState {
+    fn new(gro_segments: usize, ecn_on: bool) -> RxState {
         // A GRO train holds up to `gro_segments` frames of one flow.
         let slot = if gro_segments > 1 {
             65_536
@@ -849,6 +892,7 @@ impl RxState {
             gro: tun_rs::GROTable::default(),
             control: Vec::new(),
             per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
+            ecn_on,
         }
     }
 
@@ -898,7 +942,26 @@ impl RxState {
                     let len = frame.len();
                     if let Some(range) = dev.decapsulate(frame, len, r.from, &t, &mut self.control)
                     {
-                        self.inner.push((b, off + range.start..off + range.end));
+                        // RFC 6040: a CE mark the path put on the outer
+                        // header reaches the inner packet (or drops it when
+                        // the inner flow cannot take ECN).
+                        let keep = !self.ecn_on
+                            || match crate::wire::ecn::decapsulate(r.ecn, &mut frame[range.clone()])
+                            {
+                                Some(changed) => {
+                                    if changed && r.ecn == crate::wire::ecn::CE {
+                                        add(&shared.io.ecn_path_ce, 1);
+                                    }
+                                    true
+                                }
+                                None => {
+                                    add(&shared.io.ecn_not_ect_drops, 1);
+                                    false
+                                }
+                            };
+                        if keep {
+                            self.inner.push((b, off + range.start..off + range.end));
+                        }
                     }
                     off = end;
                 }

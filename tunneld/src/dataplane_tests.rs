@@ -7,8 +7,8 @@ use crate::keys::PrivateKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// One recorded send: (flow, to, segment size, frames).
-type Sent = (usize, SocketAddr, usize, Vec<Vec<u8>>);
+/// One recorded send: (flow, to, segment size, outer ECN, frames).
+type Sent = (usize, SocketAddr, usize, u8, Vec<Vec<u8>>);
 
 /// A transport that records every send.
 #[derive(Default)]
@@ -24,7 +24,7 @@ impl AsRawFd for Recorder {
 
 impl Transport for Recorder {
     fn send(&self, to: SocketAddr, contents: &[u8], seg: usize) -> io::Result<()> {
-        self.send_flow(0, to, contents, seg)
+        self.send_flow(0, to, contents, seg, 0)
     }
     fn send_flow(
         &self,
@@ -32,12 +32,13 @@ impl Transport for Recorder {
         to: SocketAddr,
         contents: &[u8],
         seg: usize,
+        ecn: u8,
     ) -> io::Result<()> {
         let frames = contents.chunks(seg.max(1)).map(<[u8]>::to_vec).collect();
         self.sends
             .lock()
             .expect("recorder lock")
-            .push((flow, to, seg, frames));
+            .push((flow, to, seg, ecn, frames));
         Ok(())
     }
     fn recv(&self, _: &mut [IoSliceMut<'_>], _: &mut [Received]) -> io::Result<usize> {
@@ -96,7 +97,7 @@ fn config() -> Config {
 }
 
 #[test]
-fn gso_runs_never_mix_flows_peers_or_sizes() {
+fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
     let cfg = config();
     let rec = Recorder::default();
     let status = StatusCell::default();
@@ -114,47 +115,62 @@ fn gso_runs_never_mix_flows_peers_or_sizes() {
     };
     let p1 = SocketAddr::from(([198, 18, 0, 2], 51820));
     let p2 = SocketAddr::from(([198, 18, 0, 3], 51820));
-    // (peer, flow, frame length); frame i is filled with byte i.
+    // (peer, flow, ECN, frame length); frame i is filled with byte i.
     let plan = [
-        (p1, 0, 100),
-        (p1, 0, 100),
-        (p1, 1, 100), // new flow: new run
-        (p1, 1, 100),
-        (p1, 1, 60), // shorter: ends the run
-        (p1, 1, 100),
-        (p2, 1, 100), // new peer: new run
-        (p1, 1, 100),
-        (p1, 0, 100),
+        (p1, 0, 0, 100),
+        (p1, 0, 0, 100),
+        (p1, 1, 0, 100), // new flow: new run
+        (p1, 1, 0, 100),
+        (p1, 1, 0, 60), // shorter: ends the run
+        (p1, 1, 0, 100),
+        (p2, 1, 0, 100), // new peer: new run
+        (p1, 1, 0, 100),
+        (p1, 0, 0, 100),
+        (p1, 0, 2, 100), // ECT(0): the outer header differs, new run
+        (p1, 0, 2, 100),
+        (p1, 0, 3, 100), // CE
     ];
     let mut tx = TxState::new(&shared);
     assert_eq!(tx.flows, 4);
     tx.outcomes.clear();
-    for (i, (to, flow, len)) in plan.iter().enumerate() {
+    for (i, (to, flow, ecn, len)) in plan.iter().enumerate() {
         tx.bufs[i][..*len].fill(i as u8);
         tx.flow[i] = *flow;
+        tx.ecn[i] = *ecn;
         tx.outcomes.push(Outcome::Send { to: *to, len: *len });
     }
     tx.outcomes.insert(2, Outcome::Held); // a held packet between sends is skipped
     tx.bufs.insert(2, Vec::new());
     tx.flow.insert(2, 3);
+    tx.ecn.insert(2, 0);
     tx.send(&shared);
     let sends = rec.sends.lock().expect("lock").clone();
-    let shape: Vec<(usize, SocketAddr, usize, Vec<u8>)> = sends
+    let shape: Vec<(usize, SocketAddr, usize, u8, Vec<u8>)> = sends
         .iter()
-        .map(|(flow, to, seg, frames)| (*flow, *to, *seg, frames.iter().map(|f| f[0]).collect()))
+        .map(|(flow, to, seg, ecn, frames)| {
+            (
+                *flow,
+                *to,
+                *seg,
+                *ecn,
+                frames.iter().map(|f| f[0]).collect(),
+            )
+        })
         .collect();
     assert_eq!(
         shape,
         vec![
-            (0, p1, 100, vec![0, 1]),
-            (1, p1, 100, vec![2, 3, 4]),
-            (1, p1, 100, vec![5]),
-            (1, p2, 100, vec![6]),
-            (1, p1, 100, vec![7]),
-            (0, p1, 100, vec![8]),
+            (0, p1, 100, 0, vec![0, 1]),
+            (1, p1, 100, 0, vec![2, 3, 4]),
+            (1, p1, 100, 0, vec![5]),
+            (1, p2, 100, 0, vec![6]),
+            (1, p1, 100, 0, vec![7]),
+            (0, p1, 100, 0, vec![8]),
+            (0, p1, 100, 2, vec![9, 10]),
+            (0, p1, 100, 3, vec![11]),
         ]
     );
-    for (_, _, seg, frames) in &sends {
+    for (_, _, seg, _, frames) in &sends {
         for (k, f) in frames.iter().enumerate() {
             let last = k + 1 == frames.len();
             assert!(f.len() == *seg || (last && f.len() < *seg), "{frames:?}");

@@ -43,6 +43,9 @@ pub struct FqParams {
     /// Largest packet; a flow with no more than this queued is never
     /// dropped by CoDel.
     pub mtu: u32,
+    /// CoDel marks ECN-capable packets CE instead of dropping them
+    /// (RFC 8290 section 5.1); overflow drops still drop.
+    pub ecn: bool,
 }
 
 /// Drops, for status and metrics.
@@ -52,6 +55,8 @@ pub struct FqStats {
     pub codel_drops: u64,
     /// Packets dropped because the queue held `limit` packets.
     pub overflow_drops: u64,
+    /// ECN-capable packets CoDel marked CE instead of dropping.
+    pub ecn_marks: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +107,19 @@ struct Slot {
     next: u32,
     len: u32,
     enqueued: u64,
+    /// ECN-capable (ECT(0), ECT(1) or already CE): CoDel may mark it.
+    ect: bool,
+}
+
+/// What the queue needs to know of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    /// Flow hash (the caller's keyed 5-tuple hash).
+    pub hash: u64,
+    /// Bytes.
+    pub len: usize,
+    /// ECN-capable transport (ECT(0), ECT(1) or CE).
+    pub ect: bool,
 }
 
 /// FQ-CoDel over caller-owned slots `0..slots`.
@@ -145,9 +163,10 @@ impl FqCodel {
         self.stats
     }
 
-    /// Queues `slot` (`len` bytes, flow `hash`) at time `now`. Slots freed
-    /// by an overflow are appended to `dropped`.
-    pub fn enqueue(&mut self, slot: u32, hash: u64, len: usize, now: u64, dropped: &mut Vec<u32>) {
+    /// Queues `slot` (`len` bytes, flow `hash`, ECN-capable when `ect`) at
+    /// time `now`. Slots freed by an overflow are appended to `dropped`.
+    pub fn enqueue(&mut self, slot: u32, pkt: Packet, now: u64, dropped: &mut Vec<u32>) {
+        let Packet { hash, len, ect } = pkt;
         let f = (hash as usize) & (FLOWS - 1);
         let Some(s) = self.slots.get_mut(slot as usize) else {
             // A slot number the queue was not sized for is a caller bug;
@@ -159,6 +178,7 @@ impl FqCodel {
             next: NONE,
             len: len as u32,
             enqueued: now,
+            ect,
         };
         let flow = &mut self.flows[f];
         if flow.tail == NONE {
@@ -180,9 +200,10 @@ impl FqCodel {
         }
     }
 
-    /// The next slot to send at time `now`, if any. Slots CoDel dropped on
+    /// The next slot to send at time `now`, if any, and whether CoDel
+    /// marked it (the caller sets CE in the packet). Slots CoDel dropped on
     /// the way are appended to `dropped`.
-    pub fn dequeue(&mut self, now: u64, dropped: &mut Vec<u32>) -> Option<u32> {
+    pub fn dequeue(&mut self, now: u64, dropped: &mut Vec<u32>) -> Option<(u32, bool)> {
         loop {
             let (list_new, f) = if let Some(&f) = self.new_flows.front() {
                 (true, f as usize)
@@ -199,9 +220,9 @@ impl FqCodel {
                 continue;
             }
             match self.codel_dequeue(f, now, dropped) {
-                Some(slot) => {
+                Some((slot, mark)) => {
                     self.flows[f].deficit -= i64::from(self.slots[slot as usize].len);
-                    return Some(slot);
+                    return Some((slot, mark));
                 }
                 None => {
                     self.pop_list(list_new);
@@ -270,7 +291,7 @@ impl FqCodel {
     }
 
     /// RFC 8289's dequeue for one flow.
-    fn codel_dequeue(&mut self, f: usize, now: u64, dropped: &mut Vec<u32>) -> Option<u32> {
+    fn codel_dequeue(&mut self, f: usize, now: u64, dropped: &mut Vec<u32>) -> Option<(u32, bool)> {
         let Some((mut slot, mut ok)) = self.take_head(f, now) else {
             self.flows[f].codel.dropping = false;
             return None;
@@ -280,6 +301,15 @@ impl FqCodel {
                 self.flows[f].codel.dropping = false;
             }
             while self.flows[f].codel.dropping && now >= self.flows[f].codel.drop_next {
+                if self.markable(slot) {
+                    // Linux's order: count and schedule, then mark and send.
+                    let c = &mut self.flows[f].codel;
+                    c.count += 1;
+                    let (t, n) = (c.drop_next, c.count);
+                    self.flows[f].codel.drop_next = self.control_law(t, n);
+                    self.stats.ecn_marks += 1;
+                    return Some((slot, true));
+                }
                 dropped.push(slot);
                 self.stats.codel_drops += 1;
                 self.flows[f].codel.count += 1;
@@ -301,9 +331,15 @@ impl FqCodel {
                 }
             }
         } else if ok {
-            dropped.push(slot);
-            self.stats.codel_drops += 1;
-            let next = self.take_head(f, now);
+            let marked = self.markable(slot);
+            let next = if marked {
+                self.stats.ecn_marks += 1;
+                Some((slot, true))
+            } else {
+                dropped.push(slot);
+                self.stats.codel_drops += 1;
+                self.take_head(f, now)
+            };
             let c = self.flows[f].codel;
             let delta = c.count.wrapping_sub(c.lastcount);
             let count = if delta > 1 && now.saturating_sub(c.drop_next) < 16 * self.p.interval {
@@ -321,8 +357,14 @@ impl FqCodel {
                 Some((s, _)) => slot = s,
                 None => return None,
             }
+            return Some((slot, marked));
         }
-        Some(slot)
+        Some((slot, false))
+    }
+
+    /// Whether CoDel may mark `slot` instead of dropping it.
+    fn markable(&self, slot: u32) -> bool {
+        self.p.ecn && self.slots[slot as usize].ect
     }
 
     /// Head-drops up to half (at most [`OVERFLOW_BATCH`]) of the packets of
@@ -355,6 +397,16 @@ mod tests {
             quantum: 1500,
             limit: 1000,
             mtu: 1500,
+            ecn: true,
+        }
+    }
+
+    /// A packet that is not ECN-capable.
+    fn pkt(hash: u64, len: usize) -> Packet {
+        Packet {
+            hash,
+            len,
+            ect: false,
         }
     }
 
@@ -362,7 +414,8 @@ mod tests {
     fn drain(q: &mut FqCodel, now: u64) -> (Vec<u32>, Vec<u32>) {
         let mut out = Vec::new();
         let mut dropped = Vec::new();
-        while let Some(s) = q.dequeue(now, &mut dropped) {
+        while let Some((s, mark)) = q.dequeue(now, &mut dropped) {
+            assert!(!mark, "nothing here is ECN-capable");
             out.push(s);
         }
         (out, dropped)
@@ -373,7 +426,7 @@ mod tests {
         let mut q = FqCodel::new(params(), 100);
         let mut d = Vec::new();
         for s in 0..50 {
-            q.enqueue(s, 7, 1400, 0, &mut d);
+            q.enqueue(s, pkt(7, 1400), 0, &mut d);
         }
         let (out, dropped) = drain(&mut q, MS);
         assert_eq!(out, (0..50).collect::<Vec<_>>());
@@ -387,7 +440,7 @@ mod tests {
         let mut d = Vec::new();
         // Three flows, interleaved arrival; slot s belongs to flow s % 3.
         for s in 0..300u32 {
-            q.enqueue(s, u64::from(s % 3), 1000, 0, &mut d);
+            q.enqueue(s, pkt(u64::from(s % 3), 1000), 0, &mut d);
         }
         let (out, dropped) = drain(&mut q, MS);
         assert!(dropped.is_empty());
@@ -415,16 +468,16 @@ mod tests {
         let mut q = FqCodel::new(params(), 600);
         let mut d = Vec::new();
         for s in 0..500 {
-            q.enqueue(s, 1, 1400, 0, &mut d);
+            q.enqueue(s, pkt(1, 1400), 0, &mut d);
         }
         // Serve a few bulk packets so the bulk flow is on the old list.
         for _ in 0..3 {
             assert!(q.dequeue(MS, &mut d).is_some());
         }
-        q.enqueue(555, 2, 64, MS, &mut d);
+        q.enqueue(555, pkt(2, 64), MS, &mut d);
         assert_eq!(
             q.dequeue(MS, &mut d),
-            Some(555),
+            Some((555, false)),
             "the probe waits behind bulk"
         );
     }
@@ -439,15 +492,15 @@ mod tests {
         // without CoDel every packet would wait 50 ms forever.
         for _ in 0..50 {
             let s = free.pop().expect("slot");
-            q.enqueue(s, 9, 1400, 0, &mut dropped);
+            q.enqueue(s, pkt(9, 1400), 0, &mut dropped);
         }
         let mut sojourn_late = Vec::new();
         for ms in 1..=5_000u64 {
             let now = ms * MS;
             let s = free.pop().expect("slot");
             enq_time[s as usize] = now;
-            q.enqueue(s, 9, 1400, now, &mut dropped);
-            if let Some(s) = q.dequeue(now, &mut dropped) {
+            q.enqueue(s, pkt(9, 1400), now, &mut dropped);
+            if let Some((s, _)) = q.dequeue(now, &mut dropped) {
                 if ms > 4_000 {
                     sojourn_late.push(now - enq_time[s as usize]);
                 }
@@ -473,8 +526,8 @@ mod tests {
         for ms in 5_001..=6_000u64 {
             let now = ms * MS;
             let s = free.pop().expect("slot");
-            q.enqueue(s, 9, 1400, now, &mut dropped);
-            if let Some(s) = q.dequeue(now, &mut dropped) {
+            q.enqueue(s, pkt(9, 1400), now, &mut dropped);
+            if let Some((s, _)) = q.dequeue(now, &mut dropped) {
                 free.push(s);
             }
             free.append(&mut dropped);
@@ -496,10 +549,10 @@ mod tests {
             let now = step * 100_000;
             for _ in 0..2 {
                 let s = free.pop().expect("the queue leaked slots");
-                q.enqueue(s, 5, 1400, now, &mut dropped);
+                q.enqueue(s, pkt(5, 1400), now, &mut dropped);
                 free.append(&mut dropped);
             }
-            if let Some(s) = q.dequeue(now, &mut dropped) {
+            if let Some((s, _)) = q.dequeue(now, &mut dropped) {
                 free.push(s);
             }
             free.append(&mut dropped);
@@ -515,7 +568,7 @@ mod tests {
         let mut q = FqCodel::new(params(), 100);
         let mut d = Vec::new();
         for s in 0..100 {
-            q.enqueue(s, 3, 1400, 0, &mut d);
+            q.enqueue(s, pkt(3, 1400), 0, &mut d);
         }
         // Served within 4 ms each: never above the 5 ms target.
         let (out, dropped) = drain(&mut q, 4 * MS);
@@ -532,10 +585,10 @@ mod tests {
         let mut q = FqCodel::new(p, 200);
         let mut d = Vec::new();
         for s in 0..10 {
-            q.enqueue(s, 1, 100, 0, &mut d);
+            q.enqueue(s, pkt(1, 100), 0, &mut d);
         }
         for s in 10..150 {
-            q.enqueue(s, 2, 1400, 0, &mut d);
+            q.enqueue(s, pkt(2, 1400), 0, &mut d);
         }
         assert!(q.len() <= 100);
         assert!(!d.is_empty());
@@ -551,11 +604,66 @@ mod tests {
         assert_eq!(all, (0..150).collect::<Vec<_>>());
     }
 
+    /// One in and one out per ms over a standing queue of 50 packets of
+    /// flow 9 (ECN-capable when `ect`): (slots delivered marked, dropped,
+    /// stats).
+    fn standing_queue(p: FqParams, ect: bool) -> (u64, u64, FqStats) {
+        let mut q = FqCodel::new(p, 200);
+        let mut dropped = Vec::new();
+        let mut free: Vec<u32> = (0..200).rev().collect();
+        let pk = Packet {
+            hash: 9,
+            len: 1400,
+            ect,
+        };
+        for _ in 0..50 {
+            let s = free.pop().expect("slot");
+            q.enqueue(s, pk, 0, &mut dropped);
+        }
+        let (mut marked, mut lost) = (0, 0);
+        for ms in 1..=2_000u64 {
+            let now = ms * MS;
+            let s = free.pop().expect("the queue leaked slots");
+            q.enqueue(s, pk, now, &mut dropped);
+            if let Some((s, mark)) = q.dequeue(now, &mut dropped) {
+                marked += u64::from(mark);
+                free.push(s);
+            }
+            lost += dropped.len() as u64;
+            free.append(&mut dropped);
+        }
+        (marked, lost, q.stats())
+    }
+
+    #[test]
+    fn codel_marks_ecn_capable_packets_instead_of_dropping() {
+        let (marked, lost, st) = standing_queue(params(), true);
+        assert_eq!(lost, 0, "an ECN-capable packet was dropped");
+        assert_eq!(st.codel_drops, 0);
+        assert_eq!(st.ecn_marks, marked);
+        // Nothing drains a standing queue that only gets marks (the sender
+        // is not reacting here), so CoDel keeps marking at a rising rate
+        // (interval / sqrt(count)): more often than once per interval.
+        assert!(marked > 20, "{marked} marks in 2 s");
+        // The same queue without ECN is dropped, not marked.
+        let (marked, lost, st) = standing_queue(params(), false);
+        assert_eq!((marked, st.ecn_marks), (0, 0));
+        assert!(lost > 0 && lost == st.codel_drops);
+        // ecn: false drops ECN-capable packets too.
+        let p = FqParams {
+            ecn: false,
+            ..params()
+        };
+        let (marked, lost, _) = standing_queue(p, true);
+        assert_eq!(marked, 0);
+        assert!(lost > 0);
+    }
+
     #[test]
     fn a_bad_slot_number_is_handed_back() {
         let mut q = FqCodel::new(params(), 4);
         let mut d = Vec::new();
-        q.enqueue(9, 0, 100, 0, &mut d);
+        q.enqueue(9, pkt(0, 100), 0, &mut d);
         assert_eq!(d, vec![9]);
         assert!(q.is_empty());
         assert_eq!(q.dequeue(0, &mut d), None);

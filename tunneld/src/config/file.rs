@@ -205,6 +205,12 @@ pub struct DataplaneFile {
     /// fattest flow loses packets.
     #[serde(default = "default_queue_limit")]
     pub queue_limit: u64,
+    /// ECN (RFC 6040 normal mode): the outer header carries the inner
+    /// packet's ECN field, a CE mark on the path reaches the inner packet,
+    /// and fq_codel marks ECN-capable packets instead of dropping them.
+    /// `false`: outer headers are not ECN-capable and the queue only drops.
+    #[serde(default = "default_true")]
+    pub ecn: bool,
     /// UDP flows per peer, 1..=16: flow 0 is the `listen` socket, the others
     /// are sockets on ephemeral ports of the same address; each inner flow
     /// (5-tuple) always leaves on the same one. Ignored for TCP/QUIC peers.
@@ -227,6 +233,7 @@ impl Default for DataplaneFile {
             codel_target: default_codel_target(),
             codel_interval: default_codel_interval(),
             queue_limit: DEFAULT_QUEUE_LIMIT,
+            ecn: true,
             flows: DEFAULT_FLOWS,
             cpus: None,
         }

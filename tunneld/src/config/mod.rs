@@ -213,6 +213,8 @@ pub struct DataplaneConfig {
     pub codel_interval: Duration,
     /// Most packets queued (fq_codel).
     pub queue_limit: usize,
+    /// ECN propagation (RFC 6040) and CE marking by fq_codel.
+    pub ecn: bool,
     /// CPUs of the (TX, RX) workers (the same one twice for `[c]`); `None`:
     /// not pinned.
     pub cpus: Option<(u16, u16)>,
@@ -229,6 +231,7 @@ impl Default for DataplaneConfig {
             codel_target: file::DEFAULT_CODEL_TARGET,
             codel_interval: file::DEFAULT_CODEL_INTERVAL,
             queue_limit: file::DEFAULT_QUEUE_LIMIT as usize,
+            ecn: true,
             flows: file::DEFAULT_FLOWS as usize,
             cpus: None,
         }
@@ -631,6 +634,7 @@ pub fn check(
         codel_target: dp.codel_target.0,
         codel_interval: dp.codel_interval.0,
         queue_limit: dp.queue_limit as usize,
+        ecn: dp.ecn,
         flows: dp.flows as usize,
         cpus,
     };

@@ -144,6 +144,11 @@ fn queue_settings_parse_and_bad_ones_name_field_and_line() {
     assert_eq!(c.dataplane.codel_target, Duration::from_millis(1));
     assert_eq!(c.dataplane.codel_interval, Duration::from_millis(20));
     assert_eq!(c.dataplane.queue_limit, 2048);
+    assert!(c.dataplane.ecn, "ECN is on unless turned off");
+    let c = f.parse(&with("  ecn: false\n")).expect("ecn: false");
+    assert!(!c.dataplane.ecn);
+    let t = with("  ecn: sometimes\n");
+    f.expect_err(&t, "dataplane.ecn", "ecn: sometimes");
     let t = with("  queue: red\n");
     f.expect_err(&t, "dataplane.queue", "queue: red");
     let t = with("  queue_limit: 10\n");
@@ -604,6 +609,7 @@ fn round_trip_generated_config() {
             codel_target: Span(Duration::from_micros(1500)),
             codel_interval: Span(Duration::from_millis(20)),
             queue_limit: 1024,
+            ecn: false,
             cpus: Some(vec![0, 1]),
             flows: 3,
         },

@@ -122,6 +122,7 @@ impl Inbox {
                     from,
                     len: frame.len(),
                     stride: frame.len(),
+                    ecn: 0,
                 };
                 n += 1;
             }

@@ -42,6 +42,9 @@ pub struct Received {
     pub len: usize,
     /// Size of each datagram in the buffer (all but the last are this long).
     pub stride: usize,
+    /// ECN codepoint of the outer IP header (`wire::ecn`; 0 = not ECT, and
+    /// always 0 from transports that do not report it).
+    pub ecn: u8,
 }
 
 impl Default for Received {
@@ -50,6 +53,7 @@ impl Default for Received {
             from: SocketAddr::from(([0, 0, 0, 0], 0)),
             len: 0,
             stride: 1,
+            ecn: 0,
         }
     }
 }
@@ -90,15 +94,18 @@ pub trait Transport: AsRawFd + Send + Sync {
         1
     }
     /// [`Transport::send`] on outer flow `flow` (`0..flows()`; larger
-    /// values wrap). Transports without flows ignore it.
+    /// values wrap) with ECN codepoint `ecn` in the outer IP header
+    /// (`wire::ecn`). Transports without flows, or whose outer header is not
+    /// ours to set (TCP, QUIC), ignore both.
     fn send_flow(
         &self,
         flow: usize,
         to: SocketAddr,
         contents: &[u8],
         segment_size: usize,
+        ecn: u8,
     ) -> io::Result<()> {
-        let _ = flow;
+        let _ = (flow, ecn);
         self.send(to, contents, segment_size)
     }
 }

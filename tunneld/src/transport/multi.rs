@@ -94,7 +94,7 @@ impl MultiTransport {
 
 impl Transport for MultiTransport {
     fn send(&self, to: SocketAddr, contents: &[u8], segment_size: usize) -> io::Result<()> {
-        self.send_flow(0, to, contents, segment_size)
+        self.send_flow(0, to, contents, segment_size, 0)
     }
 
     fn send_flow(
@@ -103,6 +103,7 @@ impl Transport for MultiTransport {
         to: SocketAddr,
         contents: &[u8],
         segment_size: usize,
+        ecn: u8,
     ) -> io::Result<()> {
         if let Some(r) = self
             .tcp
@@ -119,7 +120,7 @@ impl Transport for MultiTransport {
             return r;
         }
         match &self.udp {
-            Some(u) => u.send_flow(flow, to, contents, segment_size),
+            Some(u) => u.send_flow(flow, to, contents, segment_size, ecn),
             None => Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 format!("no connection to {to}"),

@@ -21,7 +21,7 @@
 //! only ever sees plain IPv4 or IPv6 endpoints.
 
 use super::{unmap, Received, Transport, TransportCounters, MAX_RECV_BATCH};
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -169,6 +169,7 @@ impl UdpTransport {
                 from: unmap(m.addr),
                 len: m.len,
                 stride: m.stride.max(1),
+                ecn: m.ecn.map_or(0, |e| e as u8),
             };
         }
         Ok(got)
@@ -298,7 +299,7 @@ pub(crate) fn set_buffers(sock: &Socket, bytes: usize) {
 
 impl Transport for UdpTransport {
     fn send(&self, to: SocketAddr, contents: &[u8], segment_size: usize) -> io::Result<()> {
-        self.send_flow(0, to, contents, segment_size)
+        self.send_flow(0, to, contents, segment_size, 0)
     }
 
     fn send_flow(
@@ -307,6 +308,7 @@ impl Transport for UdpTransport {
         to: SocketAddr,
         contents: &[u8],
         segment_size: usize,
+        ecn: u8,
     ) -> io::Result<()> {
         let destination = match (self.v6, to) {
             (true, SocketAddr::V4(v4)) => {
@@ -316,7 +318,7 @@ impl Transport for UdpTransport {
         };
         let transmit = Transmit {
             destination,
-            ecn: None,
+            ecn: EcnCodepoint::from_bits(ecn),
             contents,
             segment_size: (contents.len() > segment_size).then_some(segment_size),
             src_ip: None,
@@ -508,7 +510,7 @@ mod tests {
 
             // Each flow sends from its own port and counts what it sent.
             for flow in 0..6 {
-                t.send_flow(flow, far.local_addr().expect("far"), b"x", 1)
+                t.send_flow(flow, far.local_addr().expect("far"), b"x", 1, 0)
                     .expect("send_flow");
             }
             let mut from: Vec<u16> = recv_all(&far, 6).iter().map(|(f, _)| f.port()).collect();

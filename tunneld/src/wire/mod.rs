@@ -15,6 +15,7 @@
 //! private table of field offsets, getters, and setters only when
 //! `T: AsMut<[u8]>`.
 
+pub mod ecn;
 pub mod flow;
 pub mod frame;
 pub mod icmp;
