@@ -231,6 +231,14 @@ impl Status {
                 ));
             }
         }
+        s.push_str(&format!(
+            "# HELP tunneld_udp_rcvbuf_drops_total Datagrams the kernel dropped at the UDP sockets: receive buffer full.\n# TYPE tunneld_udp_rcvbuf_drops_total counter\ntunneld_udp_rcvbuf_drops_total{{interface=\"{iface}\"}} {}\n",
+            self.transport.udp_rcvbuf_drops
+        ));
+        s.push_str(&format!(
+            "# HELP tunneld_udp_rx_queued_bytes Bytes waiting in the UDP sockets' receive buffers.\n# TYPE tunneld_udp_rx_queued_bytes gauge\ntunneld_udp_rx_queued_bytes{{interface=\"{iface}\"}} {}\n",
+            self.transport.udp_rx_queued_bytes
+        ));
         s.push_str("# HELP tunneld_peer_session Whether a usable session exists with the peer.\n# TYPE tunneld_peer_session gauge\n");
         for p in &self.peers {
             s.push_str(&format!(
@@ -465,6 +473,20 @@ mod tests {
         }
         let json = serde_json::to_value(&s).expect("status serializes");
         assert_eq!(json["dataplane"]["flows"], 3);
+        s.transport.udp_rcvbuf_drops = 5;
+        s.io.ecn_path_ce = 9;
+        s.io.ecn_not_ect_drops = 2;
+        s.io.queue_ecn_marks = 4;
+        let m = s.prometheus();
+        for line in [
+            "tunneld_udp_rcvbuf_drops_total{interface=\"t0\"} 5\n",
+            "tunneld_udp_rx_queued_bytes{interface=\"t0\"} 0\n",
+            "tunneld_ecn_total{interface=\"t0\",event=\"path_ce\"} 9\n",
+            "tunneld_ecn_total{interface=\"t0\",event=\"path_ce_not_ect_dropped\"} 2\n",
+            "tunneld_ecn_total{interface=\"t0\",event=\"queue_ce\"} 4\n",
+        ] {
+            assert!(m.contains(line), "{line} missing in {m}");
+        }
         assert_eq!(json["transport"]["udp_flow_datagrams"][2], 42);
     }
 }

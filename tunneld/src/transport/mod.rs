@@ -138,6 +138,13 @@ pub struct TransportCounters {
     pub tx_no_connection: u64,
     /// UDP datagrams sent per flow (index = flow; empty with one flow).
     pub udp_flow_datagrams: Vec<u64>,
+    /// Datagrams the kernel dropped at our UDP sockets (their receive
+    /// buffer was full: raise `socket_buffer`, or the gateway is short of
+    /// CPU), summed over flows (SO_MEMINFO).
+    pub udp_rcvbuf_drops: u64,
+    /// Bytes waiting in our UDP sockets' receive buffers at the snapshot
+    /// (kernel accounting, headers included).
+    pub udp_rx_queued_bytes: u64,
 }
 
 /// Atomic form of [`TransportCounters`], shared with background threads.
@@ -176,7 +183,7 @@ impl Stats {
             rx_queue_full: g(&self.rx_queue_full),
             tx_queue_full: g(&self.tx_queue_full),
             tx_no_connection: g(&self.tx_no_connection),
-            udp_flow_datagrams: Vec::new(),
+            ..TransportCounters::default()
         }
     }
 }

@@ -184,7 +184,10 @@ impl Transport for MultiTransport {
             c.tx_no_connection += qc.tx_no_connection;
         }
         if let Some(u) = &self.udp {
-            c.udp_flow_datagrams = u.counters().udp_flow_datagrams;
+            let uc = u.counters();
+            c.udp_flow_datagrams = uc.udp_flow_datagrams;
+            c.udp_rcvbuf_drops = uc.udp_rcvbuf_drops;
+            c.udp_rx_queued_bytes = uc.udp_rx_queued_bytes;
         }
         c
     }

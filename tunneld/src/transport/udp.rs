@@ -384,9 +384,43 @@ impl Transport for UdpTransport {
             } else {
                 Vec::new()
             },
+            udp_rcvbuf_drops: self
+                .flows
+                .iter()
+                .filter_map(|f| meminfo(&f.sock))
+                .map(|m| u64::from(m[libc::SK_MEMINFO_DROPS as usize]))
+                .sum(),
+            udp_rx_queued_bytes: self
+                .flows
+                .iter()
+                .filter_map(|f| meminfo(&f.sock))
+                .map(|m| u64::from(m[libc::SK_MEMINFO_RMEM_ALLOC as usize]))
+                .sum(),
             ..TransportCounters::default()
         }
     }
+}
+
+/// `SO_MEMINFO` (asm-generic/socket.h; not in the libc crate).
+const SO_MEMINFO: libc::c_int = 55;
+
+/// The socket's memory counters (`SK_MEMINFO_*` indexes), or `None` when
+/// the kernel does not say.
+fn meminfo(sock: &UdpSocket) -> Option<[u32; 9]> {
+    let mut m = [0u32; 9];
+    let mut len = std::mem::size_of_val(&m) as libc::socklen_t;
+    // SAFETY: a valid socket; the kernel writes at most `len` bytes into
+    // `m` and reports how many it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            m.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize >= std::mem::size_of_val(&m)).then_some(m)
 }
 
 impl AsRawFd for UdpTransport {
@@ -426,6 +460,44 @@ mod tests {
             }
         }
         got
+    }
+
+    #[test]
+    fn ecn_travels_in_the_outer_header_and_full_buffers_are_counted() {
+        let a = UdpTransport::bind("127.0.0.1:0".parse().expect("addr"), 64 << 10, true, 64)
+            .expect("bind a");
+        let b = UdpTransport::bind("127.0.0.1:0".parse().expect("addr"), 64 << 10, true, 64)
+            .expect("bind b");
+        let to = b.local_addr().expect("addr");
+        for ecn in [0b00, 0b10, 0b01, 0b11] {
+            a.send_flow(0, to, &[ecn; 100], 100, ecn).expect("send");
+            let mut storage = vec![0u8; 65536];
+            let mut out = [Received::default(); 1];
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let mut bufs = [IoSliceMut::new(&mut storage)];
+                match b.recv(&mut bufs, &mut out) {
+                    Ok(1) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(Instant::now() < deadline, "datagram lost");
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(e) => panic!("recv: {e}"),
+                }
+            }
+            assert_eq!(out[0].ecn, ecn, "outer ECN codepoint");
+        }
+        let c = b.counters();
+        assert_eq!((c.udp_rcvbuf_drops, c.udp_rx_queued_bytes), (0, 0));
+        // Nobody reads b: its small receive buffer fills and the kernel
+        // drops the rest, which the counters show.
+        for _ in 0..2_000 {
+            let _ = a.send_flow(0, to, &[7u8; 1200], 1200, 0);
+        }
+        let c = b.counters();
+        assert!(c.udp_rcvbuf_drops > 0, "{c:?}");
+        assert!(c.udp_rx_queued_bytes > 0, "{c:?}");
     }
 
     #[test]
