@@ -219,6 +219,20 @@ fn pair(tag: &str, ecn: bool) -> TunnelLab {
     tl
 }
 
+/// A TCP transfer host-a → host-b whose bytes must arrive intact.
+fn transfer_a_to_b(tl: &TunnelLab, bytes: u64, seed: u64) {
+    let t = tcp_transfer(
+        tl.lab(),
+        &tl.dc.host_a,
+        &tl.dc.host_b,
+        topo::HOST_B_V4.into(),
+        bytes,
+        seed,
+    )
+    .expect("transfer host-a → host-b");
+    assert!(t.intact(), "transfer damaged: {t:?}");
+}
+
 fn io_counter(tl: &TunnelLab, side: Side, name: &str) -> u64 {
     tl.status(side)
         .ok()
@@ -247,16 +261,7 @@ fn ce_marks_cross_the_tunnel_and_not_ect_packets_under_ce_are_dropped() {
 
     // An ECN TCP transfer through a path that marks every ECN-capable frame.
     relay.mode.store(MARK_ECT, Ordering::Relaxed);
-    let t = tcp_transfer(
-        tl.lab(),
-        &tl.dc.host_a,
-        &tl.dc.host_b,
-        topo::HOST_B_V4.into(),
-        16 * MIB,
-        11,
-    )
-    .expect("transfer under CE marks");
-    assert!(t.intact(), "transfer damaged: {t:?}");
+    transfer_a_to_b(&tl, 16 * MIB, 11);
     let ect = relay.ect_seen.load(Ordering::Relaxed);
     let frames = relay.frames.load(Ordering::Relaxed);
     eprintln!("relay: {frames} frames from gw-a, {ect} ECN-capable");
@@ -294,16 +299,7 @@ fn with_ecn_off_outer_headers_are_not_ect_and_ce_is_ignored() {
     let relay = start_relay(&tl);
     let host_b = topo::HOST_B_V4.to_string();
     wait_ping(tl.lab(), &tl.dc.host_a, &host_b, Duration::from_secs(15)).expect("tunnel up");
-    let t = tcp_transfer(
-        tl.lab(),
-        &tl.dc.host_a,
-        &tl.dc.host_b,
-        topo::HOST_B_V4.into(),
-        4 * MIB,
-        12,
-    )
-    .expect("transfer");
-    assert!(t.intact(), "transfer damaged: {t:?}");
+    transfer_a_to_b(&tl, 4 * MIB, 12);
     assert_eq!(
         relay.ect_seen.load(Ordering::Relaxed),
         0,

@@ -142,58 +142,102 @@ impl Status {
             s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
             s.push_str(&format!("{name}{{interface=\"{iface}\"}} {v}\n"));
         }
-        s.push_str("# HELP tunneld_drops_total Packets dropped, by reason.\n# TYPE tunneld_drops_total counter\n");
-        for (reason, v) in [
-            ("malformed", c.drop_malformed),
-            ("bad_tag", c.drop_bad_tag),
-            ("replay", c.drop_replay),
-            ("unknown_index", c.drop_unknown_index),
-            ("spoofed_source", c.drop_spoofed_source),
-            ("handshake_invalid", c.drop_handshake_invalid),
-            ("handshake_ratelimit", c.drop_handshake_ratelimit),
-            ("no_route", c.drop_no_route),
-            ("no_session", c.drop_no_session),
+        let mut family = |name: &str, kind: &str, help: &str, label: &str, rows: &[(&str, u64)]| {
+            metric_family(&mut s, iface, (name, kind, help), label, rows)
+        };
+        family(
+            "tunneld_drops_total",
+            "counter",
+            "Packets dropped, by reason.",
+            "reason",
+            &[
+                ("malformed", c.drop_malformed),
+                ("bad_tag", c.drop_bad_tag),
+                ("replay", c.drop_replay),
+                ("unknown_index", c.drop_unknown_index),
+                ("spoofed_source", c.drop_spoofed_source),
+                ("handshake_invalid", c.drop_handshake_invalid),
+                ("handshake_ratelimit", c.drop_handshake_ratelimit),
+                ("no_route", c.drop_no_route),
+                ("no_session", c.drop_no_session),
+            ],
+        );
+        let io = &self.io;
+        family(
+            "tunneld_io_errors_total",
+            "counter",
+            "Data-path I/O errors, by operation.",
+            "op",
+            &[
+                ("send", io.send_errors),
+                ("recv", io.recv_errors),
+                ("tun_write", io.tun_write_errors),
+            ],
+        );
+        family(
+            "tunneld_queue_drops_total",
+            "counter",
+            "Inner packets dropped by the fq_codel queue, by reason.",
+            "reason",
+            &[
+                ("codel", io.queue_codel_drops),
+                ("overflow", io.queue_overflow_drops),
+            ],
+        );
+        family(
+            "tunneld_ecn_total",
+            "counter",
+            "ECN events: CE marks by the fq_codel queue (queue_ce), CE marks from the path carried into inner packets (path_ce), outer CE on inner packets that are not ECN-capable, dropped (path_ce_not_ect_dropped).",
+            "event",
+            &[
+                ("queue_ce", io.queue_ecn_marks),
+                ("path_ce", io.ecn_path_ce),
+                ("path_ce_not_ect_dropped", io.ecn_not_ect_drops),
+            ],
+        );
+        let t = &self.transport;
+        let d = &self.dataplane;
+        family(
+            "tunneld_offload",
+            "gauge",
+            "Offloads in use (1 = on; udp_gso/udp_gro: segments per call).",
+            "kind",
+            &[
+                ("tun", u64::from(d.tun_offload)),
+                ("udp_gso", d.udp_gso_segments as u64),
+                ("udp_gro", d.udp_gro_segments as u64),
+            ],
+        );
+        for (name, kind, help, v) in [
+            (
+                "tunneld_queue_packets",
+                "gauge",
+                "Packets in the fq_codel queue.",
+                io.queue_packets,
+            ),
+            (
+                "tunneld_udp_flows",
+                "gauge",
+                "UDP flows (sockets) frames are spread over.",
+                d.flows as u64,
+            ),
+            (
+                "tunneld_udp_rcvbuf_drops_total",
+                "counter",
+                "Datagrams the kernel dropped at the UDP sockets: receive buffer full.",
+                t.udp_rcvbuf_drops,
+            ),
+            (
+                "tunneld_udp_rx_queued_bytes",
+                "gauge",
+                "Bytes waiting in the UDP sockets' receive buffers.",
+                t.udp_rx_queued_bytes,
+            ),
         ] {
-            s.push_str(&format!(
-                "tunneld_drops_total{{interface=\"{iface}\",reason=\"{reason}\"}} {v}\n"
-            ));
+            family(name, kind, help, "", &[("", v)]);
         }
-        s.push_str("# HELP tunneld_io_errors_total Data-path I/O errors, by operation.\n# TYPE tunneld_io_errors_total counter\n");
-        for (op, v) in [
-            ("send", self.io.send_errors),
-            ("recv", self.io.recv_errors),
-            ("tun_write", self.io.tun_write_errors),
-        ] {
-            s.push_str(&format!(
-                "tunneld_io_errors_total{{interface=\"{iface}\",op=\"{op}\"}} {v}\n"
-            ));
-        }
-        s.push_str("# HELP tunneld_queue_drops_total Inner packets dropped by the fq_codel queue, by reason.\n# TYPE tunneld_queue_drops_total counter\n");
-        for (reason, v) in [
-            ("codel", self.io.queue_codel_drops),
-            ("overflow", self.io.queue_overflow_drops),
-        ] {
-            s.push_str(&format!(
-                "tunneld_queue_drops_total{{interface=\"{iface}\",reason=\"{reason}\"}} {v}\n"
-            ));
-        }
-        s.push_str("# HELP tunneld_ecn_total ECN events: CE marks by the fq_codel queue (queue_ce), CE marks from the path carried into inner packets (path_ce), outer CE on inner packets that are not ECN-capable, dropped (path_ce_not_ect_dropped).\n# TYPE tunneld_ecn_total counter\n");
-        for (event, v) in [
-            ("queue_ce", self.io.queue_ecn_marks),
-            ("path_ce", self.io.ecn_path_ce),
-            ("path_ce_not_ect_dropped", self.io.ecn_not_ect_drops),
-        ] {
-            s.push_str(&format!(
-                "tunneld_ecn_total{{interface=\"{iface}\",event=\"{event}\"}} {v}\n"
-            ));
-        }
-        s.push_str(&format!(
-            "# HELP tunneld_queue_packets Packets in the fq_codel queue.\n# TYPE tunneld_queue_packets gauge\ntunneld_queue_packets{{interface=\"{iface}\"}} {}\n",
-            self.io.queue_packets
-        ));
         s.push_str("# HELP tunneld_io_calls_total Data-path system calls by operation.\n# TYPE tunneld_io_calls_total counter\n");
         s.push_str("# HELP tunneld_io_packets_total Packets moved by those calls (packets / calls = batching achieved).\n# TYPE tunneld_io_packets_total counter\n");
-        let io = &self.io;
         for (op, calls, packets) in [
             ("tun_read", io.tun_reads, io.tun_read_packets),
             ("tun_write", io.tun_writes, io.tun_write_packets),
@@ -207,38 +251,14 @@ impl Status {
                 "tunneld_io_packets_total{{interface=\"{iface}\",op=\"{op}\"}} {packets}\n"
             ));
         }
-        let d = &self.dataplane;
-        s.push_str("# HELP tunneld_offload Offloads in use (1 = on; udp_gso/udp_gro: segments per call).\n# TYPE tunneld_offload gauge\n");
-        for (what, v) in [
-            ("tun", u64::from(d.tun_offload)),
-            ("udp_gso", d.udp_gso_segments as u64),
-            ("udp_gro", d.udp_gro_segments as u64),
-        ] {
-            s.push_str(&format!(
-                "tunneld_offload{{interface=\"{iface}\",kind=\"{what}\"}} {v}\n"
-            ));
-        }
-        s.push_str("# HELP tunneld_udp_flows UDP flows (sockets) frames are spread over.\n# TYPE tunneld_udp_flows gauge\n");
-        s.push_str(&format!(
-            "tunneld_udp_flows{{interface=\"{iface}\"}} {}\n",
-            d.flows
-        ));
-        if !self.transport.udp_flow_datagrams.is_empty() {
+        if !t.udp_flow_datagrams.is_empty() {
             s.push_str("# HELP tunneld_udp_flow_datagrams_total UDP datagrams sent, per flow.\n# TYPE tunneld_udp_flow_datagrams_total counter\n");
-            for (flow, v) in self.transport.udp_flow_datagrams.iter().enumerate() {
+            for (flow, v) in t.udp_flow_datagrams.iter().enumerate() {
                 s.push_str(&format!(
                     "tunneld_udp_flow_datagrams_total{{interface=\"{iface}\",flow=\"{flow}\"}} {v}\n"
                 ));
             }
         }
-        s.push_str(&format!(
-            "# HELP tunneld_udp_rcvbuf_drops_total Datagrams the kernel dropped at the UDP sockets: receive buffer full.\n# TYPE tunneld_udp_rcvbuf_drops_total counter\ntunneld_udp_rcvbuf_drops_total{{interface=\"{iface}\"}} {}\n",
-            self.transport.udp_rcvbuf_drops
-        ));
-        s.push_str(&format!(
-            "# HELP tunneld_udp_rx_queued_bytes Bytes waiting in the UDP sockets' receive buffers.\n# TYPE tunneld_udp_rx_queued_bytes gauge\ntunneld_udp_rx_queued_bytes{{interface=\"{iface}\"}} {}\n",
-            self.transport.udp_rx_queued_bytes
-        ));
         s.push_str("# HELP tunneld_peer_session Whether a usable session exists with the peer.\n# TYPE tunneld_peer_session gauge\n");
         for p in &self.peers {
             s.push_str(&format!(
@@ -442,6 +462,27 @@ pub fn query(path: &Path, command: &str) -> io::Result<String> {
     let mut out = String::new();
     io::Read::read_to_string(&mut stream, &mut out)?;
     Ok(out)
+}
+
+/// Appends one metric family: HELP and TYPE lines, then one sample per row
+/// labelled `label="<row name>"` (no extra label when `label` is empty).
+fn metric_family(
+    s: &mut String,
+    iface: &str,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    rows: &[(&str, u64)],
+) {
+    s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (value_of, v) in rows {
+        if label.is_empty() {
+            s.push_str(&format!("{name}{{interface=\"{iface}\"}} {v}\n"));
+        } else {
+            s.push_str(&format!(
+                "{name}{{interface=\"{iface}\",{label}=\"{value_of}\"}} {v}\n"
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

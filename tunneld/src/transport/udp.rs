@@ -375,6 +375,11 @@ impl Transport for UdpTransport {
     }
 
     fn counters(&self) -> TransportCounters {
+        let (mut drops, mut queued) = (0, 0);
+        for m in self.flows.iter().filter_map(|f| meminfo(&f.sock)) {
+            drops += u64::from(m[libc::SK_MEMINFO_DROPS as usize]);
+            queued += u64::from(m[libc::SK_MEMINFO_RMEM_ALLOC as usize]);
+        }
         TransportCounters {
             udp_flow_datagrams: if self.flows.len() > 1 {
                 self.flows
@@ -384,18 +389,8 @@ impl Transport for UdpTransport {
             } else {
                 Vec::new()
             },
-            udp_rcvbuf_drops: self
-                .flows
-                .iter()
-                .filter_map(|f| meminfo(&f.sock))
-                .map(|m| u64::from(m[libc::SK_MEMINFO_DROPS as usize]))
-                .sum(),
-            udp_rx_queued_bytes: self
-                .flows
-                .iter()
-                .filter_map(|f| meminfo(&f.sock))
-                .map(|m| u64::from(m[libc::SK_MEMINFO_RMEM_ALLOC as usize]))
-                .sum(),
+            udp_rcvbuf_drops: drops,
+            udp_rx_queued_bytes: queued,
             ..TransportCounters::default()
         }
     }
