@@ -504,23 +504,22 @@ impl TxState {
         let t = time_now();
         self.outcomes.clear();
         let floor = shared.transport.frame_floor();
-        if self.flows > 1 {
-            // Each packet's outer flow, from its inner 5-tuple: here, as
-            // sealing hides the inner headers (outside the device lock).
-            // The fq_codel queue already hashed it (with its own key, which
-            // keeps every inner flow on one outer flow just as well).
-            for i in 0..n {
+        // What the outer header needs from the inner one is read here, as
+        // sealing hides it (and outside the device lock): the outer flow
+        // (inner 5-tuple hash; the fq_codel queue already hashed it, with
+        // its own key, which keeps every inner flow on one outer flow just
+        // as well) and the ECN field.
+        for i in 0..n {
+            let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
+            if self.flows > 1 {
                 self.flow[i] = if self.queue.is_some() {
                     (self.hashes[i] % self.flows as u64) as usize
                 } else {
-                    let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
                     crate::wire::flow_index(packet, self.flows)
                 };
             }
-        }
-        for i in 0..n {
             self.ecn[i] = if self.ecn_on {
-                crate::wire::ecn::of(&self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]])
+                crate::wire::ecn::of(packet)
             } else {
                 crate::wire::ecn::NOT_ECT
             };
@@ -553,45 +552,42 @@ impl TxState {
     /// Sends sealed frames, grouping runs of equal size to one peer on one
     /// outer flow into GSO sends (a shorter frame may end a run).
     fn send(&mut self, shared: &Shared<'_>) {
-        // (to, flow, ECN, segment, count)
-        let mut run: Option<(std::net::SocketAddr, usize, u8, usize, usize)> = None;
+        // ((to, outer flow, outer ECN), segment, count)
+        let mut run: Option<(Destination, usize, usize)> = None;
         self.gso.clear();
         for (i, o) in self.outcomes.iter().enumerate() {
             let Outcome::Send { to, len } = *o else {
                 continue;
             };
             let frame = &self.bufs[i][..len];
-            let flow = self.flow[i];
-            let ecn = self.ecn[i];
+            let dest = (to, self.flow[i], self.ecn[i]);
             match run {
-                Some((rto, rflow, recn, seg, count))
-                    if rto == to
-                        && rflow == flow
-                        && recn == ecn
+                Some((rdest, seg, count))
+                    if rdest == dest
                         && len <= seg
                         && count < self.max_segments
                         && self.gso.len() + len <= MAX_GSO_BYTES =>
                 {
                     self.gso.extend_from_slice(frame);
                     // A shorter frame must be the run's last.
-                    run = (len == seg).then_some((rto, rflow, recn, seg, count + 1));
+                    run = (len == seg).then_some((rdest, seg, count + 1));
                     if run.is_none() {
-                        flush(shared, (rto, rflow, recn), &self.gso, seg);
+                        flush(shared, rdest, &self.gso, seg);
                         self.gso.clear();
                     }
                 }
                 _ => {
-                    if let Some((rto, rflow, recn, seg, _)) = run.take() {
-                        flush(shared, (rto, rflow, recn), &self.gso, seg);
+                    if let Some((rdest, seg, _)) = run.take() {
+                        flush(shared, rdest, &self.gso, seg);
                         self.gso.clear();
                     }
                     self.gso.extend_from_slice(frame);
-                    run = Some((to, flow, ecn, len, 1));
+                    run = Some((dest, len, 1));
                 }
             }
         }
-        if let Some((to, flow, ecn, seg, _)) = run {
-            flush(shared, (to, flow, ecn), &self.gso, seg);
+        if let Some((dest, seg, _)) = run {
+            flush(shared, dest, &self.gso, seg);
         }
     }
 }
@@ -838,13 +834,11 @@ fn too_big(
     true
 }
 
-/// Sends one GSO run to `(peer, outer flow, outer ECN codepoint)`.
-fn flush(
-    shared: &Shared<'_>,
-    (to, flow, ecn): (std::net::SocketAddr, usize, u8),
-    contents: &[u8],
-    seg: usize,
-) {
+/// Where a GSO run goes: (peer, outer flow, outer ECN codepoint).
+type Destination = (std::net::SocketAddr, usize, u8);
+
+/// Sends one GSO run.
+fn flush(shared: &Shared<'_>, (to, flow, ecn): Destination, contents: &[u8], seg: usize) {
     if contents.is_empty() {
         return;
     }
