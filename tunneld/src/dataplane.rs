@@ -26,8 +26,9 @@
 //!    GRO train of frames (at most [`RX_PASS_FRAMES`] frames' worth of
 //!    buffers per pass, so a single loop turns back to its TX side within
 //!    a fraction of a millisecond); the device lock is taken once to open every frame in
-//!    place; then, unlocked, the inner packets are copied into pooled buffers
-//!    and written with one batched TUN write that coalesces TCP flows (GRO).
+//!    place; then, unlocked, each inner packet is copied once, straight into
+//!    its TCP flow's super-packet or a buffer of its own ([`crate::gro`],
+//!    with offload on), and each buffer is one TUN write.
 //! 5. The RX loop (or the only loop) also runs the device's timers every
 //!    [`TICK`] and publishes the status snapshot.
 //!
@@ -65,14 +66,11 @@ const MAX_GSO_BYTES: usize = 65_000;
 /// Offset of inner packets in the buffers written to the TUN device: room
 /// for the vnet header tun-rs writes in front of each.
 const TUN_WRITE_OFFSET: usize = VNET_HDR_LEN;
-/// Capacity of each TUN write buffer: tun-rs coalesces a TCP flow into its
-/// first buffer only while that buffer has room for the merged packet (and
-/// the vnet header twice), so a buffer sized for one frame would cap GRO at
-/// ~6 segments. Room for a full 64 KiB super-packet, and no more (an IP
-/// packet's length field cannot say more). Pages are touched only as used.
-const TUN_WRITE_CAPACITY: usize = 2 * TUN_WRITE_OFFSET + 65_535;
-/// Inner packets written to the TUN device per call (one RX batch of GRO
-/// trains can hold thousands; they are written in chunks of this many).
+/// Capacity of each TUN write buffer without offload (one packet each; with
+/// offload [`crate::gro`] owns the write buffers).
+const TUN_WRITE_CAPACITY: usize = TUN_WRITE_OFFSET + MAX_FRAME;
+/// Inner packets handed to tun-rs per batched write without offload (one
+/// RX batch of GRO trains can hold thousands).
 const TUN_WRITE_BATCH: usize = 128;
 
 /// Most TUN reads in one pass of the fq_codel drain: enough to empty a ring
@@ -861,6 +859,8 @@ struct RxState {
     inner: Vec<(usize, Range<usize>)>,
     out: Vec<Vec<u8>>,
     gro: tun_rs::GROTable,
+    /// TCP coalescing for TUN writes with offload on.
+    coalescer: crate::gro::Coalescer,
     control: Vec<Datagram>,
     /// Receive buffers offered per pass (see [`RX_PASS_FRAMES`]).
     per_pass: usize,
@@ -884,6 +884,7 @@ impl RxState {
                 .map(|_| Vec::with_capacity(TUN_WRITE_CAPACITY))
                 .collect(),
             gro: tun_rs::GROTable::default(),
+            coalescer: crate::gro::Coalescer::new(),
             control: Vec::new(),
             per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
             ecn_on,
@@ -962,6 +963,23 @@ impl RxState {
             }
         }
         shared.send_control(&mut self.control);
+        if tun.offload() {
+            // Each inner packet is copied once, into its super-packet or
+            // its own buffer ([`crate::gro`]), and each buffer is one write.
+            for (b, range) in &self.inner {
+                self.coalescer.push(&self.bufs[*b][range.clone()]);
+            }
+            let writes = self.coalescer.finish();
+            add(&shared.io.tun_writes, writes.len());
+            add(&shared.io.tun_write_packets, self.inner.len());
+            for buf in writes {
+                if let Err(e) = tun.write_raw(buf) {
+                    shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("TUN write failed: {e}");
+                }
+            }
+            return;
+        }
         for chunk in self.inner.chunks(TUN_WRITE_BATCH) {
             for ((b, range), out) in chunk.iter().zip(self.out.iter_mut()) {
                 out.clear();

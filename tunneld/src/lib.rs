@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod dataplane;
 pub mod device;
 pub mod fq;
+pub mod gro;
 pub mod keys;
 pub mod peer;
 pub mod prefix;

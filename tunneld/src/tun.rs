@@ -7,9 +7,10 @@
 //! With offload on, one read returns a TCP super-packet of up to 64 KiB that
 //! tun-rs splits into MTU-sized packets (checksums filled in), each placed at
 //! an offset in its own buffer so the frame header can be written in front of
-//! it; one write takes a batch of packets that tun-rs coalesces back into
-//! super-packets per TCP flow (GRO). Addresses and routes are set with
-//! iproute2's `ip`, which every gateway has.
+//! it. On the way back the data path coalesces TCP flows itself
+//! ([`crate::gro`]) and writes each buffer, virtio-net header first, with
+//! [`Tun::write_raw`]. Addresses and routes are set with iproute2's `ip`,
+//! which every gateway has.
 
 use crate::prefix::Prefix;
 use std::io;
@@ -131,8 +132,9 @@ impl Tun {
     }
 
     /// Writes packets held at `bufs[i][offset..]` (each Vec ends where its
-    /// packet ends), coalescing TCP flows when offload is on. `offset` must
-    /// be at least [`VNET_HDR_LEN`].
+    /// packet ends) through tun-rs, which coalesces TCP and UDP flows when
+    /// offload is on (the data path uses it without offload and for its
+    /// ICMP answers). `offset` must be at least [`VNET_HDR_LEN`].
     pub fn write_batch(
         &self,
         gro: &mut GROTable,
@@ -140,6 +142,20 @@ impl Tun {
         offset: usize,
     ) -> io::Result<usize> {
         self.dev.send_multiple(gro, bufs, offset)
+    }
+}
+
+impl Tun {
+    /// Writes one buffer as it is: with offload on, a virtio-net header
+    /// and a packet (see [`crate::gro`]).
+    pub fn write_raw(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: a valid descriptor and a live buffer of `buf.len()` bytes.
+        let n = unsafe { libc::write(self.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 }
 

@@ -1,13 +1,13 @@
-//! Pins tun-rs's TUN offload behaviour (issue 5) with hand-built byte
-//! fixtures: `gso_split` (a kernel TCP super-packet read with IFF_VNET_HDR,
-//! cut into MTU-sized packets) and `handle_gro` (the per-flow TCP coalescing
-//! done before a batched TUN write). Packets are built and checked by the
-//! small builder below, with our own IPv4/IPv6 and TCP checksum code, so a
-//! checksum bug in tun-rs cannot hide behind itself. No root, no devices.
+//! Pins the TUN offload behaviour (issue 5) with hand-built byte fixtures:
+//! tun-rs's `gso_split` (a kernel TCP super-packet read with IFF_VNET_HDR,
+//! cut into MTU-sized packets) and our `tunneld::gro::Coalescer` (the
+//! per-flow TCP coalescing done before the TUN writes). Packets are built
+//! and checked by the small builder below, with checksum code of its own,
+//! so a checksum bug in either cannot hide behind itself. No root, no
+//! devices.
 
 use tun_rs::{
-    gso_split, handle_gro, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
-    VIRTIO_NET_HDR_LEN,
+    gso_split, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN,
 };
 use tunneld::device::HEADROOM;
 
@@ -653,41 +653,16 @@ fn split_never_panics_on_random_headers_and_lengths() {
 
 // ---------------------------------------------------------------- coalesce
 
-/// A TUN write buffer as the data path fills it: `GRO_OFFSET` bytes of room
-/// for the vnet header, then the packet, with `cap` bytes of capacity.
-fn write_buf(packet: &[u8], cap: usize) -> Vec<u8> {
-    let mut b = Vec::with_capacity(cap.max(GRO_OFFSET + packet.len()));
-    b.resize(GRO_OFFSET, SENTINEL);
-    b.extend_from_slice(packet);
-    b
+/// Runs our coalescer over `packets`; returns the buffers to write, in order.
+fn coalesce(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut c = tunneld::gro::Coalescer::new();
+    for p in packets {
+        c.push(p);
+    }
+    c.finish().to_vec()
 }
 
-/// Room for a full 64 KiB super-packet (tun-rs wants `2 * offset` spare).
-const BIG: usize = 2 * GRO_OFFSET + 65_535;
-
-/// Runs tun-rs's GRO over `packets`; returns the buffers to write, in order.
-fn coalesce(packets: &[Vec<u8>], cap: usize) -> Vec<Vec<u8>> {
-    let mut bufs: Vec<Vec<u8>> = packets.iter().map(|p| write_buf(p, cap)).collect();
-    let mut tcp = Default::default();
-    let mut udp = Default::default();
-    let mut to_write = Vec::new();
-    handle_gro(
-        &mut bufs,
-        GRO_OFFSET,
-        &mut tcp,
-        &mut udp,
-        false,
-        &mut to_write,
-    )
-    .expect("handle_gro");
-    let mut seen = to_write.clone();
-    seen.sort_unstable();
-    seen.dedup();
-    assert_eq!(seen.len(), to_write.len(), "a buffer listed twice");
-    to_write.iter().map(|&i| bufs[i].clone()).collect()
-}
-
-/// The vnet header tun-rs wrote in front of a buffer to write.
+/// The vnet header in front of a buffer to write.
 fn vnet(buf: &[u8]) -> VirtioNetHdr {
     VirtioNetHdr::decode(&buf[..VIRTIO_NET_HDR_LEN]).expect("vnet header")
 }
@@ -760,7 +735,7 @@ fn coalesce_one_flow(tmpl: &Seg) {
     const N: usize = 46;
     const MSS: usize = 1368;
     let segs = flow(tmpl, N, MSS);
-    let out = coalesce(&segs, BIG);
+    let out = coalesce(&segs);
     assert_eq!(out.len(), 1, "one super-packet");
     let payload = check_coalesced(&out[0], tmpl, MSS);
     assert_eq!(payload, pattern(0, N * MSS), "payload concatenated");
@@ -806,7 +781,7 @@ fn coalesce_two_interleaved_flows() {
         .zip(&fb)
         .flat_map(|(x, y)| [x.clone(), y.clone()])
         .collect();
-    let out = coalesce(&mixed, BIG);
+    let out = coalesce(&mixed);
     assert_eq!(out.len(), 2, "one super-packet per flow");
     for (buf, tmpl) in out.iter().zip([&a, &b]) {
         assert_eq!(
@@ -825,28 +800,10 @@ fn coalesce_mixed_families_stay_apart() {
         .zip(&f6)
         .flat_map(|(x, y)| [x.clone(), y.clone()])
         .collect();
-    let out = coalesce(&mixed, BIG);
+    let out = coalesce(&mixed);
     assert_eq!(out.len(), 2);
     check_coalesced(&out[0], &Seg::v4(), 1368);
     check_coalesced(&out[1], &Seg::v6(), 1368);
-}
-
-#[test]
-fn coalesce_stops_at_buffer_capacity_without_growing() {
-    // Capacity for the first packet plus two more payloads only.
-    let tmpl = Seg::v4();
-    let segs = flow(&tmpl, 8, 1368);
-    let cap = 2 * GRO_OFFSET + tmpl.headers_len() + 3 * 1368;
-    let out = coalesce(&segs, cap);
-    let mut stream = Vec::new();
-    for buf in &out {
-        assert!(buf.capacity() <= cap, "buffer grew");
-        let v = View::new(&buf[GRO_OFFSET..]);
-        assert_eq!(v.seq(), tmpl.seq.wrapping_add(stream.len() as u32));
-        stream.extend_from_slice(v.payload());
-    }
-    assert!(out.len() > 1, "capacity must limit coalescing");
-    assert_eq!(stream, pattern(0, 8 * 1368), "all data, in order, once");
 }
 
 /// Segments 0, 1, 2 of a flow where segment 1 is built from `odd`; checks
@@ -868,7 +825,7 @@ fn middle_stays_alone_in(base: &Seg, odd: impl Fn(Seg) -> Seg, what: &str) {
         ..base.clone()
     });
     segs[1] = s1.build(&pattern(1368, 1368));
-    let out = coalesce(&segs, BIG);
+    let out = coalesce(&segs);
     let alone: Vec<&Vec<u8>> = out
         .iter()
         .filter(|b| b[GRO_OFFSET..] == segs[1][..])
@@ -940,9 +897,8 @@ fn coalesce_keeps_different_ipv6_traffic_class_hop_limit_apart() {
     middle_stays_alone_in(&Seg::v6(), |s| Seg { ttl: 63, ..s }, "hop limit");
 }
 
+/// tun-rs merged these (unlike Linux GRO); ours keeps them apart.
 #[test]
-#[ignore = "tun-rs bug (differs from Linux GRO): segments with different IPv6 flow \
-            labels are merged; Linux treats them as different flows"]
 fn coalesce_keeps_different_ipv6_flow_label_apart() {
     middle_stays_alone_in(
         &Seg::v6(),
@@ -954,9 +910,9 @@ fn coalesce_keeps_different_ipv6_flow_label_apart() {
     );
 }
 
+/// tun-rs merged these and lost the later window update (unlike Linux
+/// GRO); ours keeps them apart.
 #[test]
-#[ignore = "tun-rs bug (differs from Linux GRO): segments with different TCP windows \
-            are merged and the later window update is lost"]
 fn coalesce_keeps_different_window_apart() {
     middle_stays_alone(|s| Seg { window: 900, ..s }, "window");
 }
@@ -978,7 +934,7 @@ fn coalesce_never_merges_bad_checksums() {
     let mut segs = flow(&base, 3, 1368);
     let l4 = base.ip_header_len();
     segs[1][l4 + 16] ^= 0x01;
-    let out = coalesce(&segs, BIG);
+    let out = coalesce(&segs);
     let alone: Vec<&Vec<u8>> = out
         .iter()
         .filter(|b| b[GRO_OFFSET..] == segs[1][..])
@@ -1022,7 +978,7 @@ fn coalesce_never_merges_ip_options_or_extension_headers() {
     ];
     for (tmpl, what) in cases {
         let segs = flow(&tmpl, 4, 1000);
-        let out = coalesce(&segs, BIG);
+        let out = coalesce(&segs);
         assert_eq!(out.len(), 4, "{what}: merged");
         for (buf, seg) in out.iter().zip(&segs) {
             assert_plain(buf, seg, what);
@@ -1034,7 +990,7 @@ fn coalesce_never_merges_ip_options_or_extension_headers() {
 fn coalesce_never_merges_across_a_gap() {
     let segs = flow(&Seg::v4(), 4, 1368);
     let gap = vec![segs[0].clone(), segs[2].clone()];
-    let out = coalesce(&gap, BIG);
+    let out = coalesce(&gap);
     assert_eq!(out.len(), 2);
     assert_plain(&out[0], &segs[0], "before the gap");
     assert_plain(&out[1], &segs[2], "after the gap");
@@ -1056,7 +1012,7 @@ fn coalesce_reordered_segments_keep_each_packet_contiguous() {
         })
         .collect();
     segs.swap(1, 3); // 0 3 2 1 4 5
-    let out = coalesce(&segs, BIG);
+    let out = coalesce(&segs);
     let mut covered = vec![0u8; 6];
     for buf in &out {
         let v = View::new(&buf[GRO_OFFSET..]);
@@ -1089,7 +1045,7 @@ fn coalesce_nothing_after_a_short_or_psh_segment() {
             .build(&pattern(off, len))
         })
         .collect();
-    let out = coalesce(&s, BIG);
+    let out = coalesce(&s);
     assert_eq!(out.len(), 2);
     assert_eq!(check_coalesced(&out[0], &base, 1368), pattern(0, 2068));
     assert_plain(&out[1], &s[2], "after the short segment");
@@ -1107,7 +1063,7 @@ fn coalesce_nothing_after_a_short_or_psh_segment() {
         ..base.clone()
     }
     .build(&pattern(2 * 1368, 1368));
-    let out = coalesce(&f, BIG);
+    let out = coalesce(&f);
     assert_eq!(out.len(), 2);
     assert_eq!(check_coalesced(&out[0], &base, 1368), pattern(0, 2 * 1368));
     assert_eq!(View::new(&out[0][GRO_OFFSET..]).flags(), ACK | PSH);
@@ -1125,21 +1081,19 @@ fn coalesce_writes_non_tcp_and_pure_acks_unchanged() {
     .build(&[]);
     let mut udp = base.build(&pattern(0, 100));
     udp[9] = 17;
-    let out = coalesce(&[ack_only.clone(), ack_only2.clone(), udp.clone()], BIG);
+    let out = coalesce(&[ack_only.clone(), ack_only2.clone(), udp.clone()]);
     assert_eq!(out.len(), 3);
     assert_plain(&out[0], &ack_only, "pure ACK");
     assert_plain(&out[1], &ack_only2, "pure ACK");
     assert_plain(&out[2], &udp, "UDP without UDP GRO");
 }
 
+/// tun-rs let the 16-bit IP length wrap here; ours stops at 64 KiB.
 #[test]
-#[ignore = "tun-rs bug: coalescing is bounded by buffer capacity only, so buffers \
-            with more than 64 KiB of room yield a super-packet whose 16-bit IP \
-            length field wraps"]
 fn coalesce_never_exceeds_the_ip_length_limit() {
     let tmpl = Seg::v4();
     let segs = flow(&tmpl, 60, 1368); // 82 KB of payload
-    let out = coalesce(&segs, 2 * GRO_OFFSET + 128 * 1024);
+    let out = coalesce(&segs);
     let mut stream = Vec::new();
     for buf in &out {
         let pkt = &buf[GRO_OFFSET..];
@@ -1148,6 +1102,8 @@ fn coalesce_never_exceeds_the_ip_length_limit() {
         stream.extend_from_slice(View::new(pkt).payload());
     }
     assert_eq!(stream, pattern(0, 60 * 1368));
+    assert_eq!(out.len(), 2, "47 + 13 segments");
+    check_coalesced(&out[0], &tmpl, 1368);
 }
 
 #[test]
@@ -1171,6 +1127,6 @@ fn coalesce_never_panics_on_damaged_batches() {
                 _ => {}
             }
         }
-        let _ = coalesce(&batch, BIG);
+        let _ = coalesce(&batch);
     }
 }
