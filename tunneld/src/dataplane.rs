@@ -208,11 +208,12 @@ pub fn run(
         flows: transport.flows(),
     };
     log::info!(
-        "data path: {} worker(s), batch {}, queue {}, TUN offload {}, UDP GSO {} segments, UDP GRO {} segments, {} UDP flow(s)",
+        "data path: {} worker(s), batch {}, queue {}, TUN offload {}{}, UDP GSO {} segments, UDP GRO {} segments, {} UDP flow(s)",
         info.workers,
         info.batch,
         info.queue,
         if info.tun_offload { "on" } else { "off" },
+        if tun.uso() { " (with USO)" } else { "" },
         info.udp_gso_segments,
         info.udp_gro_segments,
         info.flows
@@ -269,7 +270,8 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let single = shared.knobs.workers <= 1;
     let do_tx = single || !rx;
     let mut txs = do_tx.then(|| TxState::new(shared));
-    let mut rxs = rx.then(|| RxState::new(shared.transport.gro_segments(), shared.knobs.ecn));
+    let mut rxs =
+        rx.then(|| RxState::new(shared.transport.gro_segments(), shared.knobs.ecn, tun.uso()));
     let mut last_tick = Instant::now() - TICK;
     let mut backlog = false;
     while !shared.shutdown.load(Ordering::Relaxed) {
@@ -869,7 +871,7 @@ struct RxState {
 }
 
 impl RxState {
-    fn new(gro_segments: usize, ecn_on: bool) -> RxState {
+    fn new(gro_segments: usize, ecn_on: bool, uso: bool) -> RxState {
         // A GRO train holds up to `gro_segments` frames of one flow.
         let slot = if gro_segments > 1 {
             65_536
@@ -884,7 +886,7 @@ impl RxState {
                 .map(|_| Vec::with_capacity(TUN_WRITE_CAPACITY))
                 .collect(),
             gro: tun_rs::GROTable::default(),
-            coalescer: crate::gro::Coalescer::new(),
+            coalescer: crate::gro::Coalescer::with_udp(uso),
             control: Vec::new(),
             per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
             ecn_on,

@@ -6,7 +6,10 @@
 //! Each opened inner packet is copied once, straight into its output
 //! buffer: a segment that continues a flow appends its payload to that
 //! flow's super-packet, anything else is written as it is. Output buffers
-//! are pooled; nothing is allocated per packet.
+//! are pooled; nothing is allocated per packet. Where the TUN device takes
+//! UDP segmentation offload (USO, Linux 6.2+), UDP flows are coalesced the
+//! same way: equal-sized datagrams of one flow (a shorter last one ends
+//! it), valid non-zero checksums, at most 64 per super-packet.
 //!
 //! Segments merge only as Linux GRO would merge them: same flow (addresses,
 //! ports, family), next sequence number, same IP header fields (TOS/traffic
@@ -35,6 +38,13 @@ pub const VNET: usize = VIRTIO_NET_HDR_LEN;
 const MAX_OPEN: usize = 16;
 /// Largest super-packet (an IP length field's limit).
 const MAX_IP_LEN: usize = 65_535;
+/// Most datagrams in one UDP super-packet (the kernel's UDP_MAX_SEGMENTS
+/// was 64 before 6.9).
+const MAX_UDP_SEGMENTS: u32 = 64;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4` (tun-rs does not re-export it).
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
 const PSH: u8 = 0x08;
 const ACK: u8 = 0x10;
 const ECE: u8 = 0x40;
@@ -43,20 +53,25 @@ const ECE: u8 = 0x40;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
     v6: bool,
+    /// TCP or UDP.
+    proto: u8,
     src: [u8; 16],
     dst: [u8; 16],
     ports: [u8; 4],
 }
 
-/// A parsed TCP segment that may be coalesced.
+/// A parsed TCP segment or UDP datagram that may be coalesced.
 #[derive(Debug, Clone, Copy)]
 struct Tcp {
     key: Key,
     /// IP header length (20 or 40: options and extension headers are
     /// never coalesced).
     ip_hl: usize,
+    /// TCP header length, or 8 for UDP.
     tcp_hl: usize,
+    /// TCP only.
     seq: u32,
+    /// TCP only.
     flags: u8,
     payload: usize,
 }
@@ -75,6 +90,7 @@ struct Open {
 struct Meta {
     segments: u32,
     v6: bool,
+    proto: u8,
     ip_hl: usize,
     tcp_hl: usize,
     gso_size: usize,
@@ -89,24 +105,40 @@ pub struct Coalescer {
     meta: Vec<Meta>,
     used: usize,
     open: Vec<Open>,
+    /// Coalesce UDP too (the device takes USO).
+    udp: bool,
 }
 
 impl Coalescer {
-    /// An empty coalescer; buffers are allocated as batches first need
-    /// them, then reused.
+    /// An empty coalescer of TCP flows; buffers are allocated as batches
+    /// first need them, then reused.
     pub fn new() -> Coalescer {
         Coalescer::default()
     }
 
+    /// A coalescer of TCP flows and, with `udp` (the TUN device takes
+    /// USO), of UDP flows.
+    pub fn with_udp(udp: bool) -> Coalescer {
+        Coalescer {
+            udp,
+            ..Coalescer::default()
+        }
+    }
+
     /// Adds one inner packet (an opened frame's plaintext).
     pub fn push(&mut self, packet: &[u8]) {
-        let Some(t) = parse(packet) else {
+        let Some(t) = parse(packet).filter(|t| t.key.proto == TCP || self.udp) else {
             self.plain(packet, None);
             return;
         };
-        // ACK, maybe PSH (last) and ECE (equal in all); never SYN, FIN,
-        // RST, URG or CWR.
-        let mergeable = t.flags & !(PSH | ECE) == ACK && t.payload > 0 && checksum_ok(packet, &t);
+        // TCP: ACK, maybe PSH (last) and ECE (equal in all); never SYN,
+        // FIN, RST, URG or CWR. UDP: a checksum to verify (0 says none).
+        let flags_ok = if t.key.proto == TCP {
+            t.flags & !(PSH | ECE) == ACK
+        } else {
+            packet[t.ip_hl + 6..t.ip_hl + 8] != [0, 0]
+        };
+        let mergeable = flags_ok && t.payload > 0 && checksum_ok(packet, &t);
         let at = self.open.iter().position(|o| o.key == t.key);
         if !mergeable {
             // Written alone; the flow's super-packet (if any) is closed so
@@ -128,7 +160,8 @@ impl Coalescer {
                 }
                 self.meta[o.buf].segments += 1;
                 let room = VNET + MAX_IP_LEN - buf.len();
-                if t.flags & PSH != 0 || t.payload < o.gso_size || room < o.gso_size {
+                let full = t.key.proto == UDP && self.meta[o.buf].segments >= MAX_UDP_SEGMENTS;
+                if t.flags & PSH != 0 || t.payload < o.gso_size || room < o.gso_size || full {
                     self.open.remove(i);
                 } else {
                     self.open[i].next_seq = o.next_seq.wrapping_add(t.payload as u32);
@@ -185,6 +218,7 @@ impl Coalescer {
             Some(t) => Meta {
                 segments: 1,
                 v6: t.key.v6,
+                proto: t.key.proto,
                 ip_hl: t.ip_hl,
                 tcp_hl: t.tcp_hl,
                 gso_size: t.payload,
@@ -198,7 +232,7 @@ impl Coalescer {
     fn continues(&self, o: &Open, packet: &[u8], t: &Tcp) -> bool {
         let head = &self.bufs[o.buf][VNET..];
         let m = &self.meta[o.buf];
-        if t.seq != o.next_seq
+        if (t.key.proto == TCP && t.seq != o.next_seq)
             || t.payload > o.gso_size
             || t.ip_hl != m.ip_hl
             || t.tcp_hl != m.tcp_hl
@@ -213,6 +247,9 @@ impl Coalescer {
             // TOS; flags (DF) and fragment offset; TTL and protocol.
             head[1] == packet[1] && head[6..10] == packet[6..10]
         };
+        if t.key.proto == UDP {
+            return ip_same;
+        }
         let (h, p) = (&head[t.ip_hl..], &packet[t.ip_hl..]);
         // ACK number; data offset; flags but PSH (the head has none);
         // window; urgent pointer; options.
@@ -246,52 +283,58 @@ fn finish_super_packet(buf: &mut [u8], m: &Meta) -> VirtioNetHdr {
     };
     // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum; the
     // kernel adds the segment from csum_start and stores the complement.
-    let partial = fold(pseudo_header_sum(src, dst, 6, tcp_len as u32));
-    let at = m.ip_hl + 16;
+    let partial = fold(pseudo_header_sum(src, dst, m.proto, tcp_len as u32));
+    let (csum_offset, gso_type) = if m.proto == UDP {
+        pkt[m.ip_hl + 4..m.ip_hl + 6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        (6, VIRTIO_NET_HDR_GSO_UDP_L4)
+    } else if m.v6 {
+        (16, VIRTIO_NET_HDR_GSO_TCPV6)
+    } else {
+        (16, VIRTIO_NET_HDR_GSO_TCPV4)
+    };
+    let at = m.ip_hl + csum_offset;
     pkt[at..at + 2].copy_from_slice(&partial.to_be_bytes());
     VirtioNetHdr {
         flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: if m.v6 {
-            VIRTIO_NET_HDR_GSO_TCPV6
-        } else {
-            VIRTIO_NET_HDR_GSO_TCPV4
-        },
+        gso_type,
         hdr_len: (m.ip_hl + m.tcp_hl) as u16,
         gso_size: m.gso_size as u16,
         csum_start: m.ip_hl as u16,
-        csum_offset: 16,
+        csum_offset: csum_offset as u16,
     }
 }
 
-/// A TCP segment that could be coalesced: IPv4 without options or
-/// fragmentation, or IPv6 with TCP as the first next header; lengths
-/// consistent. `None` for everything else.
+/// A TCP segment or UDP datagram that could be coalesced: IPv4 without
+/// options or fragmentation, or IPv6 with TCP/UDP as the first next header;
+/// lengths consistent. `None` for everything else.
 fn parse(p: &[u8]) -> Option<Tcp> {
-    let (v6, ip_hl) = match p.first()? >> 4 {
+    let (v6, ip_hl, proto) = match p.first()? >> 4 {
         4 => {
-            let ok = p.len() >= 40
+            let ok = p.len() >= 28
                 && p[0] & 0x0f == 5
-                && p[9] == 6
                 && usize::from(u16::from_be_bytes([p[2], p[3]])) == p.len()
                 // No MF, offset 0 (DF may be either).
                 && u16::from_be_bytes([p[6], p[7]]) & 0x3fff == 0;
-            (false, ok.then_some(20)?)
+            (false, ok.then_some(20)?, p[9])
         }
         6 => {
-            let ok = p.len() >= 60
-                && p[6] == 6
-                && usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 == p.len();
-            (true, ok.then_some(40)?)
+            let ok = p.len() >= 48 && usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 == p.len();
+            (true, ok.then_some(40)?, p[6])
         }
         _ => return None,
     };
     let tcp = &p[ip_hl..];
-    let tcp_hl = usize::from(tcp[12] >> 4) * 4;
-    if tcp_hl < 20 || tcp.len() < tcp_hl {
+    let tcp_hl = match proto {
+        TCP if tcp.len() >= 20 => usize::from(tcp[12] >> 4) * 4,
+        UDP if usize::from(u16::from_be_bytes([tcp[4], tcp[5]])) == tcp.len() => 8,
+        _ => return None,
+    };
+    if (proto == TCP && tcp_hl < 20) || tcp.len() < tcp_hl {
         return None;
     }
     let mut key = Key {
         v6,
+        proto,
         src: [0; 16],
         dst: [0; 16],
         ports: [tcp[0], tcp[1], tcp[2], tcp[3]],
@@ -303,17 +346,25 @@ fn parse(p: &[u8]) -> Option<Tcp> {
         key.src[..4].copy_from_slice(&p[12..16]);
         key.dst[..4].copy_from_slice(&p[16..20]);
     }
+    let (seq, flags) = if proto == TCP {
+        (
+            u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            tcp[13],
+        )
+    } else {
+        (0, 0)
+    };
     Some(Tcp {
         key,
         ip_hl,
         tcp_hl,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        flags: tcp[13],
+        seq,
+        flags,
         payload: tcp.len() - tcp_hl,
     })
 }
 
-/// Whether the TCP checksum of `p` is right.
+/// Whether the TCP or UDP checksum of `p` is right.
 fn checksum_ok(p: &[u8], t: &Tcp) -> bool {
     let (src, dst) = if t.key.v6 {
         (IpAddr::from(t.key.src), IpAddr::from(t.key.dst))
@@ -323,6 +374,6 @@ fn checksum_ok(p: &[u8], t: &Tcp) -> bool {
         (IpAddr::from(s), IpAddr::from(d))
     };
     let seg = &p[t.ip_hl..];
-    let sum = pseudo_header_sum(src, dst, 6, seg.len() as u32) + sum_words_fast(seg);
+    let sum = pseudo_header_sum(src, dst, t.key.proto, seg.len() as u32) + sum_words_fast(seg);
     fold(sum) == 0xffff
 }

@@ -93,6 +93,11 @@ impl Tun {
         self.offload
     }
 
+    /// Whether the device also takes UDP super-packets (USO, Linux 6.2+).
+    pub fn uso(&self) -> bool {
+        self.offload && self.dev.udp_gso()
+    }
+
     /// Sets the MTU, brings the link up, adds `addresses`, and routes each of
     /// `routes` through the device.
     pub fn configure(

@@ -1130,3 +1130,159 @@ fn coalesce_never_panics_on_damaged_batches() {
         let _ = coalesce(&batch);
     }
 }
+
+// ---------------------------------------------------------------- UDP (USO)
+
+/// A UDP datagram 198.18.1.2:40000 -> 198.18.2.2:5201 (or the fd00::
+/// equivalents) with a valid checksum.
+fn udp(v6: bool, payload: &[u8]) -> Vec<u8> {
+    let ip_hl = if v6 { 40 } else { 20 };
+    let udp_len = 8 + payload.len();
+    let mut p = vec![0u8; ip_hl + udp_len];
+    let (s, d): (Vec<u8>, Vec<u8>) = if v6 {
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        p[6] = 17;
+        p[7] = 64;
+        let mut s = [0u8; 16];
+        s[..2].copy_from_slice(&[0xfd, 0x00]);
+        s[15] = 2;
+        let mut d = s;
+        d[15] = 3;
+        p[8..24].copy_from_slice(&s);
+        p[24..40].copy_from_slice(&d);
+        (s.to_vec(), d.to_vec())
+    } else {
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[198, 18, 1, 2]);
+        p[16..20].copy_from_slice(&[198, 18, 2, 2]);
+        let c = !fold(sum_words(&p[..20]));
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        (p[12..16].to_vec(), p[16..20].to_vec())
+    };
+    let u = &mut p[ip_hl..];
+    u[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    u[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    u[8..].copy_from_slice(payload);
+    // The TCP pseudo-header helper with UDP's protocol number instead.
+    let sum = pseudo(&s, &d, udp_len) - 6 + 17 + sum_words(u);
+    let mut c = !fold(sum);
+    if c == 0 {
+        c = 0xffff;
+    }
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+fn coalesce_udp(packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut c = tunneld::gro::Coalescer::with_udp(true);
+    for p in packets {
+        c.push(p);
+    }
+    c.finish().to_vec()
+}
+
+/// Checks a UDP super-packet; returns its payload.
+fn check_udp_coalesced(buf: &[u8], v6: bool, gso_size: usize, segments: usize) -> Vec<u8> {
+    let h = vnet(buf);
+    let pkt = &buf[GRO_OFFSET..];
+    let ip_hl = if v6 { 40 } else { 20 };
+    assert_eq!((h.flags, h.gso_type), (NEEDS_CSUM, 5), "USO header");
+    assert_eq!(usize::from(h.gso_size), gso_size, "gso_size");
+    assert_eq!(usize::from(h.hdr_len), ip_hl + 8, "hdr_len");
+    assert_eq!((usize::from(h.csum_start), h.csum_offset), (ip_hl, 6));
+    let ip_len_ok = if v6 {
+        usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) == pkt.len() - 40
+    } else {
+        usize::from(u16::from_be_bytes([pkt[2], pkt[3]])) == pkt.len()
+            && fold(sum_words(&pkt[..20])) == 0xffff
+    };
+    assert!(ip_len_ok, "IP length / header checksum");
+    let udp_len = pkt.len() - ip_hl;
+    assert_eq!(
+        usize::from(u16::from_be_bytes([pkt[ip_hl + 4], pkt[ip_hl + 5]])),
+        udp_len,
+        "UDP length"
+    );
+    let (s, d) = if v6 {
+        (&pkt[8..24], &pkt[24..40])
+    } else {
+        (&pkt[12..16], &pkt[16..20])
+    };
+    let field = u16::from_be_bytes([pkt[ip_hl + 6], pkt[ip_hl + 7]]);
+    assert_eq!(
+        field,
+        fold(pseudo(s, d, udp_len) - 6 + 17),
+        "partial checksum"
+    );
+    let payload = pkt[ip_hl + 8..].to_vec();
+    assert_eq!(
+        payload.len().div_ceil(gso_size),
+        segments,
+        "segments in the super-packet"
+    );
+    payload
+}
+
+#[test]
+fn udp_flow_coalesces_with_uso_ipv4_and_ipv6() {
+    for v6 in [false, true] {
+        let mut dgrams: Vec<Vec<u8>> = (0..10).map(|i| udp(v6, &pattern(i * 1200, 1200))).collect();
+        dgrams.push(udp(v6, &pattern(12_000, 500)));
+        let out = coalesce_udp(&dgrams);
+        assert_eq!(out.len(), 1, "v6 {v6}: one super-packet");
+        let payload = check_udp_coalesced(&out[0], v6, 1200, 11);
+        assert_eq!(payload, pattern(0, 12_500), "v6 {v6}: payload");
+        // Without USO every datagram is written as it is.
+        let out = coalesce(&dgrams);
+        assert_eq!(out.len(), 11);
+        for (b, d) in out.iter().zip(&dgrams) {
+            assert_plain(b, d, "UDP without USO");
+        }
+    }
+}
+
+#[test]
+fn udp_coalescing_stops_at_64_datagrams_and_after_a_short_one() {
+    let dgrams: Vec<Vec<u8>> = (0..70)
+        .map(|i| udp(false, &pattern(i * 900, 900)))
+        .collect();
+    let out = coalesce_udp(&dgrams);
+    assert_eq!(out.len(), 2, "64 + 6");
+    let mut all = check_udp_coalesced(&out[0], false, 900, 64);
+    all.extend(check_udp_coalesced(&out[1], false, 900, 6));
+    assert_eq!(all, pattern(0, 70 * 900));
+    // 900, 400, 900: the short one ends the super-packet.
+    let d = vec![
+        udp(false, &pattern(0, 900)),
+        udp(false, &pattern(900, 400)),
+        udp(false, &pattern(1300, 900)),
+    ];
+    let out = coalesce_udp(&d);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        check_udp_coalesced(&out[0], false, 900, 2),
+        pattern(0, 1300)
+    );
+    assert_plain(&out[1], &d[2], "after the short datagram");
+}
+
+#[test]
+fn udp_without_or_with_a_bad_checksum_is_never_merged() {
+    let mut no_sum = udp(false, &pattern(0, 800));
+    no_sum[26..28].copy_from_slice(&[0, 0]);
+    let mut bad = udp(false, &pattern(800, 800));
+    bad[30] ^= 1;
+    let good = udp(false, &pattern(1600, 800));
+    let d = vec![no_sum.clone(), bad.clone(), good.clone(), good.clone()];
+    let out = coalesce_udp(&d);
+    assert_plain(&out[0], &no_sum, "checksum 0");
+    assert_plain(&out[1], &bad, "bad checksum");
+    // The two good ones (same bytes, so same size) do merge.
+    assert_eq!(out.len(), 3);
+}
