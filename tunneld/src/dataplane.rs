@@ -11,7 +11,8 @@
 //!    and the shutdown flag are seen promptly.
 //! 3. TX: one read returns a packet or, with TUN offload, a TCP super-packet
 //!    split into up to [`MAX_SPLIT`] packets, each at the headroom offset of a
-//!    pooled buffer (without offload, up to `batch` reads fill the batch).
+//!    pooled buffer; reads go on until `batch` packets are in or the ring is
+//!    empty, so small packets (UDP, ACKs) batch as well as bulk TCP does.
 //!    With `queue: fq_codel` (opt-in) the TUN ring is drained eagerly
 //!    into a bounded pool and the packets are queued per inner flow
 //!    ([`crate::fq`]); a batch is then the next `batch` packets the queue
@@ -418,7 +419,9 @@ impl TxState {
     fn new(shared: &Shared<'_>) -> TxState {
         let k = &shared.knobs;
         let max_segments = shared.transport.max_segments();
-        let slots = MAX_SPLIT.max(k.batch);
+        // A batch, plus room for one more super-packet's split: reads go on
+        // while fewer than `batch` packets are in.
+        let slots = MAX_SPLIT + k.batch;
         let queue = (k.queue == QueueKind::FqCodel).then(|| TxQueue::new(k, shared.mtu));
         TxState {
             scratch: vec![0u8; READ_SCRATCH],
@@ -477,11 +480,14 @@ impl TxState {
 
     /// `queue: fifo`: reads one batch straight into the send buffers.
     fn read_fifo(&mut self, shared: &Shared<'_>, tun: &Tun) -> io::Result<usize> {
-        // With offload one read is a batch (a split super-packet); without,
-        // up to `batch` reads of one packet each.
+        // Reads go on until `batch` packets are in or the ring is empty:
+        // one read may be a super-packet of up to MAX_SPLIT packets (with
+        // offload), so one is started only while that much room is left;
+        // small packets (UDP, ACKs, interactive flows) are one per read,
+        // and many of them still make one batch and few sends.
+        let room = if tun.offload() { MAX_SPLIT } else { 1 };
         let mut n = 0;
-        let reads = if tun.offload() { 1 } else { self.batch };
-        for _ in 0..reads {
+        while n < self.batch && self.bufs.len() - n >= room {
             match read_tun(
                 shared,
                 tun,
@@ -491,9 +497,6 @@ impl TxState {
             )? {
                 Some(k) => n += k,
                 None => break,
-            }
-            if n >= self.bufs.len() {
-                break;
             }
         }
         Ok(n)
