@@ -271,8 +271,7 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let single = shared.knobs.workers <= 1;
     let do_tx = single || !rx;
     let mut txs = do_tx.then(|| TxState::new(shared));
-    let mut rxs =
-        rx.then(|| RxState::new(shared.transport.gro_segments(), shared.knobs.ecn, tun.uso()));
+    let mut rxs = rx.then(|| RxState::new(shared, tun));
     let mut last_tick = Instant::now() - TICK;
     let mut backlog = false;
     while !shared.shutdown.load(Ordering::Relaxed) {
@@ -398,8 +397,6 @@ struct TxState {
     /// ECN codepoint of each packet, for its outer header (RFC 6040 normal
     /// mode: copied from the inner header; 0 with `ecn: false`).
     ecn: Vec<u8>,
-    /// `dataplane.ecn`.
-    ecn_on: bool,
     /// The transport's flow count.
     flows: usize,
     outcomes: Vec<Outcome>,
@@ -430,7 +427,6 @@ impl TxState {
             flow: vec![0; slots],
             hashes: vec![0; slots],
             ecn: vec![0; slots],
-            ecn_on: k.ecn,
             flows: shared.transport.flows(),
             outcomes: Vec::with_capacity(slots),
             gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
@@ -521,7 +517,7 @@ impl TxState {
                     crate::wire::flow_index(packet, self.flows)
                 };
             }
-            self.ecn[i] = if self.ecn_on {
+            self.ecn[i] = if shared.knobs.ecn {
                 crate::wire::ecn::of(packet)
             } else {
                 crate::wire::ecn::NOT_ECT
@@ -869,12 +865,11 @@ struct RxState {
     control: Vec<Datagram>,
     /// Receive buffers offered per pass (see [`RX_PASS_FRAMES`]).
     per_pass: usize,
-    /// `dataplane.ecn`: outer CE marks are carried into inner packets.
-    ecn_on: bool,
 }
 
 impl RxState {
-    fn new(gro_segments: usize, ecn_on: bool, uso: bool) -> RxState {
+    fn new(shared: &Shared<'_>, tun: &Tun) -> RxState {
+        let gro_segments = shared.transport.gro_segments();
         // A GRO train holds up to `gro_segments` frames of one flow.
         let slot = if gro_segments > 1 {
             65_536
@@ -885,14 +880,15 @@ impl RxState {
             bufs: vec![vec![0u8; slot]; MAX_RECV_BATCH],
             got: vec![Received::default(); MAX_RECV_BATCH],
             inner: Vec::with_capacity(MAX_RECV_BATCH * 64),
-            out: (0..TUN_WRITE_BATCH)
+            // Write buffers for tun-rs, used only without offload (with it
+            // the coalescer owns its buffers).
+            out: (0..if tun.offload() { 0 } else { TUN_WRITE_BATCH })
                 .map(|_| Vec::with_capacity(TUN_WRITE_CAPACITY))
                 .collect(),
             gro: tun_rs::GROTable::default(),
-            coalescer: crate::gro::Coalescer::with_udp(uso),
+            coalescer: crate::gro::Coalescer::with_udp(tun.uso()),
             control: Vec::new(),
             per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
-            ecn_on,
         }
     }
 
@@ -945,7 +941,7 @@ impl RxState {
                         // RFC 6040: a CE mark the path put on the outer
                         // header reaches the inner packet (or drops it when
                         // the inner flow cannot take ECN).
-                        let keep = !self.ecn_on
+                        let keep = !shared.knobs.ecn
                             || match crate::wire::ecn::decapsulate(r.ecn, &mut frame[range.clone()])
                             {
                                 Some(changed) => {

@@ -62,13 +62,13 @@ struct Key {
 
 /// A parsed TCP segment or UDP datagram that may be coalesced.
 #[derive(Debug, Clone, Copy)]
-struct Tcp {
+struct Seg {
     key: Key,
     /// IP header length (20 or 40: options and extension headers are
     /// never coalesced).
     ip_hl: usize,
     /// TCP header length, or 8 for UDP.
-    tcp_hl: usize,
+    l4_hl: usize,
     /// TCP only.
     seq: u32,
     /// TCP only.
@@ -92,7 +92,7 @@ struct Meta {
     v6: bool,
     proto: u8,
     ip_hl: usize,
-    tcp_hl: usize,
+    l4_hl: usize,
     gso_size: usize,
 }
 
@@ -153,7 +153,7 @@ impl Coalescer {
             let o = self.open[i];
             if self.continues(&o, packet, &t) {
                 let buf = &mut self.bufs[o.buf];
-                buf.extend_from_slice(&packet[t.ip_hl + t.tcp_hl..]);
+                buf.extend_from_slice(&packet[t.ip_hl + t.l4_hl..]);
                 if t.flags & PSH != 0 {
                     // PSH travels on the last segment: the super-packet's.
                     buf[VNET + t.ip_hl + 13] |= PSH;
@@ -203,7 +203,7 @@ impl Coalescer {
     }
 
     /// Copies `packet` into the next output buffer; returns its index.
-    fn plain(&mut self, packet: &[u8], tcp: Option<&Tcp>) -> usize {
+    fn plain(&mut self, packet: &[u8], seg: Option<&Seg>) -> usize {
         if self.used == self.bufs.len() {
             self.bufs.push(Vec::with_capacity(VNET + MAX_IP_LEN));
             self.meta.push(Meta::default());
@@ -214,13 +214,13 @@ impl Coalescer {
         buf.clear();
         buf.resize(VNET, 0);
         buf.extend_from_slice(packet);
-        self.meta[i] = match tcp {
+        self.meta[i] = match seg {
             Some(t) => Meta {
                 segments: 1,
                 v6: t.key.v6,
                 proto: t.key.proto,
                 ip_hl: t.ip_hl,
-                tcp_hl: t.tcp_hl,
+                l4_hl: t.l4_hl,
                 gso_size: t.payload,
             },
             None => Meta::default(),
@@ -229,13 +229,13 @@ impl Coalescer {
     }
 
     /// Whether segment `t` (`packet`) continues the super-packet `o`.
-    fn continues(&self, o: &Open, packet: &[u8], t: &Tcp) -> bool {
+    fn continues(&self, o: &Open, packet: &[u8], t: &Seg) -> bool {
         let head = &self.bufs[o.buf][VNET..];
         let m = &self.meta[o.buf];
         if (t.key.proto == TCP && t.seq != o.next_seq)
             || t.payload > o.gso_size
             || t.ip_hl != m.ip_hl
-            || t.tcp_hl != m.tcp_hl
+            || t.l4_hl != m.l4_hl
             || head.len() + t.payload > MAX_IP_LEN
         {
             return false;
@@ -257,7 +257,7 @@ impl Coalescer {
             && h[8..13] == p[8..13]
             && h[13] == p[13] & !PSH
             && h[14..16] == p[14..16]
-            && h[18..t.tcp_hl] == p[18..t.tcp_hl]
+            && h[18..t.l4_hl] == p[18..t.l4_hl]
     }
 }
 
@@ -266,7 +266,7 @@ impl Coalescer {
 fn finish_super_packet(buf: &mut [u8], m: &Meta) -> VirtioNetHdr {
     let pkt = &mut buf[VNET..];
     let len = pkt.len();
-    let tcp_len = len - m.ip_hl;
+    let l4_len = len - m.ip_hl;
     let (src, dst) = if m.v6 {
         pkt[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
         let s: [u8; 16] = pkt[8..24].try_into().unwrap_or([0; 16]);
@@ -283,9 +283,9 @@ fn finish_super_packet(buf: &mut [u8], m: &Meta) -> VirtioNetHdr {
     };
     // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum; the
     // kernel adds the segment from csum_start and stores the complement.
-    let partial = fold(pseudo_header_sum(src, dst, m.proto, tcp_len as u32));
+    let partial = fold(pseudo_header_sum(src, dst, m.proto, l4_len as u32));
     let (csum_offset, gso_type) = if m.proto == UDP {
-        pkt[m.ip_hl + 4..m.ip_hl + 6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        pkt[m.ip_hl + 4..m.ip_hl + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
         (6, VIRTIO_NET_HDR_GSO_UDP_L4)
     } else if m.v6 {
         (16, VIRTIO_NET_HDR_GSO_TCPV6)
@@ -297,7 +297,7 @@ fn finish_super_packet(buf: &mut [u8], m: &Meta) -> VirtioNetHdr {
     VirtioNetHdr {
         flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
         gso_type,
-        hdr_len: (m.ip_hl + m.tcp_hl) as u16,
+        hdr_len: (m.ip_hl + m.l4_hl) as u16,
         gso_size: m.gso_size as u16,
         csum_start: m.ip_hl as u16,
         csum_offset: csum_offset as u16,
@@ -307,7 +307,7 @@ fn finish_super_packet(buf: &mut [u8], m: &Meta) -> VirtioNetHdr {
 /// A TCP segment or UDP datagram that could be coalesced: IPv4 without
 /// options or fragmentation, or IPv6 with TCP/UDP as the first next header;
 /// lengths consistent. `None` for everything else.
-fn parse(p: &[u8]) -> Option<Tcp> {
+fn parse(p: &[u8]) -> Option<Seg> {
     let (v6, ip_hl, proto) = match p.first()? >> 4 {
         4 => {
             let ok = p.len() >= 28
@@ -323,13 +323,13 @@ fn parse(p: &[u8]) -> Option<Tcp> {
         }
         _ => return None,
     };
-    let tcp = &p[ip_hl..];
-    let tcp_hl = match proto {
-        TCP if tcp.len() >= 20 => usize::from(tcp[12] >> 4) * 4,
-        UDP if usize::from(u16::from_be_bytes([tcp[4], tcp[5]])) == tcp.len() => 8,
+    let l4 = &p[ip_hl..];
+    let l4_hl = match proto {
+        TCP if l4.len() >= 20 => usize::from(l4[12] >> 4) * 4,
+        UDP if usize::from(u16::from_be_bytes([l4[4], l4[5]])) == l4.len() => 8,
         _ => return None,
     };
-    if (proto == TCP && tcp_hl < 20) || tcp.len() < tcp_hl {
+    if (proto == TCP && l4_hl < 20) || l4.len() < l4_hl {
         return None;
     }
     let mut key = Key {
@@ -337,7 +337,7 @@ fn parse(p: &[u8]) -> Option<Tcp> {
         proto,
         src: [0; 16],
         dst: [0; 16],
-        ports: [tcp[0], tcp[1], tcp[2], tcp[3]],
+        ports: [l4[0], l4[1], l4[2], l4[3]],
     };
     if v6 {
         key.src.copy_from_slice(&p[8..24]);
@@ -347,25 +347,22 @@ fn parse(p: &[u8]) -> Option<Tcp> {
         key.dst[..4].copy_from_slice(&p[16..20]);
     }
     let (seq, flags) = if proto == TCP {
-        (
-            u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-            tcp[13],
-        )
+        (u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]), l4[13])
     } else {
         (0, 0)
     };
-    Some(Tcp {
+    Some(Seg {
         key,
         ip_hl,
-        tcp_hl,
+        l4_hl,
         seq,
         flags,
-        payload: tcp.len() - tcp_hl,
+        payload: l4.len() - l4_hl,
     })
 }
 
 /// Whether the TCP or UDP checksum of `p` is right.
-fn checksum_ok(p: &[u8], t: &Tcp) -> bool {
+fn checksum_ok(p: &[u8], t: &Seg) -> bool {
     let (src, dst) = if t.key.v6 {
         (IpAddr::from(t.key.src), IpAddr::from(t.key.dst))
     } else {
