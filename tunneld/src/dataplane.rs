@@ -31,7 +31,8 @@
 //!    its TCP flow's super-packet or a buffer of its own ([`crate::gro`],
 //!    with offload on), and each buffer is one TUN write.
 //! 5. The RX loop (or the only loop) also runs the device's timers every
-//!    [`TICK`] and publishes the status snapshot.
+//!    [`TICK`], runs the jobs other threads posted to the [`Mailbox`] (a
+//!    reload) and publishes the status snapshot.
 //!
 //! Buffers are allocated once per worker; no allocation, lock or system call
 //! happens per data packet. Control messages (handshakes, keepalives) are rare
@@ -47,7 +48,7 @@ use std::io::{self, IoSliceMut};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use crate::tun::MAX_SPLIT as MAX_TUN_SPLIT;
@@ -134,9 +135,37 @@ fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
+/// Work for the protocol core from outside the data path (a config
+/// reload): run under the device lock at the next timer tick.
+pub type DeviceJob = Box<dyn FnOnce(&mut Device, &Time) + Send>;
+
+/// Where other threads leave [`DeviceJob`]s for the data path. Jobs are
+/// rare (an operator's reload), so a locked list checked once per tick
+/// costs the data path nothing per packet.
+#[derive(Default)]
+pub struct Mailbox(Mutex<Vec<DeviceJob>>);
+
+impl Mailbox {
+    /// Queues `job` for the next tick (within [`TICK`] while the data path runs).
+    pub fn post(&self, job: DeviceJob) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(job);
+    }
+
+    fn take(&self) -> Vec<DeviceJob> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mailbox")
+    }
+}
+
 /// What the workers share.
 struct Shared<'a> {
     device: Mutex<Device>,
+    mailbox: &'a Mailbox,
     transport: &'a dyn Transport,
     status: &'a StatusCell,
     shutdown: &'a AtomicBool,
@@ -180,18 +209,33 @@ fn would_block(e: &io::Error) -> bool {
     )
 }
 
-/// Moves packets until `shutdown` is set. Returns an error only for failures
-/// that make going on pointless (the TUN device broke). `mtu` is the TUN
-/// device's: it sizes the pooled buffers of the fq_codel queue.
+/// How the rest of the daemon talks to a running data path.
+#[derive(Debug, Clone, Copy)]
+pub struct Links<'a> {
+    /// Where each tick's status snapshot goes.
+    pub status: &'a StatusCell,
+    /// Jobs for the protocol core (reloads).
+    pub mailbox: &'a Mailbox,
+    /// Set to stop the data path.
+    pub shutdown: &'a AtomicBool,
+}
+
+/// Moves packets until `links.shutdown` is set. Returns an error only for
+/// failures that make going on pointless (the TUN device broke). `mtu` is
+/// the TUN device's: it sizes the pooled buffers of the fq_codel queue.
 pub fn run(
     device: Device,
     tun: &Tun,
     transport: &dyn Transport,
     knobs: DataplaneConfig,
     mtu: usize,
-    status: &StatusCell,
-    shutdown: &Arc<AtomicBool>,
+    links: Links<'_>,
 ) -> io::Result<()> {
+    let Links {
+        status,
+        mailbox,
+        shutdown,
+    } = links;
     let info = DataplaneStatus {
         workers: knobs.workers,
         batch: knobs.batch,
@@ -221,6 +265,7 @@ pub fn run(
     );
     let shared = Shared {
         device: Mutex::new(device),
+        mailbox,
         transport,
         status,
         shutdown,
@@ -304,6 +349,9 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                 let mut control = Vec::new();
                 let snapshot = {
                     let mut dev = shared.lock();
+                    for job in shared.mailbox.take() {
+                        job(&mut dev, &t);
+                    }
                     dev.tick(&t, &mut control);
                     Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now)
                 };

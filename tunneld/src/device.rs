@@ -33,6 +33,12 @@ const RESPONSE_FRAME_LEN: usize = 12 + RESPONSE_NOISE_LEN;
 /// every two minutes.
 const HANDSHAKES_PER_SEC: f64 = 50.0;
 const HANDSHAKE_BURST: f64 = 20.0;
+/// Unanswered initiations before the log explains a missing session: the
+/// first one or two are often lost to a peer that is still starting.
+const DIAG_LOG_AFTER: u32 = 3;
+/// How often the log repeats that explanation for one peer: a dead peer
+/// retries every 4 s and must not fill the journal.
+const DIAG_LOG_EVERY: Duration = Duration::from_secs(60);
 /// A session whose peer stays silent this long after we sent data is
 /// presumed dead and a new handshake starts.
 const DEAD_PEER_AFTER: Duration = Duration::from_secs(15);
@@ -97,6 +103,31 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub handshakes: u64,
+    /// The peer's public key (base64).
+    pub public_key: String,
+    /// Its allowed prefixes, as configured.
+    pub allowed_prefixes: Vec<String>,
+    /// Persistent keepalive interval, if set.
+    pub keepalive_secs: Option<u64>,
+    /// Initiations sent since the last session was established.
+    pub initiations_unanswered: u32,
+    /// Wall-clock time (Unix seconds) of the first of them.
+    pub unanswered_since_unix: Option<u64>,
+    /// The last handshake failure seen with this peer, in words.
+    pub refusal: Option<String>,
+}
+
+/// What [`Device::reconfigure`] changed, by peer name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Peers that are new (by public key).
+    pub added: Vec<String>,
+    /// Peers no longer in the config: their sessions are gone.
+    pub removed: Vec<String>,
+    /// Peers whose settings changed; their sessions are kept.
+    pub changed: Vec<String>,
+    /// Peers kept as they were.
+    pub unchanged: Vec<String>,
 }
 
 /// Why a packet from the TUN device was not sent at once.
@@ -147,21 +178,9 @@ impl Device {
                 )
             })
             .collect();
-        let mut routes: Vec<_> = peers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, p)| p.allowed.iter().map(move |pr| (*pr, i)))
-            .collect();
-        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        let mtu = cfg.interface.mtu;
-        let (mss_v4, mss_v6) = if cfg.mss_clamp {
-            (Some(mtu.saturating_sub(40)), Some(mtu.saturating_sub(60)))
-        } else {
-            (None, None)
-        };
-        // Sessions stay usable for half a rekey period past the rekey point,
-        // long enough for the new handshake and its retries to finish.
-        let reject_after_time = cfg.rekey_after_time + cfg.rekey_after_time / 2;
+        let routes = routes_of(&peers);
+        let (mss_v4, mss_v6) = mss_limits(cfg);
+        let reject_after_time = reject_after(cfg.rekey_after_time);
         Device {
             identity,
             cipher: cfg.cipher,
@@ -205,8 +224,82 @@ impl Device {
                 tx_bytes: p.tx_bytes,
                 rx_bytes: p.rx_bytes,
                 handshakes: p.handshakes,
+                public_key: crate::keys::PublicKey::from_bytes(p.public).to_string(),
+                allowed_prefixes: p.allowed.iter().map(|a| a.to_string()).collect(),
+                keepalive_secs: p.keepalive.map(|k| k.as_secs()),
+                initiations_unanswered: p.diag.unanswered,
+                unanswered_since_unix: p.diag.unanswered_since.map(|d| d.as_secs()),
+                refusal: p.diag.refusal.clone(),
             })
             .collect()
+    }
+
+    /// Applies a reloaded config: peers are matched by public key, so a
+    /// peer whose key is unchanged keeps its sessions and counters while its
+    /// name, endpoint, allowed prefixes and keepalive take the new values
+    /// (a learned endpoint is kept unless the configured one changed). A
+    /// removed peer's sessions and queued packets are dropped at once (its
+    /// frames then count as unknown-index drops, its initiations as
+    /// handshakes from an unknown key); a new peer starts without a session.
+    /// Rekey limits and MSS clamping take effect for every packet from now
+    /// on. The interface, listen address, private key and cipher are not
+    /// read: the caller refuses changes to those.
+    pub fn reconfigure(&mut self, cfg: &Config) -> Reconfigured {
+        let mut old = std::mem::take(&mut self.peers);
+        let mut done = Reconfigured::default();
+        let mut peers = Vec::with_capacity(cfg.peers.len());
+        for pc in &cfg.peers {
+            let key = *pc.public_key.as_bytes();
+            let peer = match old.iter().position(|p| p.public == key) {
+                Some(i) => {
+                    let mut p = old.swap_remove(i);
+                    let same = p.name == pc.name
+                        && p.configured_endpoint == pc.endpoint
+                        && p.allowed == pc.allowed_prefixes
+                        && p.keepalive == pc.keepalive;
+                    if p.configured_endpoint != pc.endpoint {
+                        p.endpoint = pc.endpoint.or(p.endpoint);
+                        p.configured_endpoint = pc.endpoint;
+                    }
+                    p.name.clone_from(&pc.name);
+                    p.allowed.clone_from(&pc.allowed_prefixes);
+                    p.keepalive = pc.keepalive;
+                    if same {
+                        done.unchanged.push(pc.name.clone());
+                    } else {
+                        done.changed.push(pc.name.clone());
+                    }
+                    p
+                }
+                None => {
+                    done.added.push(pc.name.clone());
+                    Peer::new(
+                        pc.name.clone(),
+                        key,
+                        pc.endpoint,
+                        pc.allowed_prefixes.clone(),
+                        pc.keepalive,
+                    )
+                }
+            };
+            peers.push(peer);
+        }
+        done.removed = old.iter().map(|p| p.name.clone()).collect();
+        self.peers = peers;
+        self.transports = cfg.peers.iter().map(|p| p.transport.as_str()).collect();
+        // Positions moved: index the surviving sessions and handshakes again.
+        self.indexes = self
+            .peers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.local_indexes().map(move |x| (x, i)))
+            .collect();
+        self.routes = routes_of(&self.peers);
+        (self.mss_v4, self.mss_v6) = mss_limits(cfg);
+        self.rekey_after_time = cfg.rekey_after_time;
+        self.reject_after_time = reject_after(cfg.rekey_after_time);
+        self.rekey_after_bytes = cfg.rekey_after_bytes;
+        done
     }
 
     /// Where an inner packet would be sent (its peer's current endpoint),
@@ -372,6 +465,7 @@ impl Device {
         else {
             log::info!("initiation from {from} with an unknown static key: dropped");
             self.counters.drop_handshake_invalid += 1;
+            self.note_unknown_key(from);
             return;
         };
         if received.timestamp <= self.peers[pi].last_timestamp {
@@ -455,6 +549,10 @@ impl Device {
             Err(e) => {
                 log::debug!("response from {from} refused: {e}");
                 self.counters.drop_handshake_invalid += 1;
+                self.peers[pi].diag.refusal = Some(format!(
+                    "a response from {from} failed to verify: the peer does not hold \
+                     our public key, or ours for it is wrong"
+                ));
                 self.indexes.remove(&idx);
                 return;
             }
@@ -469,6 +567,7 @@ impl Device {
         peer.last_handshake = Some(t.now);
         peer.next_attempt = None;
         peer.handshakes += 1;
+        peer.diag.established();
         self.counters.handshakes += 1;
         log::info!(
             "session established with peer {} at {from} (initiator)",
@@ -582,6 +681,7 @@ impl Device {
             peer.confirm_next(&mut self.dropped);
             peer.last_handshake = Some(t.now);
             peer.handshakes += 1;
+            peer.diag.established();
             self.counters.handshakes += 1;
             log::info!(
                 "session established with peer {} at {from} (responder)",
@@ -654,6 +754,7 @@ impl Device {
                     sent_at: t.now,
                     attempt,
                 });
+                peer.diag.initiated(t.unix);
                 peer.next_attempt = Some(t.now + Peer::retry_delay(attempt));
                 log::debug!(
                     "initiating handshake with peer {} at {to} (attempt {})",
@@ -669,11 +770,47 @@ impl Device {
         }
     }
 
+    /// Remembers, for the peer whose address sent it, that an initiation
+    /// came with a static key we do not know: the usual sign of a key
+    /// mismatch between the two configs.
+    fn note_unknown_key(&mut self, from: SocketAddr) {
+        let at = self
+            .peers
+            .iter()
+            .position(|p| p.endpoint == Some(from))
+            .or_else(|| {
+                self.peers
+                    .iter()
+                    .position(|p| p.endpoint.is_some_and(|e| e.ip() == from.ip()))
+            });
+        if let Some(pi) = at {
+            self.peers[pi].diag.refusal = Some(format!(
+                "its address {from} sent an initiation with a public key this \
+                 config does not list (peers[].public_key differs from the \
+                 peer's key)"
+            ));
+        }
+    }
+
+    /// Says at info level, at most every [`DIAG_LOG_EVERY`], why a peer
+    /// still has no session after a few initiations.
+    fn log_diagnosis(&mut self, pi: usize, now: Instant) {
+        let peer = &mut self.peers[pi];
+        let d = &peer.diag;
+        let recent = d.logged_at.is_some_and(|at| now < at + DIAG_LOG_EVERY);
+        if d.unanswered < DIAG_LOG_AFTER || recent {
+            return;
+        }
+        log::info!("peer {}: {}", peer.name, no_session_reason(d));
+        peer.diag.logged_at = Some(now);
+    }
+
     /// Runs timers: handshake retries, rekeys, keepalives, session expiry.
     /// Call at least every 100 ms.
     pub fn tick(&mut self, t: &Time, out: &mut Vec<Datagram>) {
         let now = t.now;
         for pi in 0..self.peers.len() {
+            self.log_diagnosis(pi, now);
             let reject = self.reject_after_time;
             self.peers[pi].expire(now, reject, &mut self.dropped);
             self.forget_dropped();
@@ -724,6 +861,61 @@ impl Device {
             }
         }
     }
+}
+
+/// Why a peer has no session, in an operator's words: the last refusal
+/// seen, or how many initiations went unanswered since when (UTC).
+pub fn no_session_reason(d: &crate::peer::Diagnosis) -> String {
+    let unanswered = match d.unanswered_since {
+        Some(since) if d.unanswered > 0 => Some(format!(
+            "{} initiation{} unanswered since {} UTC",
+            d.unanswered,
+            if d.unanswered == 1 { "" } else { "s" },
+            clock_utc(since.as_secs())
+        )),
+        _ => None,
+    };
+    match (unanswered, &d.refusal) {
+        (Some(u), Some(r)) => format!("{u}; {r}"),
+        (None, Some(r)) => r.clone(),
+        (Some(u), None) => {
+            format!("{u} (the peer is down, a firewall drops UDP, or the keys do not match)")
+        }
+        (None, None) => "no handshake yet".into(),
+    }
+}
+
+/// `HH:MM:SS` of a Unix time, UTC.
+pub fn clock_utc(unix_secs: u64) -> String {
+    let s = unix_secs % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Allowed prefixes, longest first, with the position of their peer.
+fn routes_of(peers: &[Peer]) -> Vec<(crate::prefix::Prefix, usize)> {
+    let mut routes: Vec<_> = peers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.allowed.iter().map(move |pr| (*pr, i)))
+        .collect();
+    routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    routes
+}
+
+/// The largest TCP MSS of IPv4 and IPv6 SYNs when `mss_clamp` is on.
+fn mss_limits(cfg: &Config) -> (Option<u16>, Option<u16>) {
+    let mtu = cfg.interface.mtu;
+    if cfg.mss_clamp {
+        (Some(mtu.saturating_sub(40)), Some(mtu.saturating_sub(60)))
+    } else {
+        (None, None)
+    }
+}
+
+/// Sessions stay usable for half a rekey period past the rekey point, long
+/// enough for the new handshake and its retries to finish.
+fn reject_after(rekey_after_time: Duration) -> Duration {
+    rekey_after_time.saturating_add(rekey_after_time / 2)
 }
 
 /// Whether an authenticated data or keepalive frame from `from` moves a

@@ -50,6 +50,7 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
         rekey_after_time: Duration::from_secs(120),
         rekey_after_bytes: 1 << 30,
         quic: None,
+        metrics_listen: None,
         peers: vec![PeerConfig {
             name: format!("peer{peer}"),
             public_key: key(peer).public(),
@@ -634,3 +635,6 @@ fn restarted_peer_answers_data_from_another_flow_with_a_handshake() {
         n.wire.iter().map(|w| (w.0, w.2[0])).collect::<Vec<_>>()
     );
 }
+
+#[path = "device_reload_tests.rs"]
+mod reload;

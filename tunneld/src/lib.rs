@@ -11,7 +11,13 @@
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`control`]: metrics and status over a Unix socket.
+//! - [`reload`]: applying a changed config to a running tunnel.
+//! - [`metrics`], [`http`]: the Prometheus view and its `/metrics` listener.
+//! - [`show`]: the human view (`tunneld show`).
+//! - [`service`]: systemd readiness, reload and watchdog notifications.
+//! - [`cli`]: error chains and file writing for the programs.
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod crypto;
@@ -19,9 +25,14 @@ pub mod dataplane;
 pub mod device;
 pub mod fq;
 pub mod gro;
+pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod peer;
 pub mod prefix;
+pub mod reload;
+pub mod service;
+pub mod show;
 pub mod transport;
 pub mod tun;
 pub mod units;

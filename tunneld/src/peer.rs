@@ -95,6 +95,9 @@ pub struct Peer {
     pub(crate) name: String,
     pub(crate) public: [u8; 32],
     pub(crate) endpoint: Option<SocketAddr>,
+    /// The endpoint the config names (`endpoint` moves when the peer
+    /// roams); a reload changes `endpoint` only when this changes.
+    pub(crate) configured_endpoint: Option<SocketAddr>,
     pub(crate) allowed: Vec<Prefix>,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) current: Option<Session>,
@@ -116,6 +119,36 @@ pub struct Peer {
     pub(crate) tx_bytes: u64,
     pub(crate) rx_bytes: u64,
     pub(crate) handshakes: u64,
+    /// Why there is no session, for `tunneld show` and the log.
+    pub(crate) diag: Diagnosis,
+}
+
+/// What a peer without a session has done so far: initiations sent and
+/// not answered, and the last refusal seen, so an operator reads "3
+/// initiations unanswered since 12:01:07" instead of `"session": false`.
+#[derive(Debug, Clone, Default)]
+pub struct Diagnosis {
+    /// Initiations sent since the last session was established.
+    pub unanswered: u32,
+    /// Wall-clock time (since the Unix epoch) of the first of them.
+    pub unanswered_since: Option<Duration>,
+    /// The last thing that went wrong with this peer's handshakes.
+    pub refusal: Option<String>,
+    /// When the log last said so (rate limit).
+    pub logged_at: Option<Instant>,
+}
+
+impl Diagnosis {
+    /// An initiation went out at wall-clock `unix`.
+    pub fn initiated(&mut self, unix: Duration) {
+        self.unanswered = self.unanswered.saturating_add(1);
+        self.unanswered_since.get_or_insert(unix);
+    }
+
+    /// A session was established: nothing to explain any more.
+    pub fn established(&mut self) {
+        *self = Diagnosis::default();
+    }
 }
 
 impl Peer {
@@ -131,6 +164,7 @@ impl Peer {
             name,
             public,
             endpoint,
+            configured_endpoint: endpoint,
             allowed,
             keepalive,
             current: None,
@@ -148,6 +182,7 @@ impl Peer {
             tx_bytes: 0,
             rx_bytes: 0,
             handshakes: 0,
+            diag: Diagnosis::default(),
         }
     }
 
@@ -168,6 +203,15 @@ impl Peer {
         } else {
             None
         }
+    }
+
+    /// The local indexes this peer holds: its sessions' and its handshake
+    /// in flight's.
+    pub fn local_indexes(&self) -> impl Iterator<Item = u32> + '_ {
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .filter_map(|s| s.as_ref().map(|s| s.local_index))
+            .chain(self.pending.as_ref().map(|p| p.initiation.local_index()))
     }
 
     /// Mutable access to a session by slot.

@@ -116,11 +116,7 @@ impl Tun {
                 ip(&["addr", "replace", &a, "dev", &self.name])?;
             }
         }
-        for r in routes {
-            let r = r.to_string();
-            ip(&["route", "replace", &r, "dev", &self.name])?;
-        }
-        Ok(())
+        add_routes(&self.name, routes)
     }
 
     /// Reads what is queued: one packet, or one super-packet split into
@@ -168,6 +164,26 @@ impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.dev.as_raw_fd()
     }
+}
+
+/// Routes each of `routes` through device `dev`.
+pub fn add_routes(dev: &str, routes: &[Prefix]) -> Result<(), TunError> {
+    for r in routes {
+        ip(&["route", "replace", &r.to_string(), "dev", dev])?;
+    }
+    Ok(())
+}
+
+/// Removes the routes of `routes` through device `dev`; one already gone
+/// is not an error.
+pub fn remove_routes(dev: &str, routes: &[Prefix]) -> Result<(), TunError> {
+    for r in routes {
+        match ip(&["route", "del", &r.to_string(), "dev", dev]) {
+            Err(TunError::Ip { stderr, .. }) if stderr.contains("No such process") => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 fn ip(args: &[&str]) -> Result<(), TunError> {

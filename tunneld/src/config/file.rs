@@ -154,9 +154,34 @@ pub struct TunnelFile {
     /// The QUIC endpoint (required when a peer uses `transport: quic`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicFile>,
-    /// The remote gateways (at least one).
+    /// The Prometheus `/metrics` HTTP endpoint; none without this section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsFile>,
+    /// The remote gateways (none yet is allowed: peers can be added by a reload).
     #[serde(deserialize_with = "de_peers")]
     pub peers: Vec<PeerFile>,
+}
+
+/// `metrics:` — an HTTP listener serving `GET /metrics` in the Prometheus
+/// text format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Address to listen on; loopback by default, so only a scraper on
+    /// this host reads the counters unless the operator opens it.
+    #[serde(
+        default = "default_metrics_listen",
+        deserialize_with = "de_socket_addr"
+    )]
+    pub listen: SocketAddr,
+}
+
+/// Default `metrics.listen`: loopback only.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9820);
+
+fn default_metrics_listen() -> SocketAddr {
+    DEFAULT_METRICS_LISTEN
 }
 
 /// `interface:`.
@@ -677,5 +702,5 @@ fn de_allowed<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> 
 }
 
 fn de_peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerFile>, D::Error> {
-    non_empty(d, "peer")
+    Vec::deserialize(d)
 }

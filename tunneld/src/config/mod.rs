@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{
-    DataplaneFile, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile, TunnelFile,
-    BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS, DEFAULT_MTU, DEFAULT_QUIC_IDLE,
-    DEFAULT_QUIC_KEEPALIVE, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER,
-    DEFAULT_WORKERS, FLOWS_RANGE, IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN,
-    MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE,
-    WORKERS_RANGE,
+    DataplaneFile, InterfaceFile, Kind, MetricsFile, PeerFile, PeerQuicFile, QuicFile, RekeyFile,
+    TunnelFile, BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS, DEFAULT_METRICS_LISTEN, DEFAULT_MTU,
+    DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME,
+    DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, FLOWS_RANGE, IPV6_MIN_MTU, KEEPALIVE_RANGE,
+    MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE,
+    SOCKET_BUFFER_RANGE, WORKERS_RANGE,
 };
 
 use crate::keys::{KeyError, PrivateKey, PublicKey};
@@ -190,7 +190,9 @@ pub struct Config {
     pub rekey_after_bytes: u64,
     /// The QUIC endpoint, when some peer uses `transport: quic`.
     pub quic: Option<QuicConfig>,
-    /// Remote gateways (at least one).
+    /// Where `GET /metrics` is served over HTTP, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Remote gateways (none yet is allowed: a reload adds them).
     pub peers: Vec<PeerConfig>,
 }
 
@@ -471,9 +473,6 @@ pub fn check(
                 .into(),
         ));
     }
-    if raw.peers.is_empty() {
-        return Err(cx.invalid("peers".into(), "at least one peer is required".into()));
-    }
 
     for (i, p) in raw.peers.iter().enumerate() {
         let at = |f: &str| format!("peers[{i}].{f}");
@@ -659,6 +658,7 @@ pub fn check(
         rekey_after_time: raw.rekey.after_time.0,
         rekey_after_bytes: raw.rekey.after_bytes.0,
         quic,
+        metrics_listen: raw.metrics.as_ref().map(|m| m.listen),
         peers: raw
             .peers
             .iter()
@@ -778,6 +778,60 @@ fn check_transports(
         idle_timeout: q.idle_timeout.0,
         keepalive: q.keepalive.0,
     }))
+}
+
+/// The starting config `tunneld init` writes: interface `name` with
+/// `address`, listening on `listen`, its key in `key_file` beside it, no
+/// peers yet, and a commented peer to fill in. Each argument is checked as
+/// the config loader would.
+pub fn starter_config(
+    name: &str,
+    address: &str,
+    listen: &str,
+    key_file: &str,
+) -> Result<String, ConfigError> {
+    let bad = |field: &str, message: String| ConfigError::Invalid {
+        file: "tunneld init".into(),
+        field: field.into(),
+        line: None,
+        column: None,
+        message,
+    };
+    file::check_if_name(name).map_err(|m| bad("name", m))?;
+    let addr =
+        Prefix::parse_interface_addr(address).map_err(|e| bad("--address", e.to_string()))?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| bad("--listen", format!("\"{listen}\" is not IP:PORT")))?;
+    Ok(format!(
+        "\
+# tunneld config for tunnel {name}; every field is described in docs/config.md.
+# Check it with `tunneld check --config THIS_FILE`; after editing a running
+# tunnel's peers, `systemctl reload tunneld@{name}` applies them without
+# dropping the other peers' sessions.
+kind: tunnel
+
+interface:
+  name: {name}
+  addresses: [\"{addr}\"]
+  mtu: 1420                     # 1500 on the WAN minus 80 bytes of tunnel overhead
+
+listen: \"{listen}\"           # UDP; open this port to the peer gateways
+private_key_file: {key_file}    # beside this file, mode 0600
+
+# metrics:                      # Prometheus: GET http://127.0.0.1:9820/metrics
+#   listen: 127.0.0.1:9820
+
+peers: []
+# A peer, once its public key is known (`tunneld pubkey < KEY` on its side):
+# peers:
+#   - name: dc-b
+#     public_key: \"BASE64 PUBLIC KEY OF THE PEER\"
+#     endpoint: 203.0.113.2:51820   # omit on a hub: the spoke connects first
+#     allowed_prefixes: [10.2.0.0/16]
+#     keepalive: 25s
+"
+    ))
 }
 
 impl TunnelFile {

@@ -509,13 +509,37 @@ fn unknown_field_in_peer() {
 
 #[test]
 fn peers_empty_and_missing() {
+    // A gateway may start with no peers (a hub before its spokes, a config
+    // from `tunneld init`): a reload adds them. The field itself is required.
     let f = fixture();
     let y = f.yaml();
     let cut = y.find("peers:").expect("peers");
     let t = format!("{}peers: []\n", &y[..cut]);
-    f.expect_err(&t, "peers", "peers:");
+    assert!(f.parse(&t).expect("no peers yet").peers.is_empty());
     let msg = f.parse(&y[..cut]).expect_err("no peers").to_string();
     assert!(msg.contains("missing field `peers`"), "{msg}");
+}
+
+#[test]
+fn metrics_listen_defaults_to_loopback() {
+    let f = fixture();
+    let y = f.yaml();
+    let cut = y.find("peers:").expect("peers");
+    let with = |m: &str| format!("{}{m}\n{}", &y[..cut], &y[cut..]);
+    assert_eq!(f.parse(&y).expect("no section").metrics_listen, None);
+    let c = f.parse(&with("metrics: {}")).expect("empty section");
+    assert_eq!(c.metrics_listen, Some(DEFAULT_METRICS_LISTEN));
+    assert!(DEFAULT_METRICS_LISTEN.ip().is_loopback());
+    let c = f
+        .parse(&with("metrics: {listen: \"[::1]:9100\"}"))
+        .expect("v6");
+    assert_eq!(c.metrics_listen, Some("[::1]:9100".parse().expect("addr")));
+    f.expect_err(
+        &with("metrics: {listen: nowhere}"),
+        "metrics.listen",
+        "nowhere",
+    );
+    f.expect_err(&with("metrics: {port: 9}"), "port", "port: 9");
 }
 
 #[test]
@@ -614,6 +638,7 @@ fn round_trip_generated_config() {
             flows: 3,
         },
         quic: None,
+        metrics: None,
         rekey: RekeyFile {
             after_time: Span(Duration::from_millis(1500)),
             after_bytes: Size(1 << 20),
