@@ -142,14 +142,35 @@ impl TunnelLab {
         }
     }
 
+    /// Writes the side's config (`config` as YAML) to its file.
+    pub fn write_config(&self, side: Side) -> anyhow::Result<()> {
+        let yaml = serde_norway::to_string(&self.side(side).config).context("rendering YAML")?;
+        let t = self.side(side);
+        std::fs::write(&t.config_path, yaml).with_context(|| format!("writing {:?}", t.config_path))
+    }
+
+    /// Mutable access to a side's daemon (to edit its config).
+    pub fn side_config(&mut self, side: Side) -> &mut Value {
+        &mut self.side_mut(side).config
+    }
+
+    /// Runs `tunneld SUBCOMMAND --config FILE` of one side in its namespace.
+    pub fn tunneld(&self, side: Side, subcommand: &str) -> anyhow::Result<std::process::Output> {
+        let t = self.side(side);
+        let config = t.config_path.to_string_lossy();
+        Ok(self.dc.lab.exec(
+            &t.ns,
+            &bin("tunneld").to_string_lossy(),
+            &[subcommand, "--config", &config],
+        )?)
+    }
+
     /// Writes the side's config and starts `tunneld run` in its gateway
     /// namespace; returns once `tunneld status` answers. On failure the error
     /// carries the daemon's log.
     pub fn start_side(&mut self, side: Side) -> anyhow::Result<u32> {
-        let yaml = serde_norway::to_string(&self.side(side).config).context("rendering YAML")?;
+        self.write_config(side)?;
         let t = self.side(side);
-        std::fs::write(&t.config_path, yaml)
-            .with_context(|| format!("writing {:?}", t.config_path))?;
         let mut cmd = Command::new(bin("tunneld"));
         cmd.arg("run").arg("--config").arg(&t.config_path).env(
             "RUST_LOG",

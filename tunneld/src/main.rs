@@ -218,11 +218,23 @@ fn dispatch(cmd: Cmd) -> Result<()> {
     }
 }
 
-/// The control socket: given, or named by the config.
+/// The control socket: given, or named by the config. A config that fails
+/// its checks still names it (the daemon then says what is wrong).
 fn control_path(socket: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf> {
     Ok(match (socket, config) {
         (Some(s), _) => s,
-        (None, Some(c)) => config::load(&c)?.control_socket,
+        (None, Some(c)) => match config::load(&c) {
+            Ok(cfg) => cfg.control_socket,
+            Err(e) => match config::control_socket_of(&c) {
+                Some(path) => path,
+                None => {
+                    return Err(anyhow::Error::new(e).context(
+                        "cannot find the control socket in this config (the running \
+                         tunnel was not asked and is unchanged)",
+                    ))
+                }
+            },
+        },
         (None, None) => bail!("give --config or --socket"),
     })
 }

@@ -362,6 +362,28 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse_named(&text, base, &path.display().to_string())
 }
 
+/// The control socket: `control_socket` resolved against the config's
+/// directory, or `/run/tunneld/<interface>.sock`.
+fn socket_path(configured: Option<&Path>, interface: &str, base_dir: &Path) -> PathBuf {
+    match configured {
+        Some(p) => base_dir.join(p),
+        None => PathBuf::from(format!("/run/tunneld/{interface}.sock")),
+    }
+}
+
+/// The control socket a config file names, read leniently: only
+/// `control_socket` and `interface.name` need to be there, so `tunneld
+/// reload` can reach the daemon (which then says what is wrong) even when
+/// the file fails its checks. `None` when the file is not YAML with those.
+pub fn control_socket_of(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc: serde_norway::Value = serde_norway::from_str(&text).ok()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let configured = doc.get("control_socket").and_then(|v| v.as_str());
+    let name = doc.get("interface")?.get("name")?.as_str()?;
+    Some(socket_path(configured.map(Path::new), name, base))
+}
+
 /// Parses and checks config text; relative paths resolve against `base_dir`.
 /// Also loads the private key file.
 pub fn parse_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
@@ -566,10 +588,7 @@ pub fn check(
         ));
     }
 
-    let control_socket = match &raw.control_socket {
-        Some(p) => base_dir.join(p),
-        None => PathBuf::from(format!("/run/tunneld/{}.sock", iface.name)),
-    };
+    let control_socket = socket_path(raw.control_socket.as_deref(), &iface.name, base_dir);
     let dp = &raw.dataplane;
     for (field, v, range) in [
         ("dataplane.batch", dp.batch, file::BATCH_RANGE),
