@@ -6,6 +6,7 @@
 //! Root tests build their own `dc_pair` (skip without root unless CI=true).
 //! Build first: `cargo build --release --workspace`.
 
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -315,6 +316,77 @@ fn prom_query(tl: &TunnelLab, ns: &str, expr: &str) -> anyhow::Result<Option<f64
         .find_map(|l| l.split("=> ").nth(1))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok()))
+}
+
+/// Reads sd_notify datagrams from `sock` until one contains `want`;
+/// returns everything read so far.
+fn notified(sock: &UnixDatagram, seen: &mut String, want: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    }
+    true
+}
+
+#[test]
+fn systemd_hears_ready_watchdog_reloading_and_stopping() {
+    if !require_root() {
+        return;
+    }
+    let mut tl = TunnelLab::start("svc-notify", false, |_, _| {}).expect("start the pair");
+    // Restart gw-a as systemd would run it: with a notify socket and a
+    // watchdog of 400 ms (pings every 200 ms).
+    let path = tl.lab().dir().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    tl.stop_side(Side::A).expect("stop gw-a");
+    tl.a.env = vec![
+        ("NOTIFY_SOCKET".into(), path.display().to_string()),
+        ("WATCHDOG_USEC".into(), "400000".into()),
+    ];
+    let pid = tl.start_side(Side::A).expect("restart gw-a");
+    let mut seen = String::new();
+    assert!(
+        notified(&sock, &mut seen, "READY=1", Duration::from_secs(5)),
+        "{seen}"
+    );
+    assert!(seen.contains("STATUS=tunnel "), "{seen}");
+    seen.clear();
+    // At least three watchdog pings in a second and a half.
+    let start = std::time::Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let mut one = String::new();
+        if notified(&sock, &mut one, "WATCHDOG=1", Duration::from_millis(300)) {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 3, "{pings} watchdog pings in 1.5 s");
+    // SIGHUP: RELOADING=1, then READY=1 again.
+    // SAFETY: kill(2) on the daemon this test started, by PID.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    assert!(
+        notified(&sock, &mut seen, "RELOADING=1", Duration::from_secs(5)),
+        "{seen}"
+    );
+    seen.clear();
+    assert!(
+        notified(&sock, &mut seen, "READY=1", Duration::from_secs(5)),
+        "{seen}"
+    );
+    tl.stop_side(Side::A).expect("stop gw-a");
+    assert!(
+        notified(&sock, &mut seen, "STOPPING=1", Duration::from_secs(5)),
+        "{seen}"
+    );
 }
 
 #[test]

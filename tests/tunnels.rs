@@ -67,6 +67,8 @@ pub struct Tunnel {
     pub pid: Option<u32>,
     /// Every PID this side ever had (for logs).
     pub history: Vec<u32>,
+    /// Extra environment for the daemon (e.g. systemd's NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
 }
 
 /// A [`DcPair`] with a tunneld on each gateway.
@@ -112,6 +114,7 @@ impl TunnelLab {
                 config,
                 pid: None,
                 history: Vec::new(),
+                env: Vec::new(),
             })
         };
         let a = make(Side::A, &dc.gw_a)?;
@@ -177,6 +180,7 @@ impl TunnelLab {
             std::env::var("E2E_TUNNELD_LOG").unwrap_or_else(|_| "info".to_string()),
         );
         cmd.env("RUST_BACKTRACE", "1");
+        cmd.envs(t.env.iter().map(|(k, v)| (k, v)));
         let pid = self.dc.lab.spawn(&t.ns, cmd)?;
         let tm = self.side_mut(side);
         tm.pid = Some(pid);
