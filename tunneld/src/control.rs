@@ -138,6 +138,26 @@ impl Status {
                 "Handshakes completed.",
                 c.handshakes,
             ),
+            (
+                "tunneld_handshake_dh_total",
+                "Received handshake messages given public-key work (the cost a flood can impose).",
+                c.handshake_dh,
+            ),
+            (
+                "tunneld_cookie_replies_sent_total",
+                "Handshake messages answered with a cookie reply under load instead of public-key work.",
+                c.cookie_replies_sent,
+            ),
+            (
+                "tunneld_cookie_replies_received_total",
+                "Cookie replies accepted from peers under load.",
+                c.cookie_replies_received,
+            ),
+            (
+                "tunneld_triggered_handshakes_suppressed_total",
+                "Data frames for unknown indexes that did not trigger a handshake (one per 5 s per peer).",
+                c.triggered_handshakes_suppressed,
+            ),
         ] {
             s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
             s.push_str(&format!("{name}{{interface=\"{iface}\"}} {v}\n"));
@@ -158,6 +178,8 @@ impl Status {
                 ("spoofed_source", c.drop_spoofed_source),
                 ("handshake_invalid", c.drop_handshake_invalid),
                 ("handshake_ratelimit", c.drop_handshake_ratelimit),
+                ("handshake_mac", c.drop_handshake_mac),
+                ("cookie_invalid", c.drop_cookie_invalid),
                 ("no_route", c.drop_no_route),
                 ("no_session", c.drop_no_session),
             ],

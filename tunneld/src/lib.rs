@@ -7,11 +7,13 @@
 //! - [`keys`], [`prefix`]: X25519 key text and IP prefixes.
 //! - [`wire`]: zero-copy views over IP headers and our frame format.
 //! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
-//! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core.
+//! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core;
+//!   [`admission`]: which handshake messages get public-key work.
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`control`]: metrics and status over a Unix socket.
 
+pub mod admission;
 pub mod config;
 pub mod control;
 pub mod crypto;
