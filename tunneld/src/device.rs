@@ -145,6 +145,8 @@ pub struct Device {
     /// mac1/mac2 checks and cookie replies for messages addressed to us.
     checker: CookieChecker,
     admission: Admission,
+    /// Log lines about refused handshakes (anyone can cause them).
+    refused_log: crate::lograte::LogLimiter,
     dropped: Vec<u32>,
 }
 
@@ -196,6 +198,7 @@ impl Device {
             single_flow: cfg.dataplane.flows <= 1,
             counters: Counters::default(),
             admission: Admission::new(),
+            refused_log: crate::lograte::LogLimiter::new(),
             dropped: Vec::new(),
         }
     }
@@ -445,15 +448,24 @@ impl Device {
             .iter()
             .position(|p| p.public == received.peer_public)
         else {
-            log::info!("initiation from {from} with an unknown static key: dropped");
+            if let Some(n) = self.refused_log.allow_at(t.now) {
+                log::info!(
+                    "initiation from {from} with an unknown static key: dropped{}",
+                    crate::lograte::suppressed_note(n)
+                );
+            }
             self.counters.drop_handshake_invalid += 1;
             return;
         };
         if received.timestamp <= self.peers[pi].last_timestamp {
-            log::info!(
-                "replayed initiation for peer {} from {from}: dropped",
-                self.peers[pi].name
-            );
+            // A replay needs no key: anyone who saw the initiation can send it.
+            if let Some(n) = self.refused_log.allow_at(t.now) {
+                log::info!(
+                    "replayed initiation for peer {} from {from}: dropped{}",
+                    self.peers[pi].name,
+                    crate::lograte::suppressed_note(n)
+                );
+            }
             self.counters.drop_handshake_invalid += 1;
             return;
         }

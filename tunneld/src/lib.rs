@@ -12,6 +12,7 @@
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`control`]: metrics and status over a Unix socket.
+//! - [`lograte`]: rate limits for log lines that unauthenticated sources cause.
 
 pub mod admission;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod device;
 pub mod fq;
 pub mod gro;
 pub mod keys;
+pub mod lograte;
 pub mod peer;
 pub mod prefix;
 pub mod transport;
