@@ -30,6 +30,9 @@ pub struct IoCounters {
     pub recv_errors: u64,
     /// Packets the TUN device refused.
     pub tun_write_errors: u64,
+    /// TUN reads that failed or returned a super-packet that could not be
+    /// split (its segments are lost; the kernel retransmits).
+    pub tun_read_errors: u64,
     /// TUN reads, and the inner packets they yielded (more packets than
     /// reads: TSO super-packets were split).
     pub tun_reads: u64,
@@ -194,6 +197,7 @@ impl Status {
                 ("send", io.send_errors),
                 ("recv", io.recv_errors),
                 ("tun_write", io.tun_write_errors),
+                ("tun_read", io.tun_read_errors),
             ],
         );
         family(
