@@ -42,6 +42,9 @@ pub struct IoCounters {
     pub recv_errors: u64,
     /// Packets the TUN device refused.
     pub tun_write_errors: u64,
+    /// TUN reads that failed or returned a super-packet that could not be
+    /// split (its segments are lost; the kernel retransmits).
+    pub tun_read_errors: u64,
     /// TUN reads, and the inner packets they yielded (more packets than
     /// reads: TSO super-packets were split).
     pub tun_reads: u64,

@@ -90,6 +90,7 @@ struct IoStats {
     send_errors: AtomicU64,
     recv_errors: AtomicU64,
     tun_write_errors: AtomicU64,
+    tun_read_errors: AtomicU64,
     tun_reads: AtomicU64,
     tun_read_packets: AtomicU64,
     tun_writes: AtomicU64,
@@ -113,6 +114,7 @@ impl IoStats {
             send_errors: get(&self.send_errors),
             recv_errors: get(&self.recv_errors),
             tun_write_errors: get(&self.tun_write_errors),
+            tun_read_errors: get(&self.tun_read_errors),
             tun_reads: get(&self.tun_reads),
             tun_read_packets: get(&self.tun_read_packets),
             tun_writes: get(&self.tun_writes),
@@ -661,16 +663,27 @@ fn read_tun(
         }
         Err(e) if would_block(&e) => Ok(None),
         Err(e) => {
-            // A malformed super-packet is the kernel's doing and rare; a
+            // A malformed super-packet is the kernel's doing and rare (the
+            // device's gso_max_segs keeps super-packets within MAX_SPLIT
+            // segments); it is counted, and logged at a bounded rate. A
             // broken descriptor shows up as EBADF and ends the loop.
             if e.raw_os_error() == Some(libc::EBADF) {
                 return Err(e);
             }
-            log::debug!("TUN read: {e}");
+            add(&shared.io.tun_read_errors, 1);
+            if let Some(n) = TUN_READ_LOG.allow() {
+                log::warn!(
+                    "TUN read failed, packet lost: {e}{}",
+                    crate::lograte::suppressed_note(n)
+                );
+            }
             Ok(None)
         }
     }
 }
+
+/// TUN read failures are logged at a bounded rate.
+static TUN_READ_LOG: crate::lograte::LogLimiter = crate::lograte::LogLimiter::new();
 
 /// The fq_codel stage of the TX direction: a pool of packet buffers and the
 /// queue of their slot numbers. Buffers move between the read staging area,

@@ -9,8 +9,10 @@
 //! An inbound frame is opened in place and the inner packet handed back as a
 //! range of the same buffer.
 
+use crate::admission::{Admission, Admit};
 use crate::config::{CipherKind, Config};
 use crate::crypto::aead::{new_aead, TAG_LEN};
+use crate::crypto::cookie::CookieChecker;
 use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
 use crate::peer::{Peer, Pending, Session, Slot};
 use crate::wire::{self, MessageType};
@@ -25,14 +27,9 @@ pub const HEADROOM: usize = wire::DATA_HEADER_LEN;
 pub const TAILROOM: usize = TAG_LEN;
 /// Frame overhead added to every inner packet.
 pub const OVERHEAD: usize = HEADROOM + TAILROOM;
-const INIT_FRAME_LEN: usize = 8 + INIT_NOISE_LEN;
-const RESPONSE_FRAME_LEN: usize = 12 + RESPONSE_NOISE_LEN;
-/// Handshake initiations processed per second across all peers before the
-/// rest are dropped: each costs several X25519 operations, so this bounds the
-/// CPU an attacker can burn (about 1% of a core), while a real peer needs one
-/// every two minutes.
-const HANDSHAKES_PER_SEC: f64 = 50.0;
-const HANDSHAKE_BURST: f64 = 20.0;
+const INIT_FRAME_LEN: usize = wire::HANDSHAKE_INIT_HEADER_LEN + INIT_NOISE_LEN + wire::MACS_LEN;
+const RESPONSE_FRAME_LEN: usize =
+    wire::HANDSHAKE_RESPONSE_HEADER_LEN + RESPONSE_NOISE_LEN + wire::MACS_LEN;
 /// Unanswered initiations before the log explains a missing session: the
 /// first one or two are often lost to a peer that is still starting.
 const DIAG_LOG_AFTER: u32 = 3;
@@ -81,8 +78,25 @@ pub struct Counters {
     pub drop_spoofed_source: u64,
     /// Handshake messages that failed to verify, came from an unknown key, or replayed a timestamp.
     pub drop_handshake_invalid: u64,
-    /// Handshake initiations dropped by the rate limiter.
+    /// Handshake messages dropped by the rate limits: over their source
+    /// address's budget under load, or over the cookie reply budget.
     pub drop_handshake_ratelimit: u64,
+    /// Handshake messages whose mac1 did not verify (random bytes, or meant
+    /// for another key): dropped before any public-key work.
+    pub drop_handshake_mac: u64,
+    /// Cookie replies that did not authenticate or answered nothing we sent.
+    pub drop_cookie_invalid: u64,
+    /// Handshake messages answered with a cookie reply (under load, no valid
+    /// mac2) instead of public-key work.
+    pub cookie_replies_sent: u64,
+    /// Cookie replies accepted from peers (we were asked to prove our address).
+    pub cookie_replies_received: u64,
+    /// Received handshake messages that were given public-key work (each a
+    /// few X25519 operations): the cost a flood can impose.
+    pub handshake_dh: u64,
+    /// Data frames for an unknown index that would have triggered a
+    /// handshake but came within 5 s of the last one so triggered.
+    pub triggered_handshakes_suppressed: u64,
     /// Packets from the TUN device whose destination no peer covers.
     pub drop_no_route: u64,
     /// Staged packets pushed out while waiting for a handshake.
@@ -155,9 +169,15 @@ pub struct Device {
     rekey_after_time: Duration,
     reject_after_time: Duration,
     rekey_after_bytes: u64,
+    /// `dataplane.flows: 1`: a peer's frames all come from one socket, so a
+    /// port change is a NAT rebinding to follow at once (see [`moves_endpoint`]).
+    single_flow: bool,
     counters: Counters,
-    bucket: f64,
-    bucket_at: Option<Instant>,
+    /// mac1/mac2 checks and cookie replies for messages addressed to us.
+    checker: CookieChecker,
+    admission: Admission,
+    /// Log lines about refused handshakes (anyone can cause them).
+    refused_log: crate::lograte::LogLimiter,
     dropped: Vec<u32>,
 }
 
@@ -182,6 +202,7 @@ impl Device {
         let (mss_v4, mss_v6) = mss_limits(cfg);
         let reject_after_time = reject_after(cfg.rekey_after_time);
         Device {
+            checker: CookieChecker::new(identity.public()),
             identity,
             cipher: cfg.cipher,
             transports: cfg.peers.iter().map(|p| p.transport.as_str()).collect(),
@@ -193,9 +214,10 @@ impl Device {
             rekey_after_time: cfg.rekey_after_time,
             reject_after_time,
             rekey_after_bytes: cfg.rekey_after_bytes,
+            single_flow: cfg.dataplane.flows <= 1,
             counters: Counters::default(),
-            bucket: HANDSHAKE_BURST,
-            bucket_at: None,
+            admission: Admission::new(),
+            refused_log: crate::lograte::LogLimiter::new(),
             dropped: Vec::new(),
         }
     }
@@ -419,24 +441,77 @@ impl Device {
                 None
             }
             Ok(MessageType::Data) | Ok(MessageType::Keepalive) => self.on_data(frame, from, t, out),
-            Ok(MessageType::CookieReply) | Err(_) => {
+            Ok(MessageType::CookieReply) => {
+                self.on_cookie_reply(frame, t);
+                None
+            }
+            Err(_) => {
                 self.counters.drop_malformed += 1;
                 None
             }
         }
     }
 
-    fn take_token(&mut self, now: Instant) -> bool {
-        if let Some(at) = self.bucket_at {
-            let refill = now.duration_since(at).as_secs_f64() * HANDSHAKES_PER_SEC;
-            self.bucket = (self.bucket + refill).min(HANDSHAKE_BURST);
+    /// Decides whether a handshake message (`msg`, whose sender's index is
+    /// `sender_index`) from `from` gets public-key work: false when it was
+    /// answered with a cookie reply or dropped (and counted).
+    fn admit(
+        &mut self,
+        msg: &[u8],
+        sender_index: u32,
+        from: SocketAddr,
+        now: Instant,
+        out: &mut Vec<Datagram>,
+    ) -> bool {
+        let checker = &mut self.checker;
+        match self
+            .admission
+            .admit(from.ip(), now, || checker.mac2_ok(msg, from, now))
+        {
+            Admit::Process => {
+                self.counters.handshake_dh += 1;
+                true
+            }
+            Admit::SendCookie => {
+                let mut data = [0u8; wire::COOKIE_REPLY_LEN];
+                if let Some(n) = self.checker.reply(msg, sender_index, from, now, &mut data) {
+                    self.counters.cookie_replies_sent += 1;
+                    out.push(Datagram {
+                        to: from,
+                        data: data[..n].to_vec(),
+                    });
+                }
+                false
+            }
+            Admit::RateLimited => {
+                self.counters.drop_handshake_ratelimit += 1;
+                false
+            }
         }
-        self.bucket_at = Some(now);
-        if self.bucket >= 1.0 {
-            self.bucket -= 1.0;
-            true
-        } else {
-            false
+    }
+
+    fn on_cookie_reply(&mut self, frame: &[u8], t: &Time) {
+        let Ok(msg) = wire::CookieReply::new_checked(frame) else {
+            self.counters.drop_malformed += 1;
+            return;
+        };
+        let Some(&pi) = self.indexes.get(&msg.receiver_index()) else {
+            self.counters.drop_unknown_index += 1;
+            return;
+        };
+        let peer = &mut self.peers[pi];
+        match peer.jar.consume(frame, t.now) {
+            Ok(()) => {
+                self.counters.cookie_replies_received += 1;
+                log::debug!(
+                    "peer {} is under load: its cookie goes into our next handshake",
+                    peer.name
+                );
+            }
+            Err(e) => {
+                log::debug!("cookie reply for peer {} refused: {e}", peer.name);
+                self.counters.drop_cookie_invalid += 1;
+            }
         }
     }
 
@@ -445,8 +520,11 @@ impl Device {
             self.counters.drop_malformed += 1;
             return;
         };
-        if !self.take_token(t.now) {
-            self.counters.drop_handshake_ratelimit += 1;
+        if !self.checker.mac1_ok(frame) {
+            self.counters.drop_handshake_mac += 1;
+            return;
+        }
+        if !self.admit(frame, msg.sender_index(), from, t.now, out) {
             return;
         }
         let received =
@@ -463,16 +541,25 @@ impl Device {
             .iter()
             .position(|p| p.public == received.peer_public)
         else {
-            log::info!("initiation from {from} with an unknown static key: dropped");
+            if let Some(n) = self.refused_log.allow_at(t.now) {
+                log::info!(
+                    "initiation from {from} with an unknown static key: dropped{}",
+                    crate::lograte::suppressed_note(n)
+                );
+            }
             self.counters.drop_handshake_invalid += 1;
             self.note_unknown_key(from);
             return;
         };
         if received.timestamp <= self.peers[pi].last_timestamp {
-            log::info!(
-                "replayed initiation for peer {} from {from}: dropped",
-                self.peers[pi].name
-            );
+            // A replay needs no key: anyone who saw the initiation can send it.
+            if let Some(n) = self.refused_log.allow_at(t.now) {
+                log::info!(
+                    "replayed initiation for peer {} from {from}: dropped{}",
+                    self.peers[pi].name,
+                    crate::lograte::suppressed_note(n)
+                );
+            }
             self.counters.drop_handshake_invalid += 1;
             return;
         }
@@ -501,7 +588,8 @@ impl Device {
         frame_out[0] = MessageType::HandshakeResponse as u8;
         frame_out[4..8].copy_from_slice(&local.to_le_bytes());
         frame_out[8..12].copy_from_slice(&received.remote_index.to_le_bytes());
-        let (keys, n) = match received.respond(local, &mut frame_out[12..]) {
+        let noise_end = RESPONSE_FRAME_LEN - wire::MACS_LEN;
+        let (keys, n) = match received.respond(local, &mut frame_out[12..noise_end]) {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("writing handshake response failed: {e}");
@@ -509,12 +597,13 @@ impl Device {
                 return;
             }
         };
-        frame_out.truncate(12 + n);
+        frame_out.truncate(12 + n + wire::MACS_LEN);
         let Some(session) = self.make_session(&keys, t.now) else {
             self.indexes.remove(&local);
             return;
         };
         let peer = &mut self.peers[pi];
+        peer.jar.stamp(&mut frame_out, t.now);
         peer.last_timestamp = timestamp;
         peer.endpoint = Some(from);
         peer.install_next(session, &mut self.dropped);
@@ -531,17 +620,31 @@ impl Device {
             self.counters.drop_malformed += 1;
             return;
         };
+        if !self.checker.mac1_ok(frame) {
+            self.counters.drop_handshake_mac += 1;
+            return;
+        }
         let idx = msg.receiver_index();
         let Some(&pi) = self.indexes.get(&idx) else {
             self.counters.drop_unknown_index += 1;
             return;
         };
-        let peer = &mut self.peers[pi];
-        if peer.pending.as_ref().map(|p| p.initiation.local_index()) != Some(idx) {
+        if self.peers[pi]
+            .pending
+            .as_ref()
+            .map(|p| p.initiation.local_index())
+            != Some(idx)
+        {
             self.counters.drop_unknown_index += 1;
             return;
         }
-        let Some(pending) = peer.pending.take() else {
+        if !self.admit(frame, msg.sender_index(), from, t.now, out) {
+            return;
+        }
+        // The pending initiation stays until a response authenticates: a
+        // forged one (anyone who saw our initiation knows its index) is
+        // counted and forgotten, and the genuine one still completes.
+        let Some(pending) = self.peers[pi].pending.as_mut() else {
             return;
         };
         let keys = match pending.initiation.finish(msg.noise(), msg.sender_index()) {
@@ -551,12 +654,12 @@ impl Device {
                 self.counters.drop_handshake_invalid += 1;
                 self.peers[pi].diag.refusal = Some(format!(
                     "a response from {from} failed to verify: the peer does not hold \
-                     our public key, or ours for it is wrong"
+                     our public key, ours for it is wrong, or it was forged"
                 ));
-                self.indexes.remove(&idx);
                 return;
             }
         };
+        self.peers[pi].pending = None;
         let Some(session) = self.make_session(&keys, t.now) else {
             self.indexes.remove(&idx);
             return;
@@ -632,13 +735,23 @@ impl Device {
                     .iter()
                     .position(|p| p.endpoint.is_some_and(|e| same(e, from)))
             };
+            // Anyone can send such frames from the peer's address, so at
+            // most one per TRIGGERED_HANDSHAKE_EVERY per peer.
             if let Some(pi) = at(|e, f| e == f).or_else(|| at(|e, f| e.ip() == f.ip())) {
-                self.maybe_initiate(pi, t, out);
+                let peer = &self.peers[pi];
+                if peer.pending.is_none() && peer.endpoint.is_some() {
+                    if self.peers[pi].may_trigger(t.now) {
+                        self.maybe_initiate(pi, t, out);
+                    } else {
+                        self.counters.triggered_handshakes_suppressed += 1;
+                    }
+                }
             }
             return None;
         };
         let reject = self.reject_after_time;
         let udp = self.transports[pi] == crate::config::TransportKind::Udp.as_str();
+        let single_flow = self.single_flow;
         let peer = &mut self.peers[pi];
         let Some(slot) = peer.slot_of(idx) else {
             // The index belongs to a handshake in flight, not a session.
@@ -664,7 +777,9 @@ impl Device {
             return None;
         }
         peer.received(t.now, !is_keepalive && plain_len > 0);
-        if peer.endpoint != Some(from) && moves_endpoint(peer.endpoint, from, udp, is_keepalive) {
+        if peer.endpoint != Some(from)
+            && moves_endpoint(peer.endpoint, from, udp && !single_flow, is_keepalive)
+        {
             match peer.endpoint {
                 Some(old) if old.ip() == from.ip() => {
                     log::debug!(
@@ -745,10 +860,18 @@ impl Device {
         data[0] = MessageType::HandshakeInit as u8;
         data[4..8].copy_from_slice(&local.to_le_bytes());
         let public = self.peers[pi].public;
-        match handshake::start_initiation(&self.identity, &public, local, ts, &mut data[8..]) {
+        let noise_end = INIT_FRAME_LEN - wire::MACS_LEN;
+        match handshake::start_initiation(
+            &self.identity,
+            &public,
+            local,
+            ts,
+            &mut data[8..noise_end],
+        ) {
             Ok((initiation, n)) => {
-                data.truncate(8 + n);
+                data.truncate(8 + n + wire::MACS_LEN);
                 let peer = &mut self.peers[pi];
+                peer.jar.stamp(&mut data, t.now);
                 peer.pending = Some(Pending {
                     initiation,
                     sent_at: t.now,
@@ -919,7 +1042,11 @@ fn reject_after(rekey_after_time: Duration) -> Duration {
 }
 
 /// Whether an authenticated data or keepalive frame from `from` moves a
-/// peer's endpoint (currently `current`).
+/// peer's endpoint (currently `current`). `udp` is false for the transports
+/// that follow every frame, and for UDP with `dataplane.flows: 1`, where a
+/// peer's frames all leave one socket, so any authenticated frame from a
+/// new address or port (a roaming peer, a NAT that rebound its port) moves
+/// the endpoint at once, as WireGuard does.
 ///
 /// A UDP peer with `dataplane.flows` > 1 sends data from several source
 /// ports of one address, and its flow 0 (the `listen` socket) is where it

@@ -7,7 +7,8 @@
 //! - [`keys`], [`prefix`]: X25519 key text and IP prefixes.
 //! - [`wire`]: zero-copy views over IP headers and our frame format.
 //! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
-//! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core.
+//! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core;
+//!   [`admission`]: which handshake messages get public-key work.
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`control`]: metrics and status over a Unix socket.
@@ -16,7 +17,9 @@
 //! - [`show`]: the human view (`tunneld show`).
 //! - [`service`]: systemd readiness, reload and watchdog notifications.
 //! - [`cli`]: error chains and file writing for the programs.
+//! - [`lograte`]: rate limits for log lines that unauthenticated sources cause.
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -27,6 +30,7 @@ pub mod fq;
 pub mod gro;
 pub mod http;
 pub mod keys;
+pub mod lograte;
 pub mod metrics;
 pub mod peer;
 pub mod prefix;

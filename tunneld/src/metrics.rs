@@ -90,6 +90,26 @@ pub fn render(s: &Status) -> String {
         one(c.handshakes),
     );
     b.counter(
+        "tunneld_handshake_dh",
+        "Received handshake messages given public-key work (the cost a flood can impose).",
+        one(c.handshake_dh),
+    );
+    b.counter(
+        "tunneld_cookie_replies_sent",
+        "Handshake messages answered with a cookie reply under load instead of public-key work.",
+        one(c.cookie_replies_sent),
+    );
+    b.counter(
+        "tunneld_cookie_replies_received",
+        "Cookie replies accepted from peers under load.",
+        one(c.cookie_replies_received),
+    );
+    b.counter(
+        "tunneld_triggered_handshakes_suppressed",
+        "Data frames for unknown indexes that did not trigger a handshake (one per 5 s per peer).",
+        one(c.triggered_handshakes_suppressed),
+    );
+    b.counter(
         "tunneld_drops",
         "Packets dropped, by reason.",
         by(
@@ -102,6 +122,8 @@ pub fn render(s: &Status) -> String {
                 ("spoofed_source", c.drop_spoofed_source),
                 ("handshake_invalid", c.drop_handshake_invalid),
                 ("handshake_ratelimit", c.drop_handshake_ratelimit),
+                ("handshake_mac", c.drop_handshake_mac),
+                ("cookie_invalid", c.drop_cookie_invalid),
                 ("no_route", c.drop_no_route),
                 ("no_session", c.drop_no_session),
             ],
@@ -117,6 +139,7 @@ pub fn render(s: &Status) -> String {
                 ("send", io.send_errors),
                 ("recv", io.recv_errors),
                 ("tun_write", io.tun_write_errors),
+                ("tun_read", io.tun_read_errors),
             ],
         ),
     );

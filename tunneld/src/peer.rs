@@ -10,6 +10,7 @@
 //!   (key confirmation, as in WireGuard).
 
 use crate::crypto::aead::Aead;
+use crate::crypto::cookie::CookieJar;
 use crate::crypto::handshake::{Initiation, SessionKeys, TIMESTAMP_LEN};
 use crate::crypto::ReplayWindow;
 use crate::prefix::Prefix;
@@ -28,6 +29,11 @@ pub const HANDSHAKE_RETRY_BASE: Duration = Duration::from_secs(1);
 /// Retry interval cap: a peer that comes back is found within this time even
 /// if it does not initiate itself.
 pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(4);
+/// Least time between two handshakes triggered by data frames for an
+/// index we do not hold (WireGuard's REKEY_TIMEOUT): a peer that restarted
+/// is answered at once, a spoofer replaying stale frames gets one
+/// handshake per 5 s, not one per frame.
+pub const TRIGGERED_HANDSHAKE_EVERY: Duration = Duration::from_secs(5);
 
 /// One established session with a peer.
 pub struct Session {
@@ -116,6 +122,10 @@ pub struct Peer {
     /// First data packet received since we last sent anything (passive keepalive).
     pub(crate) ack_due_since: Option<Instant>,
     pub(crate) staged: VecDeque<Vec<u8>>,
+    /// The MACs of the handshake messages we send this peer, and its cookie.
+    pub(crate) jar: CookieJar,
+    /// When data for an unknown index last triggered a handshake.
+    pub(crate) triggered_at: Option<Instant>,
     pub(crate) tx_bytes: u64,
     pub(crate) rx_bytes: u64,
     pub(crate) handshakes: u64,
@@ -179,6 +189,8 @@ impl Peer {
             unanswered_since: None,
             ack_due_since: None,
             staged: VecDeque::new(),
+            jar: CookieJar::new(&public),
+            triggered_at: None,
             tx_bytes: 0,
             rx_bytes: 0,
             handshakes: 0,
@@ -292,6 +304,19 @@ impl Peer {
         if data && self.ack_due_since.is_none() {
             self.ack_due_since = Some(now);
         }
+    }
+
+    /// Whether data for an unknown index may trigger a handshake at `now`
+    /// (at most one per [`TRIGGERED_HANDSHAKE_EVERY`]); records it if so.
+    pub fn may_trigger(&mut self, now: Instant) -> bool {
+        if self
+            .triggered_at
+            .is_some_and(|at| now.saturating_duration_since(at) < TRIGGERED_HANDSHAKE_EVERY)
+        {
+            return false;
+        }
+        self.triggered_at = Some(now);
+        true
     }
 
     /// Delay before retrying an initiation that got no answer.

@@ -64,6 +64,8 @@ pub fn render(s: &Status, now_unix: u64) -> String {
         ("spoofed source", c.drop_spoofed_source),
         ("handshake invalid", c.drop_handshake_invalid),
         ("handshake rate limit", c.drop_handshake_ratelimit),
+        ("handshake mac", c.drop_handshake_mac),
+        ("cookie invalid", c.drop_cookie_invalid),
         ("no route", c.drop_no_route),
         ("no session", c.drop_no_session),
         ("queue codel", s.io.queue_codel_drops),
@@ -71,6 +73,7 @@ pub fn render(s: &Status, now_unix: u64) -> String {
         ("udp receive buffer", s.transport.udp_rcvbuf_drops),
         ("send errors", s.io.send_errors),
         ("tun write errors", s.io.tun_write_errors),
+        ("tun read errors", s.io.tun_read_errors),
     ]
     .iter()
     .filter(|(_, v)| *v > 0)

@@ -35,10 +35,18 @@ pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 <
 pub const DEFAULT_REKEY_TIME: Duration = Duration::from_secs(120);
 /// Shortest rekey interval (short values exist for tests).
 pub const MIN_REKEY_TIME: Duration = Duration::from_secs(1);
+/// Longest rekey interval: a day. Forward secrecy comes from rekeying, and
+/// the session lifetime derived from it (1.5 × this) must stay a sane time.
+pub const MAX_REKEY_TIME: Duration = Duration::from_secs(24 * 3600);
 /// Default rekey volume: 64 GiB, far below the AES-GCM per-key limits.
 pub const DEFAULT_REKEY_BYTES: u64 = 64 << 30;
 /// Smallest rekey volume (for tests that force rekeying).
 pub const MIN_REKEY_BYTES: u64 = 64 << 10;
+/// Largest rekey volume: 1 TiB, about 2^30 full-size packets under one key,
+/// well inside AES-GCM's per-key usage limits (RFC 8446 section 5.5
+/// suggests rekeying TLS after 2^24.5 full records for a 2^-57 margin; our
+/// default 64 GiB is about that; beyond 1 TiB the margin erodes quickly).
+pub const MAX_REKEY_BYTES: u64 = 1 << 40;
 /// Persistent keepalive bounds.
 pub const KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
@@ -464,18 +472,22 @@ pub(crate) fn check_socket_buffer(s: Size) -> Result<(), String> {
 }
 
 pub(crate) fn check_rekey_time(s: Span) -> Result<(), String> {
-    if s.0 >= MIN_REKEY_TIME {
-        Ok(())
-    } else {
+    if s.0 < MIN_REKEY_TIME {
         Err(format!("{:?} is below the minimum of 1s", s.0))
+    } else if s.0 > MAX_REKEY_TIME {
+        Err(format!("{:?} is above the maximum of 24h", s.0))
+    } else {
+        Ok(())
     }
 }
 
 pub(crate) fn check_rekey_bytes(s: Size) -> Result<(), String> {
-    if s.0 >= MIN_REKEY_BYTES {
-        Ok(())
-    } else {
+    if s.0 < MIN_REKEY_BYTES {
         Err(format!("{} bytes is below the minimum of 64K", s.0))
+    } else if s.0 > MAX_REKEY_BYTES {
+        Err(format!("{} bytes is above the maximum of 1T", s.0))
+    } else {
+        Ok(())
     }
 }
 

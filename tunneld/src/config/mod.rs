@@ -529,6 +529,18 @@ pub fn check(
                     format!("{pre} has host bits set; did you mean {}?", pre.trunc()),
                 ));
             }
+            // The tunnel's outer packets to the peer would be routed into
+            // the tunnel itself: a loop that carries nothing.
+            if let Some(e) = p.endpoint.filter(|e| pre.contains(e.ip())) {
+                return Err(cx.invalid(
+                    at("endpoint"),
+                    format!(
+                        "{e} is inside the peer's own allowed_prefixes[{a}] {pre}: the \
+                         tunnel's packets to it would be routed into the tunnel (a loop); \
+                         the endpoint must be reachable outside the tunnel"
+                    ),
+                ));
+            }
         }
         for (j, q) in raw.peers[..i].iter().enumerate() {
             if q.name == p.name {
