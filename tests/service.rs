@@ -239,6 +239,11 @@ fn reload_refuses_bad_files_and_removes_and_adds_peers() {
     assert!(routed(&tl, topo::LAN_B_V4));
     assert_eq!(tl.lab().try_wait(pid).expect("try_wait"), None);
     assert_eq!(reloads(&tl, Side::A, "applied"), 2);
+    // Status snapshots lag a tick behind the session.
+    wait_for(Duration::from_secs(5), "status shows the session", || {
+        Ok((tl.status(Side::A)?["peers"][0]["session"] == json!(true)).then_some(()))
+    })
+    .expect("session in status");
     let show = tl.tunneld(Side::A, "show").expect("show");
     let show = text(&show);
     for want in [
