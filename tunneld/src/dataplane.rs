@@ -45,6 +45,7 @@ use crate::fq::{FqCodel, FqParams};
 use crate::transport::{Received, Transport, MAX_RECV_BATCH};
 use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
 use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -176,6 +177,8 @@ struct Shared<'a> {
     mtu: usize,
     info: DataplaneStatus,
     started: Instant,
+    /// `transport.tracks_authentication()`, read once.
+    track_auth: bool,
 }
 
 impl Shared<'_> {
@@ -276,6 +279,7 @@ pub fn run(
         mtu,
         info,
         started: Instant::now(),
+        track_auth: transport.tracks_authentication(),
     };
     if knobs.workers <= 1 {
         if let Some((cpu, _)) = knobs.cpus {
@@ -924,6 +928,9 @@ struct RxState {
     /// TCP coalescing for TUN writes with offload on.
     coalescer: crate::gro::Coalescer,
     control: Vec<Datagram>,
+    /// Senders of this pass that are peers' endpoints (only filled when the
+    /// transport tracks authentication).
+    authenticated: Vec<SocketAddr>,
     /// Receive buffers offered per pass (see [`RX_PASS_FRAMES`]).
     per_pass: usize,
 }
@@ -949,6 +956,7 @@ impl RxState {
             gro: tun_rs::GROTable::default(),
             coalescer: crate::gro::Coalescer::with_udp(tun.uso()),
             control: Vec::new(),
+            authenticated: Vec::new(),
             per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
         }
     }
@@ -1022,9 +1030,20 @@ impl RxState {
                     }
                     off = end;
                 }
+                // Tell a transport that holds unauthenticated connections
+                // (TCP) which senders the device now knows as peers.
+                if shared.track_auth
+                    && !self.authenticated.contains(&r.from)
+                    && dev.is_peer_endpoint(r.from)
+                {
+                    self.authenticated.push(r.from);
+                }
             }
         }
         shared.send_control(&mut self.control);
+        for from in self.authenticated.drain(..) {
+            shared.transport.authenticated(from);
+        }
         if tun.offload() {
             // Each inner packet is copied once, into its super-packet or
             // its own buffer ([`crate::gro`]), and each buffer is one write.

@@ -324,6 +324,13 @@ impl Device {
         done
     }
 
+    /// True when `addr` is some peer's current endpoint: configured, or
+    /// learnt from a frame that authenticated (handshake or data), so the
+    /// transport may stop treating a connection from `addr` as pending.
+    pub fn is_peer_endpoint(&self, addr: SocketAddr) -> bool {
+        self.peers.iter().any(|p| p.endpoint == Some(addr))
+    }
+
     /// Where an inner packet would be sent (its peer's current endpoint),
     /// without sealing it; `None` for unroutable or malformed packets.
     pub fn endpoint_for(&self, packet: &[u8]) -> Option<SocketAddr> {

@@ -284,6 +284,9 @@ pub fn render(s: &Status) -> String {
                 ("tcp_accepted", t.tcp_accepted),
                 ("tcp_dialed", t.tcp_dialed),
                 ("tcp_refused", t.tcp_refused),
+                ("tcp_authenticated", t.tcp_authenticated),
+                ("tcp_evicted", t.tcp_evicted),
+                ("tcp_auth_timeout", t.tcp_auth_timeout),
                 ("tcp_bad_length", t.tcp_bad_length),
                 ("tcp_truncated", t.tcp_truncated),
                 ("quic_connections", t.quic_connections),
@@ -294,6 +297,11 @@ pub fn render(s: &Status) -> String {
                 ("tx_no_connection", t.tx_no_connection),
             ],
         ),
+    );
+    b.gauge(
+        "tunneld_transport_tcp_pending",
+        "Accepted TCP connections not yet authenticated.",
+        one(t.tcp_pending),
     );
     b.counter(
         "tunneld_reloads",

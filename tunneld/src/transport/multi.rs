@@ -172,6 +172,16 @@ impl Transport for MultiTransport {
         self.quic.as_ref().and_then(|q| q.max_frame(to))
     }
 
+    fn tracks_authentication(&self) -> bool {
+        self.tcp.is_some()
+    }
+
+    fn authenticated(&self, from: SocketAddr) {
+        if let Some(t) = &self.tcp {
+            t.mark_authenticated(from);
+        }
+    }
+
     fn counters(&self) -> TransportCounters {
         let mut c = self.tcp.as_ref().map(|t| t.counters()).unwrap_or_default();
         if let Some(q) = &self.quic {
