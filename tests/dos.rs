@@ -210,9 +210,11 @@ fn pair(tag: &str) -> TunnelLab {
         ] {
             tl.lab().sysctl(ns, key, "0").expect("rp_filter off");
         }
-        let _ = tl
-            .lab()
-            .sysctl(ns, &format!("net.ipv4.conf.{}.rp_filter", topo::WAN_IF), "0");
+        let _ = tl.lab().sysctl(
+            ns,
+            &format!("net.ipv4.conf.{}.rp_filter", topo::WAN_IF),
+            "0",
+        );
     }
     up(&tl, Duration::from_secs(20));
     // The status snapshot trails by a timer tick or two: let the counters
@@ -248,8 +250,7 @@ fn pings_during(tl: &TunnelLab, d: Duration) -> (u32, u32) {
 }
 
 fn counter(tl: &TunnelLab, side: Side, name: &str) -> u64 {
-    tl.counter(side, name)
-        .unwrap_or_else(|e| panic!("{e:#}"))
+    tl.counter(side, name).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Restarts gw-a's daemon (a fresh handshake), returns how long until a
@@ -321,7 +322,9 @@ fn replayed_initiation_is_refused_cheaply() {
     let invalid0 = counter(&tl, Side::B, "drop_handshake_invalid");
     let dh0 = counter(&tl, Side::B, "handshake_dh");
     let hs0 = counter(&tl, Side::B, "handshakes");
-    let attack = Attack::start(&tl, addr_of(Side::B), move |_| (addr_of(Side::A), init.clone()));
+    let attack = Attack::start(&tl, addr_of(Side::B), move |_| {
+        (addr_of(Side::A), init.clone())
+    });
     let (ok, n) = pings_during(&tl, ATTACK);
     let sent = attack.stop();
     let c = tl.counters(Side::B).expect("counters");
@@ -351,7 +354,10 @@ fn forged_responses_do_not_stop_the_handshake() {
     // Responses from gw-b's address to gw-a with a valid mac1 and random
     // indexes; the attacker also answers each initiation it sees below.
     let attack = Attack::start(&tl, addr_of(Side::A), move |seq| {
-        (addr_of(Side::B), mac1_valid(2, RESPONSE_LEN, seq, &a_public))
+        (
+            addr_of(Side::B),
+            mac1_valid(2, RESPONSE_LEN, seq, &a_public),
+        )
     });
     std::thread::sleep(Duration::from_millis(300));
     let back = restart_a(&mut tl);
@@ -369,7 +375,10 @@ fn forged_responses_do_not_stop_the_handshake() {
         c["drop_unknown_index"] >= sent / 2,
         "forgeries for indexes gw-a never used are dropped by index: {c:?}"
     );
-    assert!(c["handshake_dh"] <= 5, "no public-key work on forgeries: {c:?}");
+    assert!(
+        c["handshake_dh"] <= 5,
+        "no public-key work on forgeries: {c:?}"
+    );
 }
 
 #[test]
@@ -404,12 +413,18 @@ fn data_for_unknown_indexes_triggers_at_most_one_handshake() {
     assert!(c["drop_unknown_index"] - unknown0 >= sent * 9 / 10, "{c:?}");
     // 3 s of attack: one triggered handshake at most.
     assert!(c["handshakes"] - hs0 <= 1, "{c:?}");
-    assert!(c["triggered_handshakes_suppressed"] >= sent * 9 / 10, "{c:?}");
+    assert!(
+        c["triggered_handshakes_suppressed"] >= sent * 9 / 10,
+        "{c:?}"
+    );
 }
 
 /// Certificates made with `tunneld gencert` in `dir`: (cert, key, pin).
 fn gencert(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
-    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     let out = Command::new(bin("tunneld"))
         .args(["gencert", "--cert"])
         .arg(&c)
@@ -418,7 +433,11 @@ fn gencert(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
         .output()
         .expect("run tunneld gencert");
     assert!(out.status.success(), "gencert: {out:?}");
-    (c, k, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    (
+        c,
+        k,
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
 }
 
 #[test]

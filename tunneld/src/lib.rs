@@ -12,6 +12,7 @@
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`control`]: metrics and status over a Unix socket.
+//! - `fuzzing`: fuzz target bodies (test suite and cargo-fuzz).
 //! - [`lograte`]: rate limits for log lines that unauthenticated sources cause.
 
 pub mod admission;
@@ -21,6 +22,8 @@ pub mod crypto;
 pub mod dataplane;
 pub mod device;
 pub mod fq;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gro;
 pub mod keys;
 pub mod lograte;
@@ -30,3 +33,6 @@ pub mod transport;
 pub mod tun;
 pub mod units;
 pub mod wire;
+
+#[cfg(test)]
+mod fuzz_tests;
