@@ -202,3 +202,37 @@ fn fuzz_device_receive_path() {
     // Whatever came in, the tunnel recovers.
     assert!(t.still_works(), "the pair carries data after the fuzzing");
 }
+
+#[test]
+fn replay_window_matches_a_model() {
+    // The model: a set of every counter seen, and the rule "newer than the
+    // top, or within WINDOW of it and not seen". Counters mostly near the
+    // top (reordering, duplicates), sometimes far ahead or far behind.
+    use crate::crypto::replay::{ReplayWindow, WINDOW};
+    use std::collections::HashSet;
+    let mut rng = Rng(0xabad_cafe);
+    let mut w = ReplayWindow::new();
+    let mut seen = HashSet::new();
+    let mut top: Option<u64> = None;
+    for _ in 0..iters() * 100 {
+        let t = top.unwrap_or(0);
+        let c = match rng.below(16) {
+            0 => t.saturating_add(rng.next() % 100_000),
+            1 => t.saturating_sub(rng.next() % 20_000),
+            2 => t.saturating_sub(WINDOW - 1 + rng.next() % 3),
+            3 if rng.below(1_000) == 0 => u64::MAX - rng.next() % 4,
+            _ => t.saturating_add(64).saturating_sub(rng.next() % 256),
+        };
+        let want = match top {
+            None => true,
+            Some(t) => c > t || (t - c < WINDOW && !seen.contains(&c)),
+        };
+        assert_eq!(w.check(c), want, "check({c}) with top {top:?}");
+        assert_eq!(w.mark(c), want, "mark({c}) with top {top:?}");
+        if want {
+            seen.insert(c);
+            top = Some(top.map_or(c, |t| t.max(c)));
+        }
+        assert_eq!(w.top(), top);
+    }
+}
