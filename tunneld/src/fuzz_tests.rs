@@ -156,7 +156,7 @@ fn fuzz_config_yaml() {
         "\t",
     ];
     let base = seed.clone().into_bytes();
-    drive(&[base.clone()], |v| fuzzing::config_yaml(v, &dir.0));
+    drive(std::slice::from_ref(&base), |v| fuzzing::config_yaml(v, &dir.0));
     for _ in 0..iters() / 4 {
         let mut t = seed.clone();
         for _ in 0..1 + rng.below(3) {
