@@ -45,6 +45,10 @@ pub struct IoCounters {
     /// TUN reads that failed or returned a super-packet that could not be
     /// split (its segments are lost; the kernel retransmits).
     pub tun_read_errors: u64,
+    /// Inner packets whose frame did not fit the path to their peer (QUIC
+    /// datagram limit, UDP path MTU): not sent, answered with an ICMP
+    /// too-big into the TUN device.
+    pub path_too_big: u64,
     /// TUN reads, and the inner packets they yielded (more packets than
     /// reads: TSO super-packets were split).
     pub tun_reads: u64,

@@ -57,6 +57,10 @@ pub use crate::tun::MAX_SPLIT as MAX_TUN_SPLIT;
 /// Timer granularity: handshake retries and keepalives are in seconds, so
 /// 50 ms is precise enough and costs nothing when idle.
 pub const TICK: Duration = Duration::from_millis(50);
+/// How often the path MTU to each UDP peer is re-read from the kernel
+/// ([`crate::transport::pmtu`]): a second of oversized packets lost at
+/// most after the path narrows, a few system calls per peer per second.
+const PATH_CHECK: Duration = Duration::from_secs(1);
 /// Largest frame: an inner packet of the largest TUN MTU plus our overhead.
 const MAX_FRAME: usize = 9000 + OVERHEAD;
 /// Most bytes one GSO send may carry: the whole train is one UDP datagram to
@@ -92,6 +96,7 @@ struct IoStats {
     recv_errors: AtomicU64,
     tun_write_errors: AtomicU64,
     tun_read_errors: AtomicU64,
+    path_too_big: AtomicU64,
     tun_reads: AtomicU64,
     tun_read_packets: AtomicU64,
     tun_writes: AtomicU64,
@@ -116,6 +121,7 @@ impl IoStats {
             recv_errors: get(&self.recv_errors),
             tun_write_errors: get(&self.tun_write_errors),
             tun_read_errors: get(&self.tun_read_errors),
+            path_too_big: get(&self.path_too_big),
             tun_reads: get(&self.tun_reads),
             tun_read_packets: get(&self.tun_read_packets),
             tun_writes: get(&self.tun_writes),
@@ -324,6 +330,7 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let mut txs = do_tx.then(|| TxState::new(shared));
     let mut rxs = rx.then(|| RxState::new(shared, tun));
     let mut last_tick = Instant::now() - TICK;
+    let mut last_path_check = Instant::now() - PATH_CHECK;
     let mut backlog = false;
     while !shared.shutdown.load(Ordering::Relaxed) {
         // Every turn starts with one poll(2) of both descriptors; it waits
@@ -353,15 +360,24 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                 last_tick = now;
                 let t = time_now();
                 let mut control = Vec::new();
-                let snapshot = {
+                let refresh = now.duration_since(last_path_check) >= PATH_CHECK;
+                let (snapshot, endpoints) = {
                     let mut dev = shared.lock();
                     for job in shared.mailbox.take() {
                         job(&mut dev, &t);
                     }
                     dev.tick(&t, &mut control);
-                    Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now)
+                    (
+                        Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now),
+                        refresh.then(|| dev.udp_endpoints()),
+                    )
                 };
                 shared.send_control(&mut control);
+                if let Some(e) = endpoints {
+                    // Outside the device lock: a few system calls per peer.
+                    shared.transport.refresh_paths(&e);
+                    last_path_check = now;
+                }
                 shared.status.publish(Status {
                     dataplane: shared.info.clone(),
                     transport: shared.transport.counters(),
@@ -583,6 +599,7 @@ impl TxState {
                 if floor.is_some_and(|f| self.sizes[i] + OVERHEAD > f) {
                     let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
                     if too_big(&dev, shared.transport, packet, &mut self.icmp) {
+                        add(&shared.io.path_too_big, 1);
                         self.outcomes.push(Outcome::Held);
                         continue;
                     }

@@ -331,6 +331,18 @@ impl Device {
         self.peers.iter().any(|p| p.endpoint == Some(addr))
     }
 
+    /// The current endpoints of the peers on the UDP transport (whose path
+    /// MTU the data path watches).
+    pub fn udp_endpoints(&self) -> Vec<SocketAddr> {
+        let udp = crate::config::TransportKind::Udp.as_str();
+        self.peers
+            .iter()
+            .zip(&self.transports)
+            .filter(|(_, t)| **t == udp)
+            .filter_map(|(p, _)| p.endpoint)
+            .collect()
+    }
+
     /// Where an inner packet would be sent (its peer's current endpoint),
     /// without sealing it; `None` for unroutable or malformed packets.
     pub fn endpoint_for(&self, packet: &[u8]) -> Option<SocketAddr> {

@@ -17,6 +17,7 @@
 //! - [`show`]: the human view (`tunneld show`).
 //! - [`service`]: systemd readiness, reload and watchdog notifications.
 //! - [`cli`]: error chains and file writing for the programs.
+//! - `fuzzing`: fuzz target bodies (test suite and cargo-fuzz).
 //! - [`lograte`]: rate limits for log lines that unauthenticated sources cause.
 
 pub mod admission;
@@ -27,6 +28,8 @@ pub mod crypto;
 pub mod dataplane;
 pub mod device;
 pub mod fq;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gro;
 pub mod http;
 pub mod keys;
@@ -41,3 +44,6 @@ pub mod transport;
 pub mod tun;
 pub mod units;
 pub mod wire;
+
+#[cfg(test)]
+mod fuzz_tests;

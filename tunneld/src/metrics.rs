@@ -144,6 +144,11 @@ pub fn render(s: &Status) -> String {
         ),
     );
     b.counter(
+        "tunneld_path_too_big",
+        "Inner packets too big for the path to their peer, answered with ICMP too-big.",
+        one(io.path_too_big),
+    );
+    b.counter(
         "tunneld_queue_drops",
         "Inner packets dropped by the fq_codel queue, by reason.",
         by(

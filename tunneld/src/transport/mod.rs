@@ -17,6 +17,7 @@ pub mod admission;
 pub mod framing;
 pub(crate) mod inbox;
 pub mod multi;
+pub mod pmtu;
 pub mod quic;
 pub mod tcp;
 pub mod udp;
@@ -84,6 +85,9 @@ pub trait Transport: AsRawFd + Send + Sync {
     fn max_frame(&self, _to: SocketAddr) -> Option<usize> {
         None
     }
+    /// Re-reads what limits frames to `endpoints` (UDP: the kernel's path
+    /// MTU to each, see [`pmtu`]); called about once a second.
+    fn refresh_paths(&self, _endpoints: &[SocketAddr]) {}
     /// Counters of the stream/connection transports, and UDP's per-flow
     /// send counts.
     fn counters(&self) -> TransportCounters {
