@@ -270,6 +270,20 @@ fn quic_end_to_end() {
     end_to_end("quic", "tr-quic");
 }
 
+/// Kills (`ss -K`) gw-a's TCP connections to gw-b's listen port, only
+/// those from `src` when given.
+fn cut_tcp_to_b(tl: &TunnelLab, src: Option<IpAddr>) {
+    let dst = Side::B.listen();
+    let (ip, port) = (dst.ip().to_string(), dst.port().to_string());
+    let mut args = vec!["-K", "-t", "dst", &ip, "dport", "=", &port];
+    let src = src.map(|s| s.to_string());
+    if let Some(s) = &src {
+        args.extend(["src", s.as_str()]);
+    }
+    let out = tl.lab().exec(&tl.dc.gw_a, "ss", &args).expect("ss -K");
+    assert!(out.status.success(), "ss -K: {out:?}");
+}
+
 #[test]
 fn tcp_connection_cut_mid_transfer_is_redialed() {
     if !require_root() {
@@ -288,24 +302,7 @@ fn tcp_connection_cut_mid_transfer_is_redialed() {
         )
         .expect("transfer under way");
         assert!(!t.is_finished(), "the cut must come mid-transfer");
-        let dst = Side::B.listen();
-        let out = tl
-            .lab()
-            .exec(
-                &tl.dc.gw_a,
-                "ss",
-                &[
-                    "-K",
-                    "-t",
-                    "dst",
-                    &dst.ip().to_string(),
-                    "dport",
-                    "=",
-                    &dst.port().to_string(),
-                ],
-            )
-            .expect("ss -K");
-        assert!(out.status.success(), "ss -K: {out:?}");
+        cut_tcp_to_b(&tl, None);
         t.join().expect("transfer thread");
     });
     assert!(
@@ -371,24 +368,7 @@ fn tcp_idle_connection_flood_keeps_the_tunnel_up() {
     let before = tl.status(Side::B).expect("status")["transport"].clone();
     let mut held = open(sources.clone(), 100);
     // Cut the real peer's connection mid-flood: it must redial through it.
-    let out = lab
-        .exec(
-            &tl.dc.gw_a,
-            "ss",
-            &[
-                "-K",
-                "-t",
-                "dst",
-                &to.ip().to_string(),
-                "dport",
-                "=",
-                &to.port().to_string(),
-                "src",
-                &topo::GW_A_WAN_V4.to_string(),
-            ],
-        )
-        .expect("ss -K");
-    assert!(out.status.success(), "ss -K: {out:?}");
+    cut_tcp_to_b(&tl, Some(topo::GW_A_WAN_V4.into()));
     held.extend(open(sources.clone(), 100));
     // Bytes do not extend the authentication deadline.
     for s in held.iter_mut() {

@@ -65,19 +65,6 @@ impl RawControl {
     }
 }
 
-fn udp_hello(test_id: u32) -> [u8; UdpHeader::LEN] {
-    let mut b = [0u8; UdpHeader::LEN];
-    UdpHeader {
-        seq: 0,
-        send_ns: 0,
-        test_id,
-        stream: 0,
-        flags: UdpHeader::HELLO,
-    }
-    .encode(&mut b);
-    b
-}
-
 #[test]
 fn reverse_udp_goes_only_to_the_control_connections_address() {
     let h = server(ServerOptions::default());
@@ -107,7 +94,7 @@ fn reverse_udp_goes_only_to_the_control_connections_address() {
         .expect("timeout");
     for _ in 0..5 {
         victim
-            .send_to(&udp_hello(proto::test_id(&cookie)), server_udp)
+            .send_to(&UdpHeader::hello(proto::test_id(&cookie)), server_udp)
             .expect("send");
     }
     wait_until("foreign hellos counted", || {
@@ -132,7 +119,7 @@ fn reverse_udp_goes_only_to_the_control_connections_address() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     client
-        .send_to(&udp_hello(proto::test_id(&cookie)), server_udp)
+        .send_to(&UdpHeader::hello(proto::test_id(&cookie)), server_udp)
         .expect("send");
     let mut w = ctrl.stream.try_clone().expect("clone");
     // `start`, then data arrives at the real client only.
@@ -408,4 +395,29 @@ fn memory_is_returned_after_a_test() {
         after <= base + 2 * 1024,
         "memory not returned: {base} KiB before, {peak} during, {after} after"
     );
+}
+
+/// `--max-rate` paces the server's TCP senders: a reverse test over
+/// loopback (many Gbit/s unpaced) stays near the cap.
+#[test]
+fn max_rate_paces_the_servers_tcp_senders() {
+    let h = server(ServerOptions {
+        max_rate: Some(80_000_000),
+        ..Default::default()
+    });
+    let mut s = short(&h);
+    s.params.direction = Direction::Reverse;
+    s.params.parallel = 2;
+    s.params.time = Duration::from_secs(1);
+    s.params.omit = Duration::from_millis(300);
+    let r = engine::run_client(&s).expect("runs");
+    assert!(r.complete, "{:?}", r.error);
+    let bps = r.directions[0].bits_per_second;
+    eprintln!(
+        "reverse TCP, 2 streams, --max-rate 80M: {:.1} Mbit/s",
+        bps / 1e6
+    );
+    // Generous margin: pacing allows bursts, the window is short.
+    assert!(bps < 160e6, "{bps} bit/s with --max-rate 80M");
+    assert!(bps > 20e6, "{bps} bit/s: the test ran");
 }

@@ -332,15 +332,7 @@ pub(crate) fn spawn_ctrl_reader(mut reader: BufReader<TcpStream>, tx: Sender<Eve
 /// Announces the client's UDP receive address until the test starts.
 fn spawn_udp_hello(s: Arc<UdpSocket>, test_id: u32, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
-        let mut buf = [0u8; UdpHeader::LEN];
-        UdpHeader {
-            seq: 0,
-            send_ns: 0,
-            test_id,
-            stream: 0,
-            flags: UdpHeader::HELLO,
-        }
-        .encode(&mut buf);
+        let buf = UdpHeader::hello(test_id);
         while !stop.load(Ordering::Relaxed) {
             let _ = s.send(&buf);
             std::thread::sleep(Duration::from_millis(50));

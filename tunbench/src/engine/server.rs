@@ -445,7 +445,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         if !shared.opts.allowed(unmap_ip(peer.ip())) {
             bump(&shared.counters.not_allowed);
-            log::info!("{peer}: not in --allow, closed");
+            log::debug!("{peer}: not in --allow, closed");
             continue;
         }
         if shared.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
