@@ -9,11 +9,18 @@
 # Secrets that a failed baseline's command line could carry (ESP keys,
 # private keys) are masked by the report; this script also refuses to leave
 # anything key-shaped in the docs. Usage: sudo tests/bench/regen-docs.sh
+# (REGEN_DOCS_DIR=DIR keeps the sweep's results in DIR instead of a
+# temporary folder that is removed at the end.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --workspace
-work=$(mktemp -d /tmp/tunbench-docs.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+if [ -n "${REGEN_DOCS_DIR:-}" ]; then
+  work=$REGEN_DOCS_DIR
+  rm -rf "$work/sweep"
+else
+  work=$(mktemp -d /tmp/tunbench-docs.XXXXXX)
+  trap 'rm -rf "$work"' EXIT
+fi
 tb=target/release/tunbench
 rc=0
 "$tb" sweep --profile profiles/sweep-docs.yaml --out "$work/sweep" \

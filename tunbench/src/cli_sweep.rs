@@ -34,10 +34,10 @@ pub struct SweepArgs {
     #[arg(long, requires_all = ["max_p99_ms", "max_cores"])]
     tune: bool,
     /// With --tune: highest p99 RTT under load, ms.
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     max_p99_ms: Option<f64>,
     /// With --tune: most CPU cores per gateway (carrying the rate each way).
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     max_cores: Option<f64>,
 }
 
@@ -61,11 +61,11 @@ pub struct TuneArgs {
     #[arg(long)]
     results: PathBuf,
     /// Highest p99 RTT under load, ms.
-    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     max_p99_ms: f64,
     /// Most CPU cores per gateway, for a gateway carrying the cell's rate in
     /// each direction (the unit of the report's plan).
-    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     max_cores: f64,
     /// Where to write the tunneld profile.
     #[arg(long, default_value = "profiles/tuned.yaml")]

@@ -217,13 +217,17 @@ pub fn assumptions(p: &Plan) -> Vec<String> {
         "CPU cost: cell {} used {:.2} CPU seconds per GB at {} in the tunneld processes of both \
          lab gateways together (one direction: gateway A seals, gateway B opens). A gateway \
          carrying R in each direction both seals and opens R, so it needs {:.3} cores per \
-         Gbit/s; the cost is assumed to grow linearly with rate. Measured on a rate-limited \
-         link, fixed costs (polling, timers) are spread over few bytes, which overstates the \
-         cost at higher rates.",
+         Gbit/s; the cost is assumed to grow linearly with rate.{}",
         p.basis_key,
         p.cpu_s_per_gb,
         rate(p.basis_bps),
-        p.cores_per_gbps
+        p.cores_per_gbps,
+        if p.carried_at_least_bps.is_some() {
+            " Measured on a link that capped the rate, fixed costs (polling, timers) are spread \
+             over few bytes, which overstates the cost at higher rates."
+        } else {
+            ""
+        }
     )];
     v.push(match &p.basis {
         Basis::Measured => format!(

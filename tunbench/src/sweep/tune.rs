@@ -141,7 +141,7 @@ pub fn decision(meta: &SweepMeta, cells: &[CellRecord], ch: &Choice, noise: &Noi
     let mut v = Vec::new();
     let spread = if noise.measured {
         format!(
-            "the measured run-to-run spread of {:.1}% (largest over {} cells with repeats)",
+            "the measured run-to-run spread of {:.1}% (median over {} cells with repeats)",
             noise.percent, noise.cells
         )
     } else {

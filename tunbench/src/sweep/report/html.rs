@@ -22,11 +22,20 @@ th{background:#eef3f8}td:first-child,th:first-child{text-align:left}\
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}\
 .charts svg{display:block;width:100%;height:auto;border:1px solid #e3e3e3}\
 .best{background:#eef8ee;border-left:4px solid #2ca02c;padding:.5em 1em}\
-.basis{color:#555;font-size:13px}\
+.basis{color:#555;font-size:13px}.notes td:last-child{text-align:left}\
 @media print{body{margin:0;max-width:none}.charts{display:block}.charts svg,.chart svg{page-break-inside:avoid}h2{page-break-after:avoid}}";
 
 fn table(o: &mut String, headers: &[String], rows: &[Vec<String>]) {
-    o.push_str("<table><thead><tr>");
+    table_with(o, "", headers, rows);
+}
+
+/// A table whose `class` (e.g. `notes`: the last column is text, left-aligned).
+fn table_with(o: &mut String, class: &str, headers: &[String], rows: &[Vec<String>]) {
+    if class.is_empty() {
+        o.push_str("<table><thead><tr>");
+    } else {
+        o.push_str(&format!("<table class=\"{class}\"><thead><tr>"));
+    }
     for h in headers {
         o.push_str(&format!("<th>{}</th>", esc(h)));
     }
@@ -93,7 +102,7 @@ pub fn render(m: &Model) -> String {
             ),
         );
         let rows: Vec<Vec<String>> = m.systems.iter().map(system_row).collect();
-        table(&mut o, &SYSTEM_HEADERS.map(str::to_string), &rows);
+        table_with(&mut o, "notes", &SYSTEM_HEADERS.map(str::to_string), &rows);
         list(&mut o, &m.margins);
     }
     if let Some(d) = &m.decision {

@@ -209,38 +209,48 @@ pub fn render(m: &Model) -> String {
 
 /// Refills every `<!-- tunbench:NAME -->` … `<!-- /tunbench:NAME -->`
 /// block of `template` with [`section`] NAME; text outside the blocks is
-/// kept. A block whose section has no figures says so.
+/// kept. A marker is a line of its own (a marker quoted in prose is text).
+/// A block whose section has no figures says so.
 pub fn fill(template: &str, m: &Model, file: &str) -> Result<String, ReportError> {
     let err = |message: String| ReportError::Fill {
         file: file.to_string(),
         message,
     };
+    let open_name = |l: &str| {
+        l.trim()
+            .strip_prefix("<!-- tunbench:")
+            .and_then(|x| x.strip_suffix("-->"))
+            .map(|x| x.trim().to_string())
+    };
     let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(i) = rest.find("<!-- tunbench:") {
-        let open_end = rest[i..]
-            .find("-->")
-            .map(|j| i + j + 3)
-            .ok_or_else(|| err("unterminated `<!-- tunbench:` marker".into()))?;
-        let name = rest[i + 14..open_end - 3].trim().to_string();
+    let mut lines = template.lines().enumerate();
+    while let Some((i, line)) = lines.next() {
+        out.push_str(line);
+        out.push('\n');
+        let Some(name) = open_name(line) else {
+            continue;
+        };
         let close = format!("<!-- /tunbench:{name} -->");
-        let close_at = rest[open_end..]
-            .find(&close)
-            .map(|j| open_end + j)
-            .ok_or_else(|| err(format!("block `{name}` has no `{close}`")))?;
         let body = match section(m, &name) {
             Some(s) => s,
-            None if is_section_name(&name) => "(no figures for this in the results)\n\n".into(),
-            None => return Err(err(format!("unknown block `{name}`"))),
+            None if is_section_name(&name) => "(no figures for this in the results)\n".into(),
+            None => return Err(err(format!("line {}: unknown block `{name}`", i + 1))),
         };
-        out.push_str(&rest[..open_end]);
-        out.push_str("\n\n");
+        if !lines.any(|(_, l)| l.trim() == close) {
+            return Err(err(format!(
+                "line {}: block `{name}` has no `{close}`",
+                i + 1
+            )));
+        }
+        out.push('\n');
         out.push_str(body.trim_end());
         out.push_str("\n\n");
         out.push_str(&close);
-        rest = &rest[close_at + close.len()..];
+        out.push('\n');
     }
-    out.push_str(rest);
+    if !template.ends_with('\n') {
+        out.pop();
+    }
     Ok(out)
 }
 

@@ -528,11 +528,11 @@ fn conditions(meta: &SweepMeta, cells: &[CellRecord], noise: &Noise) -> Vec<(Str
         "Run-to-run spread".into(),
         if noise.measured {
             format!(
-                "{:.1}%: the largest (max − min) ÷ median of one cell's repeats, over {} cells \
-                 (median {:.1}%); cells closer than this are ties",
+                "{:.1}%: the median over {} cells of (max − min) ÷ median of a cell's repeats \
+                 (largest {:.1}%); cells closer than this are ties",
                 noise.percent,
                 noise.cells,
-                noise.median_percent.unwrap_or(noise.percent)
+                noise.max_percent.unwrap_or(noise.percent)
             )
         } else {
             format!(

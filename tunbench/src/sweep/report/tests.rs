@@ -212,7 +212,7 @@ fn markdown_states_conditions_and_has_every_section() {
         "## Conditions as run",
         "4 stream(s); 300ms measured after 200ms of warm-up per repeat; 2 repeat(s) per cell",
         "Test CPU @ 3.0GHz, 2 cores, kernel 6.1",
-        "2.0%: the largest (max − min) ÷ median of one cell's repeats, over 4 cells",
+        "2.0%: the median over 4 cells of (max − min) ÷ median of a cell's repeats",
         "## Systems compared",
         "vendor-appliance (reference)",
         "| rated |",
@@ -273,11 +273,13 @@ fn secrets_are_masked() {
 #[test]
 fn fill_replaces_blocks_and_keeps_prose() {
     let m = build(Some(&results()), None, &Options::default());
-    let t = "Prose.\n<!-- tunbench:knob:batch -->\nold\n<!-- /tunbench:knob:batch -->\nMore.\n\
-             <!-- tunbench:plan -->\n<!-- /tunbench:plan -->\n";
+    let t = "Prose quoting `<!-- tunbench:… -->`.\n<!-- tunbench:knob:batch -->\nold\n\
+             <!-- /tunbench:knob:batch -->\nMore.\n<!-- tunbench:plan -->\n<!-- /tunbench:plan -->\n";
     let out = markdown::fill(t, &m, "t.md").expect("fill");
     assert!(
-        out.starts_with("Prose.\n<!-- tunbench:knob:batch -->\n\n| batch |"),
+        out.starts_with(
+            "Prose quoting `<!-- tunbench:… -->`.\n<!-- tunbench:knob:batch -->\n\n| batch |"
+        ),
         "{out}"
     );
     assert!(!out.contains("old") && out.contains("More.") && out.contains("Assumptions"));
