@@ -160,7 +160,7 @@ impl sweep::Progress for Bar {
     fn done(&self, rec: &CellRecord) {
         self.bar.inc(1);
         self.line(format!(
-            "  cell {:>3} {:<40} {:>12}  p99 {:>7}  {} cores{}",
+            "  cell {:>3} {:<40} {:>12}  p99 {:>7}  {} cores per gateway{}",
             rec.index + 1,
             rec.key,
             format_rate(rec.bits_per_second),
