@@ -425,7 +425,8 @@ fn hostile_input_is_dropped_and_counted() {
         1,
     );
 
-    // Handshake-init-shaped frames from a key gw-a does not know.
+    // Handshake-init-shaped garbage: without a valid mac1 (over gw-a's
+    // public key) it is dropped before any public-key work.
     let inits: Vec<Vec<u8>> = [148usize, 200]
         .iter()
         .map(|&n| {
@@ -437,10 +438,10 @@ fn hostile_input_is_dropped_and_counted() {
     hostile(
         &tl,
         &sock,
-        "handshake-init from an unknown key",
+        "handshake-init-shaped garbage",
         &inits,
-        "drop_handshake_invalid",
-        0,
+        "drop_handshake_mac",
+        2,
     );
 
     // A valid receiver index and a fresh counter, but ciphertext from the
