@@ -4,7 +4,8 @@
 # outage and a path-MTU black hole, each checked by SHA-256, with the
 # longest stall and the outage recovery time printed per case. CI runs the
 # same tests (tests/faults.rs) at 16 MiB. The black-hole case needs path
-# MTU discovery in tunneld; it is run here too (--include-ignored) and its
+# MTU probing in tunneld (a black hole sends no ICMP); it is run here too
+# (--include-ignored) and its
 # result is printed either way.
 #
 # Usage (as root, after `cargo build --release --workspace`):

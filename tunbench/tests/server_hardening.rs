@@ -340,6 +340,14 @@ fn memory_is_returned_after_a_test() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
+    /// Kills the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut child = Command::new(BIN)
         .args(["server", "--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--max-duration", "2h"])
@@ -348,9 +356,11 @@ fn memory_is_returned_after_a_test() {
         .spawn()
         .expect("spawn server");
     let pid = child.id();
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = Kill(child);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     wait_until("server listening", || TcpStream::connect(addr).is_ok());
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut out = BufReader::new(stdout);
     let mut line = String::new();
     // Warm up allocator and threads with one small test first.
     let mut s = TestSpec::new("127.0.0.1", port);
@@ -384,8 +394,6 @@ fn memory_is_returned_after_a_test() {
     assert!(line.contains("failed"), "{line}");
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid);
-    let _ = child.kill();
-    let _ = child.wait();
     eprintln!("server RSS: {base} KiB before, {peak} KiB during, {after} KiB after");
     assert!(
         peak >= base + 4 * 1024,

@@ -283,7 +283,15 @@ mod tests {
             assert!(Instant::now() < deadline, "never dialed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        near.send(far_tcp_addr, b"via tcp", 7).expect("send");
+        // The far side may accept before the near side has registered its
+        // dialed connection (a send then is a counted loss): retry until
+        // one arrives.
+        for _ in 0..50 {
+            near.send(far_tcp_addr, b"via tcp", 7).expect("send");
+            if readable(far_tcp.as_raw_fd(), 100) {
+                break;
+            }
+        }
         let (tcp_from, d) = recv_n(&far_tcp, 1).remove(0);
         assert_eq!(d, b"via tcp");
         // Anything else: over UDP.
