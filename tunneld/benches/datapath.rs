@@ -232,6 +232,8 @@ fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
             transport: tunneld::config::TransportKind::Udp,
             quic_pin: None,
         }],
+        health: None,
+        routes: Default::default(),
     }
 }
 

@@ -39,7 +39,7 @@
 
 use crate::config::{DataplaneConfig, QueueKind};
 use crate::control::{DataplaneStatus, IoCounters, Status, StatusCell};
-use crate::device::{Datagram, Device, Outcome, Time, HEADROOM, OVERHEAD, TAILROOM};
+use crate::device::{Datagram, Device, Outcome, PeerEvent, Time, HEADROOM, OVERHEAD, TAILROOM};
 use crate::fq::{FqCodel, FqParams};
 use crate::transport::{Received, Transport, MAX_RECV_BATCH};
 use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
@@ -47,6 +47,7 @@ use std::io::{self, IoSliceMut};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -145,6 +146,8 @@ struct Shared<'a> {
     mtu: usize,
     info: DataplaneStatus,
     started: Instant,
+    /// Where peer up/down events go (the route manager), if anywhere.
+    events: Option<Sender<PeerEvent>>,
 }
 
 impl Shared<'_> {
@@ -192,6 +195,22 @@ pub fn run(
     status: &StatusCell,
     shutdown: &Arc<AtomicBool>,
 ) -> io::Result<()> {
+    run_with_events(device, tun, transport, knobs, mtu, status, shutdown, None)
+}
+
+/// [`run`], also sending the device's peer up/down events (taken at each
+/// timer tick) to `events`; see [`crate::routes::RouteWorker`].
+#[allow(clippy::too_many_arguments)]
+pub fn run_with_events(
+    device: Device,
+    tun: &Tun,
+    transport: &dyn Transport,
+    knobs: DataplaneConfig,
+    mtu: usize,
+    status: &StatusCell,
+    shutdown: &Arc<AtomicBool>,
+    events: Option<Sender<PeerEvent>>,
+) -> io::Result<()> {
     let info = DataplaneStatus {
         workers: knobs.workers,
         batch: knobs.batch,
@@ -229,6 +248,7 @@ pub fn run(
         mtu,
         info,
         started: Instant::now(),
+        events,
     };
     if knobs.workers <= 1 {
         if let Some((cpu, _)) = knobs.cpus {
@@ -302,12 +322,21 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                 last_tick = now;
                 let t = time_now();
                 let mut control = Vec::new();
-                let snapshot = {
+                let (snapshot, events) = {
                     let mut dev = shared.lock();
                     dev.tick(&t, &mut control);
-                    Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now)
+                    let events = dev.take_events();
+                    let snapshot =
+                        Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now);
+                    (snapshot, events)
                 };
                 shared.send_control(&mut control);
+                if let Some(tx) = &shared.events {
+                    for ev in events {
+                        // The receiver only goes away at shutdown.
+                        let _ = tx.send(ev);
+                    }
+                }
                 shared.status.publish(Status {
                     dataplane: shared.info.clone(),
                     transport: shared.transport.counters(),

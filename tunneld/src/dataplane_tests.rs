@@ -93,6 +93,8 @@ fn config() -> Config {
             transport: TransportKind::Udp,
             quic_pin: None,
         }],
+        health: None,
+        routes: Default::default(),
     }
 }
 
@@ -112,6 +114,7 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
         mtu: 1420,
         info: DataplaneStatus::default(),
         started: Instant::now(),
+        events: None,
     };
     let p1 = SocketAddr::from(([198, 18, 0, 2], 51820));
     let p2 = SocketAddr::from(([198, 18, 0, 3], 51820));

@@ -9,7 +9,7 @@
 //! An inbound frame is opened in place and the inner packet handed back as a
 //! range of the same buffer.
 
-use crate::config::{CipherKind, Config};
+use crate::config::{CipherKind, Config, HealthConfig};
 use crate::crypto::aead::{new_aead, TAG_LEN};
 use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
 use crate::peer::{Peer, Pending, Session, Slot};
@@ -85,6 +85,20 @@ pub struct Counters {
     pub handshakes: u64,
 }
 
+/// A peer became reachable (`up`: a session is established and the peer is
+/// heard from) or stopped being so. The dataplane hands these to the route
+/// manager ([`crate::routes`]), which installs or withdraws the peer's
+/// allowed prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEvent {
+    /// The peer's position in the config's `peers`.
+    pub peer: usize,
+    /// Its configured name.
+    pub name: String,
+    /// True: now up; false: now down.
+    pub up: bool,
+}
+
 /// A snapshot of one peer for `tunneld status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerStatus {
@@ -93,6 +107,11 @@ pub struct PeerStatus {
     pub transport: &'static str,
     pub endpoint: Option<String>,
     pub session: bool,
+    /// Session established and the peer heard from recently enough (see
+    /// `health:`): what `routes.install: on-session` follows.
+    pub up: bool,
+    /// Times the peer went down since start.
+    pub downs: u64,
     pub last_handshake_secs_ago: Option<f64>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
@@ -128,6 +147,14 @@ pub struct Device {
     bucket: f64,
     bucket_at: Option<Instant>,
     dropped: Vec<u32>,
+    /// Fast dead-peer detection, when configured.
+    health: Option<HealthConfig>,
+    /// Each peer's last reported state (same order as `peers`).
+    up: Vec<bool>,
+    /// Times each peer went down.
+    downs: Vec<u64>,
+    /// Up/down changes not yet taken by the dataplane.
+    events: Vec<PeerEvent>,
 }
 
 impl Device {
@@ -143,7 +170,7 @@ impl Device {
                     *p.public_key.as_bytes(),
                     p.endpoint,
                     p.allowed_prefixes.clone(),
-                    p.keepalive,
+                    keepalive_with_health(p.keepalive, cfg.health),
                 )
             })
             .collect();
@@ -178,6 +205,68 @@ impl Device {
             bucket: HANDSHAKE_BURST,
             bucket_at: None,
             dropped: Vec::new(),
+            health: cfg.health,
+            up: vec![false; cfg.peers.len()],
+            downs: vec![0; cfg.peers.len()],
+            events: Vec::new(),
+        }
+    }
+
+    /// Takes the peer up/down changes since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<PeerEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether peer `i` is up (as last reported by an event).
+    pub fn peer_up(&self, i: usize) -> bool {
+        self.up.get(i).copied().unwrap_or(false)
+    }
+
+    /// Whether peer `pi` is alive at `now`: a usable session, and (with
+    /// `health:`) something authenticated from it within `dead_after`, or
+    /// (without) no data of ours unanswered for [`DEAD_PEER_AFTER`].
+    fn alive(&self, pi: usize, now: Instant) -> bool {
+        let peer = &self.peers[pi];
+        let usable = peer
+            .current
+            .as_ref()
+            .is_some_and(|s| s.can_send(now, self.reject_after_time));
+        if !usable {
+            return false;
+        }
+        match self.health {
+            Some(h) => [peer.last_received, peer.last_handshake]
+                .into_iter()
+                .flatten()
+                .max()
+                .is_some_and(|t| now.duration_since(t) < h.dead_after),
+            None => !peer
+                .unanswered_since
+                .is_some_and(|since| now.duration_since(since) >= DEAD_PEER_AFTER),
+        }
+    }
+
+    /// Compares each peer's liveness with what was last reported and
+    /// queues an event for every change.
+    fn update_liveness(&mut self, now: Instant) {
+        for pi in 0..self.peers.len() {
+            let alive = self.alive(pi, now);
+            if alive == self.up[pi] {
+                continue;
+            }
+            self.up[pi] = alive;
+            let name = self.peers[pi].name.clone();
+            if alive {
+                log::info!("peer {name} is up");
+            } else {
+                self.downs[pi] += 1;
+                log::warn!("peer {name} is down");
+            }
+            self.events.push(PeerEvent {
+                peer: pi,
+                name,
+                up: alive,
+            });
         }
     }
 
@@ -191,7 +280,8 @@ impl Device {
         self.peers
             .iter()
             .zip(&self.transports)
-            .map(|(p, t)| PeerStatus {
+            .enumerate()
+            .map(|(i, (p, t))| PeerStatus {
                 name: p.name.clone(),
                 transport: t,
                 endpoint: p.endpoint.map(|e| e.to_string()),
@@ -199,6 +289,8 @@ impl Device {
                     .current
                     .as_ref()
                     .is_some_and(|s| s.can_send(now, self.reject_after_time)),
+                up: self.up[i],
+                downs: self.downs[i],
                 last_handshake_secs_ago: p
                     .last_handshake
                     .map(|t| now.duration_since(t).as_secs_f64()),
@@ -669,9 +761,15 @@ impl Device {
         }
     }
 
-    /// Runs timers: handshake retries, rekeys, keepalives, session expiry.
-    /// Call at least every 100 ms.
+    /// Runs timers: handshake retries, rekeys, keepalives, session expiry,
+    /// and peer liveness (queues [`PeerEvent`]s; see [`Device::take_events`]).
+    /// Call at least every 100 ms (every 50 ms with `health:`).
     pub fn tick(&mut self, t: &Time, out: &mut Vec<Datagram>) {
+        self.tick_timers(t, out);
+        self.update_liveness(t.now);
+    }
+
+    fn tick_timers(&mut self, t: &Time, out: &mut Vec<Datagram>) {
         let now = t.now;
         for pi in 0..self.peers.len() {
             let reject = self.reject_after_time;
@@ -700,7 +798,14 @@ impl Device {
                     };
                     let silent = peer
                         .unanswered_since
-                        .is_some_and(|since| now.duration_since(since) >= DEAD_PEER_AFTER);
+                        .is_some_and(|since| now.duration_since(since) >= DEAD_PEER_AFTER)
+                        || self.health.is_some_and(|h| {
+                            [peer.last_received, peer.last_handshake]
+                                .into_iter()
+                                .flatten()
+                                .max()
+                                .is_none_or(|at| now.duration_since(at) >= h.dead_after)
+                        });
                     age >= due || s.sent_bytes >= self.rekey_after_bytes || silent
                 }
             };
@@ -723,6 +828,17 @@ impl Device {
                 out.push(Datagram { to, data });
             }
         }
+    }
+}
+
+/// A peer's keepalive interval with `health:`: the shorter of its own
+/// persistent keepalive and `health.interval`, so both sides of every
+/// session hear from each other at least that often.
+fn keepalive_with_health(own: Option<Duration>, health: Option<HealthConfig>) -> Option<Duration> {
+    match (own, health) {
+        (Some(k), Some(h)) => Some(k.min(h.interval)),
+        (None, Some(h)) => Some(h.interval),
+        (k, None) => k,
     }
 }
 

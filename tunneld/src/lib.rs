@@ -10,6 +10,7 @@
 //! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core.
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
+//! - [`routes`]: the peers' prefixes in the kernel's routing tables.
 //! - [`control`]: metrics and status over a Unix socket.
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod gro;
 pub mod keys;
 pub mod peer;
 pub mod prefix;
+pub mod routes;
 pub mod transport;
 pub mod tun;
 pub mod units;

@@ -10,6 +10,7 @@ use tunneld::config::{self, CipherKind, Config, TransportKind};
 use tunneld::control::{self, ControlServer, Status, StatusCell};
 use tunneld::device::Device;
 use tunneld::keys::PrivateKey;
+use tunneld::routes::{RouteManager, RouteWorker};
 use tunneld::transport::quic::{self, QuicPeer, QuicSettings};
 use tunneld::transport::{MultiTransport, QuicTransport, TcpTransport, Transport, UdpTransport};
 use tunneld::tun::Tun;
@@ -264,12 +265,11 @@ fn run(path: &std::path::Path) -> Result<()> {
     let dp = cfg.dataplane;
     let transport = transports(&cfg)?;
     let tun = Tun::create(&cfg.interface.name, dp.offload)?;
-    let routes: Vec<_> = cfg
-        .peers
-        .iter()
-        .flat_map(|p| p.allowed_prefixes.iter().copied())
-        .collect();
-    tun.configure(cfg.interface.mtu, &cfg.interface.addresses, &routes)?;
+    tun.configure(cfg.interface.mtu, &cfg.interface.addresses, &[])?;
+    // Allowed prefixes are routed by the route manager (`routes:`), which
+    // follows peer health in `on-session` mode and restores what it replaced.
+    let routes = RouteWorker::start(RouteManager::from_config(&cfg)?)
+        .context("starting the routes thread")?;
     let status = Arc::new(StatusCell::new(Status {
         interface: cfg.interface.name.clone(),
         listen: transport
@@ -300,7 +300,7 @@ fn run(path: &std::path::Path) -> Result<()> {
         );
     }
     let device = Device::new(&cfg);
-    tunneld::dataplane::run(
+    let ran = tunneld::dataplane::run_with_events(
         device,
         &tun,
         transport.as_ref(),
@@ -308,8 +308,12 @@ fn run(path: &std::path::Path) -> Result<()> {
         usize::from(cfg.interface.mtu),
         &status,
         &shutdown,
-    )
-    .context("data path failed")?;
+        routes.sender(),
+    );
+    if let Err(e) = routes.stop() {
+        log::error!("withdrawing routes: {e}");
+    }
+    ran.context("data path failed")?;
     log::info!("shutting down: removing {}", cfg.interface.name);
     Ok(())
 }

@@ -21,12 +21,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{
-    DataplaneFile, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile, TunnelFile,
-    BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS, DEFAULT_MTU, DEFAULT_QUIC_IDLE,
-    DEFAULT_QUIC_KEEPALIVE, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER,
-    DEFAULT_WORKERS, FLOWS_RANGE, IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN,
-    MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE,
-    WORKERS_RANGE,
+    DataplaneFile, HealthFile, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile,
+    RouteInstall, RoutesFile, TunnelFile, BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS, DEFAULT_MTU,
+    DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME,
+    DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, FLOWS_RANGE, IPV6_MIN_MTU, KEEPALIVE_RANGE,
+    MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE,
+    SOCKET_BUFFER_RANGE, WORKERS_RANGE,
+};
+pub use file::{
+    HEALTH_DEAD_AFTER_RANGE, HEALTH_INTERVAL_RANGE, HEALTH_MIN_INTERVALS, MAIN_ROUTE_TABLE,
 };
 
 use crate::keys::{KeyError, PrivateKey, PublicKey};
@@ -192,7 +195,24 @@ pub struct Config {
     pub quic: Option<QuicConfig>,
     /// Remote gateways (at least one).
     pub peers: Vec<PeerConfig>,
+    /// Fast dead-peer detection; `None`: the default timers.
+    pub health: Option<HealthConfig>,
+    /// How allowed prefixes are routed into the TUN device.
+    pub routes: RoutesConfig,
 }
+
+/// Checked `health:` (see [`file::HealthFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Keepalive interval on established sessions.
+    pub interval: Duration,
+    /// Nothing authenticated from a peer for this long: it is down.
+    pub dead_after: Duration,
+}
+
+/// Checked `routes:` (every rule is a single-field one, so the file form is
+/// the checked form).
+pub type RoutesConfig = RoutesFile;
 
 /// Checked data-path knobs (see [`file::DataplaneFile`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -638,6 +658,19 @@ pub fn check(
         flows: dp.flows as usize,
         cpus,
     };
+    let health = match raw.health {
+        Some(h) => {
+            file::check_health(h.interval.0, h.dead_after.0)
+                .map_err(|(f, m)| cx.invalid(format!("health.{f}"), m))?;
+            Some(HealthConfig {
+                interval: h.interval.0,
+                dead_after: h.dead_after.0,
+            })
+        }
+        None => None,
+    };
+    file::check_route_table(u64::from(raw.routes.table))
+        .map_err(|m| cx.invalid("routes.table".into(), m))?;
     let socket_buffer = usize::try_from(raw.socket_buffer.0)
         .map_err(|_| cx.invalid("socket_buffer".into(), "too large for this platform".into()))?;
 
@@ -675,6 +708,8 @@ pub fn check(
                     .and_then(|q| crate::transport::quic::parse_pin(&q.spki_sha256).ok()),
             })
             .collect(),
+        health,
+        routes: raw.routes,
     })
 }
 

@@ -124,6 +124,8 @@ pub fn tunnel_file(
         mss_clamp: s.mss_clamp,
         dataplane: s.dataplane.clone(),
         quic: None,
+        health: None,
+        routes: Default::default(),
         rekey: RekeyFile::default(),
         peers: vec![PeerFile {
             name: side.peer().letter().to_string(),
