@@ -231,6 +231,7 @@ fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
             keepalive: None,
             transport: tunneld::config::TransportKind::Udp,
             quic_pin: None,
+            transit: None,
         }],
         health: None,
         routes: Default::default(),

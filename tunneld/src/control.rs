@@ -160,6 +160,7 @@ impl Status {
                 ("handshake_ratelimit", c.drop_handshake_ratelimit),
                 ("no_route", c.drop_no_route),
                 ("no_session", c.drop_no_session),
+                ("transit_denied", c.drop_transit_denied),
             ],
         );
         let io = &self.io;
@@ -264,6 +265,21 @@ impl Status {
             s.push_str(&format!(
                 "tunneld_peer_session{{interface=\"{iface}\",peer=\"{}\"}} {}\n",
                 p.name, p.session as u8
+            ));
+        }
+        s.push_str("# HELP tunneld_peer_up Whether the peer is up (session established and heard from within health.dead_after); what routes.install on-session follows.\n# TYPE tunneld_peer_up gauge\n");
+        for p in &self.peers {
+            s.push_str(&format!(
+                "tunneld_peer_up{{interface=\"{iface}\",peer=\"{}\"}} {}\n",
+                p.name,
+                u8::from(p.up)
+            ));
+        }
+        s.push_str("# HELP tunneld_peer_downs_total Times the peer went down.\n# TYPE tunneld_peer_downs_total counter\n");
+        for p in &self.peers {
+            s.push_str(&format!(
+                "tunneld_peer_downs_total{{interface=\"{iface}\",peer=\"{}\"}} {}\n",
+                p.name, p.downs
             ));
         }
         s.push_str("# HELP tunneld_peer_bytes_total Inner bytes per peer and direction.\n# TYPE tunneld_peer_bytes_total counter\n");

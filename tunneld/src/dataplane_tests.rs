@@ -92,6 +92,7 @@ fn config() -> Config {
             keepalive: None,
             transport: TransportKind::Udp,
             quic_pin: None,
+            transit: None,
         }],
         health: None,
         routes: Default::default(),

@@ -83,6 +83,9 @@ pub struct Counters {
     pub drop_no_session: u64,
     /// Handshakes completed (as initiator or responder).
     pub handshakes: u64,
+    /// Inner packets from a peer to another peer's prefixes that its
+    /// `transit` list does not allow (hub policy).
+    pub drop_transit_denied: u64,
 }
 
 /// A peer became reachable (`up`: a session is established and the peer is
@@ -112,6 +115,8 @@ pub struct PeerStatus {
     pub up: bool,
     /// Times the peer went down since start.
     pub downs: u64,
+    /// Its packets to other peers refused by its `transit` list.
+    pub transit_denied: u64,
     pub last_handshake_secs_ago: Option<f64>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
@@ -155,6 +160,10 @@ pub struct Device {
     downs: Vec<u64>,
     /// Up/down changes not yet taken by the dataplane.
     events: Vec<PeerEvent>,
+    /// Each peer's `transit` list (peer positions); `None`: any.
+    transit: Vec<Option<Vec<usize>>>,
+    /// Packets each peer had refused by its `transit` list.
+    transit_denied: Vec<u64>,
 }
 
 impl Device {
@@ -209,6 +218,8 @@ impl Device {
             up: vec![false; cfg.peers.len()],
             downs: vec![0; cfg.peers.len()],
             events: Vec::new(),
+            transit: cfg.peers.iter().map(|p| p.transit.clone()).collect(),
+            transit_denied: vec![0; cfg.peers.len()],
         }
     }
 
@@ -291,6 +302,7 @@ impl Device {
                     .is_some_and(|s| s.can_send(now, self.reject_after_time)),
                 up: self.up[i],
                 downs: self.downs[i],
+                transit_denied: self.transit_denied[i],
                 last_handshake_secs_ago: p
                     .last_handshake
                     .map(|t| now.duration_since(t).as_secs_f64()),
@@ -693,11 +705,21 @@ impl Device {
                 return None;
             }
         };
-        let peer = &mut self.peers[pi];
-        if !peer.allows(info.src) {
+        if !self.peers[pi].allows(info.src) {
             self.counters.drop_spoofed_source += 1;
             return None;
         }
+        if let Some(to) = &self.transit[pi] {
+            if self
+                .route(info.dst)
+                .is_some_and(|j| j != pi && !to.contains(&j))
+            {
+                self.counters.drop_transit_denied += 1;
+                self.transit_denied[pi] += 1;
+                return None;
+            }
+        }
+        let peer = &mut self.peers[pi];
         let n = info.total_len;
         peer.rx_bytes += n as u64;
         self.counters.rx_packets += 1;

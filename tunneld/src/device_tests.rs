@@ -9,8 +9,8 @@ use crate::prefix::Prefix;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-#[path = "device_health_tests.rs"]
-mod health;
+#[path = "device_ha_tests.rs"]
+mod ha;
 
 const A_ADDR: &str = "198.18.0.1:51820";
 const B_ADDR: &str = "198.18.0.2:51820";
@@ -61,6 +61,7 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
             keepalive: None,
             transport: crate::config::TransportKind::Udp,
             quic_pin: None,
+            transit: None,
         }],
         health: None,
         routes: Default::default(),

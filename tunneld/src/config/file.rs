@@ -546,6 +546,12 @@ pub struct PeerFile {
     /// QUIC authentication of this peer (with `transport: quic`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<PeerQuicFile>,
+    /// Hub policy: the names of the other peers this peer may reach through
+    /// this gateway (packets from it to their prefixes). Absent: any peer
+    /// (the kernel forwards between them); `[]`: none. Refused transit is
+    /// dropped and counted (`drop_transit_denied`, per peer `transit_denied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit: Option<Vec<String>>,
 }
 
 fn default_true() -> bool {

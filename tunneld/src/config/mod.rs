@@ -286,6 +286,8 @@ pub struct PeerConfig {
     pub transport: TransportKind,
     /// Its QUIC certificate pin (SHA-256 of the SPKI), for `transport: quic`.
     pub quic_pin: Option<[u8; 32]>,
+    /// Positions (in `peers`) of the peers it may reach through us; `None`: any.
+    pub transit: Option<Vec<usize>>,
 }
 
 /// Why a config could not be loaded. `Display` reads
@@ -566,6 +568,7 @@ pub fn check(
     }
 
     let quic = check_transports(raw, base_dir, &cx)?;
+    let transit = check_transit(raw, &cx)?;
 
     let key_path = base_dir.join(&raw.private_key_file);
     let private_key = PrivateKey::load_file(&key_path).map_err(|source| {
@@ -695,7 +698,8 @@ pub fn check(
         peers: raw
             .peers
             .iter()
-            .map(|p| PeerConfig {
+            .enumerate()
+            .map(|(i, p)| PeerConfig {
                 name: p.name.clone(),
                 public_key: p.public_key,
                 endpoint: p.endpoint,
@@ -706,11 +710,43 @@ pub fn check(
                     .quic
                     .as_ref()
                     .and_then(|q| crate::transport::quic::parse_pin(&q.spki_sha256).ok()),
+                transit: transit[i].clone(),
             })
             .collect(),
         health,
         routes: raw.routes,
     })
+}
+
+/// Resolves `peers[].transit` names to positions: each must name another
+/// configured peer, once.
+fn check_transit(raw: &TunnelFile, cx: &Ctx<'_>) -> Result<Vec<Option<Vec<usize>>>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, p) in raw.peers.iter().enumerate() {
+        let Some(names) = &p.transit else {
+            out.push(None);
+            continue;
+        };
+        let mut to = Vec::new();
+        for (k, name) in names.iter().enumerate() {
+            let field = format!("peers[{i}].transit[{k}]");
+            let Some(j) = raw.peers.iter().position(|q| &q.name == name) else {
+                return Err(cx.invalid(field, format!("\"{name}\" is not the name of a peer")));
+            };
+            if j == i {
+                return Err(cx.invalid(
+                    field,
+                    format!("\"{name}\" is this peer itself; list the other peers it may reach"),
+                ));
+            }
+            if to.contains(&j) {
+                return Err(cx.invalid(field, format!("\"{name}\" is listed twice")));
+            }
+            to.push(j);
+        }
+        out.push(Some(to));
+    }
+    Ok(out)
 }
 
 /// The rules tying `peers[].transport`, `peers[].quic` and `quic:` together;

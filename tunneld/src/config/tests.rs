@@ -636,6 +636,7 @@ fn round_trip_generated_config() {
                 keepalive: Some(Span(Duration::from_secs(25))),
                 transport: TransportKind::Tcp,
                 quic: None,
+                transit: Some(vec!["dc-c".into()]),
             },
             PeerFile {
                 name: "dc-c".into(),
@@ -645,6 +646,7 @@ fn round_trip_generated_config() {
                 keepalive: None,
                 transport: TransportKind::Udp,
                 quic: None,
+                transit: None,
             },
         ],
     };
@@ -906,4 +908,33 @@ fn health_and_routes_sections() {
         "dead_after",
         "interval: 200ms",
     );
+}
+
+#[test]
+fn transit_names_other_peers() {
+    let f = fixture();
+    let base = f.yaml();
+    let with = |list: &str| {
+        base.replace(
+            "    keepalive: 10s\n",
+            &format!("    keepalive: 10s\n    transit: {list}\n"),
+        )
+    };
+    let c = f.parse(&with("[dc-c]")).expect("transit parses");
+    assert_eq!(c.peers[0].transit, Some(vec![1]));
+    assert_eq!(c.peers[1].transit, None);
+    assert_eq!(
+        f.parse(&with("[]")).expect("empty").peers[0].transit,
+        Some(vec![])
+    );
+    let msg = f.expect_err(&with("[dc-x]"), "peers[0].transit[0]", "transit: [dc-x]");
+    assert!(msg.contains("not the name of a peer"), "{msg}");
+    let msg = f.expect_err(&with("[dc-b]"), "peers[0].transit[0]", "transit: [dc-b]");
+    assert!(msg.contains("itself"), "{msg}");
+    let msg = f.expect_err(
+        &with("[dc-c, dc-c]"),
+        "peers[0].transit[1]",
+        "transit: [dc-c, dc-c]",
+    );
+    assert!(msg.contains("twice"), "{msg}");
 }

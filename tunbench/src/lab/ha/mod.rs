@@ -180,6 +180,7 @@ fn gateway_file(
             keepalive: None,
             transport: Default::default(),
             quic: None,
+            transit: None,
         }],
     })
 }

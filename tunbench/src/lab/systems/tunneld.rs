@@ -140,6 +140,7 @@ pub fn tunnel_file(
             keepalive: Some(Span(Duration::from_secs(5))),
             transport: Default::default(),
             quic: None,
+            transit: None,
         }],
     }
 }

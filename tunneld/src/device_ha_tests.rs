@@ -1,7 +1,7 @@
-//! Peer liveness and its events (`health:`) on the in-memory harness of
-//! the parent module: a dead peer is reported down within `dead_after`
-//! (plus one timer tick), a returning one up again, an idle but live one
-//! never flaps.
+//! Gateway-pair and hub features on the in-memory harness of the parent
+//! module: peer liveness and its events (`health:`: a dead peer is reported
+//! down within `dead_after` plus one timer tick, a returning one up again,
+//! an idle but live one never flaps) and the hub's `transit` policy.
 
 use super::*;
 use crate::config::HealthConfig;
@@ -161,4 +161,54 @@ fn health_shortens_but_never_lengthens_the_keepalive() {
         dead_after: Duration::from_secs(90),
     });
     assert_eq!(keepalive_with_health(k(5), fast), k(5));
+}
+
+/// A hub (side A) with peers B and C; B sends towards C's LAN through it.
+fn hub_net(transit: Option<Vec<usize>>) -> Net {
+    let mut hub = a_config();
+    hub.peers[0].transit = transit;
+    let mut c = hub.peers[0].clone();
+    c.name = "peer3".into();
+    c.public_key = key(3).public();
+    c.endpoint = None;
+    c.allowed_prefixes = prefixes(&["198.18.3.0/24"]);
+    c.transit = None;
+    hub.peers.push(c);
+    let mut b = b_config();
+    b.peers[0]
+        .allowed_prefixes
+        .extend(prefixes(&["198.18.3.0/24"]));
+    let mut n = Net::new();
+    n.a = Device::new(&hub);
+    n.b = Device::new(&b);
+    n.established();
+    n
+}
+
+#[test]
+fn hub_transit_policy_drops_and_counts_refused_spoke_to_spoke_packets() {
+    const C_HOST: [u8; 4] = [198, 18, 3, 2];
+    // B may reach nobody through the hub: its packet to C is dropped and
+    // counted; its packet to the hub's own LAN still arrives.
+    let mut n = hub_net(Some(vec![]));
+    n.send(false, &ipv4(B_HOST, C_HOST, b"to c"));
+    n.send(false, &ipv4(B_HOST, A_HOST, b"to the hub"));
+    n.flush();
+    assert_eq!(n.to_a.len(), 1);
+    assert_eq!(&n.to_a[0][28..], b"to the hub");
+    assert_eq!(n.a.counters().drop_transit_denied, 1);
+    let st = n.a.peer_status(n.time().now);
+    assert_eq!((st[0].transit_denied, st[1].transit_denied), (1, 0));
+    // B may reach C (peer position 1): delivered to the hub's TUN, whose
+    // kernel routes it back into the tunnel towards C.
+    let mut n = hub_net(Some(vec![1]));
+    n.send(false, &ipv4(B_HOST, C_HOST, b"to c"));
+    n.flush();
+    assert_eq!(n.to_a.len(), 1);
+    assert_eq!(n.a.counters().drop_transit_denied, 0);
+    // No list: any peer, as before the policy existed.
+    let mut n = hub_net(None);
+    n.send(false, &ipv4(B_HOST, C_HOST, b"to c"));
+    n.flush();
+    assert_eq!(n.to_a.len(), 1);
 }
