@@ -76,8 +76,8 @@ fn transfer_survives_a_killed_gateway_and_routes_follow_the_tunnels() {
     // returns at 5 s.
     let running = start_flows(
         &lab.sites.lab,
-        &lab.sites.host_a.clone(),
-        &lab.sites.host_b.clone(),
+        &lab.sites.host_a,
+        &lab.sites.host_b,
         HaSite::B.host().into(),
         spec(8, 9, 1),
     )

@@ -294,16 +294,16 @@ fn hub_and_three_spokes() {
     };
     let hub_to_1 = start_flows(
         &h.hs.lab,
-        &h.hs.host(HUB).to_string(),
-        &h.hs.host(1).to_string(),
+        h.hs.host(HUB),
+        h.hs.host(1),
         IpAddr::V4(HubSpokes::host_addr(1)),
         spec(1),
     )
     .expect("flows");
     let one_to_two = start_flows(
         &h.hs.lab,
-        &h.hs.host(1).to_string(),
-        &h.hs.host(2).to_string(),
+        h.hs.host(1),
+        h.hs.host(2),
         IpAddr::V4(HubSpokes::host_addr(2)),
         spec(2),
     )

@@ -251,9 +251,9 @@ impl Device {
                 .flatten()
                 .max()
                 .is_some_and(|t| now.duration_since(t) < h.dead_after),
-            None => !peer
+            None => peer
                 .unanswered_since
-                .is_some_and(|since| now.duration_since(since) >= DEAD_PEER_AFTER),
+                .is_none_or(|since| now.duration_since(since) < DEAD_PEER_AFTER),
         }
     }
 

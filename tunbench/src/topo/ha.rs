@@ -167,19 +167,31 @@ impl HaSites {
 
     /// Bytes the router of `site` has sent towards gateway `i` so far.
     pub fn router_tx_bytes(&self, site: HaSite, i: usize) -> Result<u64> {
-        let path = format!(
-            "/sys/class/net/{}/statistics/tx_bytes",
-            HaSite::router_if(i)
-        );
+        // /proc/thread-self/net follows the reading thread's namespace
+        // (sysfs shows the namespace it was mounted in).
+        let path = "/proc/thread-self/net/dev";
         let text = self
             .lab
-            .run_in(self.router(site), || std::fs::read_to_string(&path))?
+            .run_in(self.router(site), || std::fs::read_to_string(path))?
             .map_err(|e| TopoError::io(format!("reading {path}"), e))?;
-        text.trim().parse().map_err(|_| TopoError::InvalidName {
-            name: text.trim().to_string(),
-            reason: format!("{path} is not a counter"),
+        let dev = HaSite::router_if(i);
+        tx_bytes(&text, &dev).ok_or_else(|| TopoError::InvalidName {
+            name: dev,
+            reason: format!("no tx_bytes for it in {path}"),
         })
     }
+}
+
+/// The transmitted bytes of `dev` in a `/proc/net/dev` text (the ninth
+/// number after `dev:`).
+fn tx_bytes(proc_net_dev: &str, dev: &str) -> Option<u64> {
+    proc_net_dev.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        if name.trim() != dev {
+            return None;
+        }
+        rest.split_whitespace().nth(8)?.parse().ok()
+    })
 }
 
 fn check_count(n: usize) -> Result<()> {
@@ -436,4 +448,29 @@ pub fn hub_spokes(tag: &str, spokes: usize) -> Result<HubSpokes> {
         )?;
     }
     Ok(hs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tx_bytes_of_proc_net_dev() {
+        let text = "Inter-|   Receive    |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets\n    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n    g1: 1234567    8901    0    0    0     0          0         0 98765432   43210    0    0    0     0       0          0\n";
+        assert_eq!(tx_bytes(text, "g1"), Some(98_765_432));
+        assert_eq!(tx_bytes(text, "lo"), Some(0));
+        assert_eq!(tx_bytes(text, "g2"), None);
+    }
+
+    #[test]
+    fn addresses_of_the_plan() {
+        assert_eq!(
+            HaSite::A.gw_link(2),
+            (Ipv4Addr::new(198, 18, 12, 1), Ipv4Addr::new(198, 18, 12, 2))
+        );
+        assert_eq!(HaSite::B.gw_wan(1), Ipv4Addr::new(198, 18, 0, 21));
+        assert_eq!(HubSpokes::lan(HUB), "198.18.100.0/24");
+        assert_eq!(HubSpokes::gw_wan(3), Ipv4Addr::new(198, 18, 0, 103));
+        assert!(check_count(0).is_err() && check_count(MAX_PAIRS + 1).is_err());
+    }
 }

@@ -134,6 +134,45 @@ impl Flows {
         self.streams.iter().map(|s| s.received).sum()
     }
 
+    /// How long after `event` the last stream that stalled in `[event,
+    /// until)` delivered again: for each stream the end of its longest run
+    /// of empty bins starting in that window (zero if it never stalled),
+    /// the latest of them minus `event`. `None` if a stall never ended.
+    pub fn recovered_after(&self, event: Duration, until: Duration) -> Option<Duration> {
+        let bin = self.bin();
+        let (i0, i1) = (
+            (event.as_nanos() / bin.as_nanos().max(1)) as usize,
+            (until.as_nanos() / bin.as_nanos().max(1)) as usize,
+        );
+        let mut latest = event;
+        for s in &self.streams {
+            let (mut best, mut best_end) = (0usize, None);
+            let mut i = i0;
+            while i < i1.min(s.bins.len()) {
+                if s.bins[i] > 0 {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < s.bins.len() && s.bins[i] == 0 {
+                    i += 1;
+                }
+                if i == s.bins.len() {
+                    // The stream never delivered again.
+                    return None;
+                }
+                if i - start > best {
+                    best = i - start;
+                    best_end = Some(i);
+                }
+            }
+            if let Some(end) = best_end {
+                latest = latest.max(bin * end as u32);
+            }
+        }
+        Some(latest - event)
+    }
+
     /// Time (since the start) by which every stream delivered data again
     /// after `event`; `None` if some stream never did.
     pub fn all_resumed_after(&self, event: Duration) -> Option<Duration> {
@@ -473,7 +512,15 @@ mod tests {
         };
         assert_eq!(flows.longest_gap(), bin * 5);
         assert_eq!(flows.all_resumed_after(bin), Some(bin * 4));
+        // Stream 0 stalls at bins 1..=3 (ends at 4), stream 1 at 3..=7 (ends at 8).
+        assert_eq!(flows.recovered_after(bin, bin * 6), Some(bin * 7));
+        assert_eq!(flows.recovered_after(bin * 5, bin * 6), Some(bin * 3));
         assert!(flows.intact());
+        let stuck = Flows {
+            bin_s: 0.01,
+            streams: vec![figures(&[1, 0, 0])],
+        };
+        assert_eq!(stuck.recovered_after(Duration::ZERO, bin * 3), None);
     }
 
     #[test]

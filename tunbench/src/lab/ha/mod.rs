@@ -10,9 +10,12 @@
 
 pub mod bird;
 pub mod flows;
-// mod run;
+mod run;
 
-// pub use run::RUN;
+pub use run::{
+    render, run, DrainFigures, DrainPlan, FailoverFigures, FailoverPlan, HaPlan, HaReport,
+    PairFigures, SCHEMA,
+};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
