@@ -291,6 +291,9 @@ fn hub_and_three_spokes() {
         duration: Duration::from_secs(4),
         bin: Duration::from_millis(10),
         seed,
+        // Paced (100 Mbit/s per stream): a gap then shows a disturbance,
+        // not CPU contention of a saturated 2-core host.
+        rate: Some(100_000_000),
     };
     let hub_to_1 = start_flows(
         &h.hs.lab,

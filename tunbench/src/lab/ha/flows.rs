@@ -37,6 +37,11 @@ pub struct FlowSpec {
     pub bin: Duration,
     /// Seed of the byte streams (stream `i` uses `seed + i`).
     pub seed: u64,
+    /// Pacing rate of each stream, bit/s (SO_MAX_PACING_RATE); `None`: as
+    /// fast as the path allows. Paced flows below the path's capacity see
+    /// no congestion loss, so a retransmission shows a packet the failover
+    /// or drain itself lost.
+    pub rate: Option<u64>,
 }
 
 /// One stream's outcome.
@@ -136,9 +141,17 @@ impl Flows {
 
     /// How long after `event` the last stream that stalled in `[event,
     /// until)` delivered again: for each stream the end of its longest run
-    /// of empty bins starting in that window (zero if it never stalled),
-    /// the latest of them minus `event`. `None` if a stall never ended.
-    pub fn recovered_after(&self, event: Duration, until: Duration) -> Option<Duration> {
+    /// of empty bins starting in that window, if at least `min_stall` long
+    /// (shorter runs are pacing and scheduling, not a dead path), the
+    /// latest of them minus `event`; zero if no stream stalled. `None` if a
+    /// stall never ended.
+    pub fn recovered_after(
+        &self,
+        event: Duration,
+        until: Duration,
+        min_stall: Duration,
+    ) -> Option<Duration> {
+        let min_bins = (min_stall.as_nanos() / self.bin().as_nanos().max(1)) as usize;
         let bin = self.bin();
         let (i0, i1) = (
             (event.as_nanos() / bin.as_nanos().max(1)) as usize,
@@ -161,7 +174,7 @@ impl Flows {
                     // The stream never delivered again.
                     return None;
                 }
-                if i - start > best {
+                if i - start > best && i - start >= min_bins.max(1) {
                     best = i - start;
                     best_end = Some(i);
                 }
@@ -321,6 +334,12 @@ pub fn start_flows(
             .map_err(io_err(format!("connecting {src_ns} → {addr}")));
         let seed = spec.seed.wrapping_add(i as u64);
         let until = start + spec.duration;
+        let conn = match (conn, spec.rate) {
+            (Ok(c), Some(rate)) => pace(&c, rate)
+                .map(|()| c)
+                .map_err(io_err("SO_MAX_PACING_RATE")),
+            (c, _) => c,
+        };
         senders.push(
             std::thread::Builder::new()
                 .name(format!("flow-tx-{i}"))
@@ -402,6 +421,30 @@ pub fn run_flows<R>(
     let running = start_flows(lab, src_ns, dst_ns, dst, spec)?;
     let r = during(running.start);
     Ok((running.wait(), r))
+}
+
+/// Caps the socket's sending rate at `bits_per_sec` (TCP's own pacing).
+fn pace(s: &TcpStream, bits_per_sec: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // The 32-bit option form is accepted by every kernel with TCP pacing
+    // (4.13+): up to 4 GB/s per stream.
+    let bytes: u32 = u32::try_from(bits_per_sec / 8).unwrap_or(u32::MAX);
+    // SAFETY: a live socket descriptor; the pointer and length describe
+    // `bytes`, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&bytes as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 type Sent = Result<(u64, Vec<u8>, Option<u32>), String>;
@@ -513,14 +556,20 @@ mod tests {
         assert_eq!(flows.longest_gap(), bin * 5);
         assert_eq!(flows.all_resumed_after(bin), Some(bin * 4));
         // Stream 0 stalls at bins 1..=3 (ends at 4), stream 1 at 3..=7 (ends at 8).
-        assert_eq!(flows.recovered_after(bin, bin * 6), Some(bin * 7));
-        assert_eq!(flows.recovered_after(bin * 5, bin * 6), Some(bin * 3));
+        assert_eq!(flows.recovered_after(bin, bin * 6, bin), Some(bin * 7));
+        assert_eq!(flows.recovered_after(bin * 5, bin * 6, bin), Some(bin * 3));
+        // Only stream 1's 5-bin stall is long enough.
+        assert_eq!(flows.recovered_after(bin, bin * 6, bin * 4), Some(bin * 7));
+        assert_eq!(
+            flows.recovered_after(bin, bin * 2, bin * 4),
+            Some(Duration::ZERO)
+        );
         assert!(flows.intact());
         let stuck = Flows {
             bin_s: 0.01,
             streams: vec![figures(&[1, 0, 0])],
         };
-        assert_eq!(stuck.recovered_after(Duration::ZERO, bin * 3), None);
+        assert_eq!(stuck.recovered_after(Duration::ZERO, bin * 3, bin), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tunneld::config::HealthFile;
-use tunneld::units::Span;
+use tunneld::units::{Rate, Span};
 
 use super::flows::{start_flows, FlowSpec, Flows};
 use super::{bird, HaLab, HaOptions};
@@ -20,6 +20,11 @@ use crate::lab::measure::{cpu_total, figures, TestFigures, ENGINE_PORT};
 use crate::lab::scenario::Scenario;
 use crate::lab::{LabError, LabOptions, Result};
 use crate::topo::HaSite;
+
+/// A stream stalled by the failover has no delivery for at least Linux's
+/// minimum TCP retransmission timeout; shorter holes are pacing and
+/// scheduling on the lab host.
+const MIN_STALL: Duration = Duration::from_millis(200);
 
 /// Schema name of the HA lab's results.json.
 pub const SCHEMA: &str = "tunbench-lab-ha/1";
@@ -55,6 +60,9 @@ pub struct FailoverPlan {
     /// Delivery bins (at least 10ms).
     #[serde(default = "default_bin")]
     pub bin: Span,
+    /// Aggregate pacing rate of the streams (absent: as fast as they go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 /// `ha.drain:` — withdraw pair N's routes, then stop its tunneld.
@@ -70,6 +78,10 @@ pub struct DrainPlan {
     /// How long after the routers stopped using pair N its tunneld stops.
     #[serde(default = "default_settle")]
     pub settle: Span,
+    /// Aggregate pacing rate of the streams (absent: as fast as they go;
+    /// then congestion of the path causes retransmissions of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 fn default_health() -> HealthFile {
@@ -167,14 +179,17 @@ pub struct PairFigures {
 pub struct FailoverFigures {
     /// Streams.
     pub streams: usize,
+    /// Their aggregate pacing rate, bit/s (`None`: unpaced).
+    pub rate_bits_per_second: Option<u64>,
     /// Every stream's SHA-256 and length matched.
     pub intact: bool,
     /// Longest stall of any stream, seconds (bins of `bin_s`).
     pub longest_gap_s: f64,
     /// Bin width, seconds.
     pub bin_s: f64,
-    /// From the kill until the last stream that stalled after it delivered
-    /// again (the surviving pair carries all flows), seconds.
+    /// From the kill until the last stream that stalled (no delivery for
+    /// 200 ms or more) after it delivered again: the surviving pair carries
+    /// all flows. Seconds.
     pub all_flows_on_survivor_s: Option<f64>,
     /// From the kill until rtr-a stopped routing to the dead gateway.
     pub withdrawn_site_a_s: Option<f64>,
@@ -199,6 +214,8 @@ pub struct FailoverFigures {
 pub struct DrainFigures {
     /// Streams.
     pub streams: usize,
+    /// Their aggregate pacing rate, bit/s (`None`: unpaced).
+    pub rate_bits_per_second: Option<u64>,
     /// Every stream intact in the drain run.
     pub intact: bool,
     /// Longest stall in the drain run, seconds.
@@ -211,12 +228,13 @@ pub struct DrainFigures {
     pub baseline_longest_gap_s: f64,
     /// From disabling BGP until both routers stopped using the pair.
     pub withdrawn_s: Option<f64>,
-    /// Packets the drained pair's tunnelds dropped during the run (their
-    /// `drop_*` counters and kernel UDP receive-buffer drops, both sides)
-    /// until just before they stopped.
+    /// Packets the drained pair's tunnelds dropped from the withdrawal
+    /// until just before they stopped (their `drop_*` counters and kernel
+    /// UDP receive-buffer drops, both sides), by reason.
     pub tunnel_drops: BTreeMap<String, u64>,
-    /// The same for the pairs that stayed (they took over the load: drops
-    /// there are congestion, which TCP answers by retransmitting).
+    /// The same for the pairs that stayed, over the same time (they took
+    /// over the load: drops there are congestion, which TCP answers by
+    /// retransmitting).
     pub survivor_drops: BTreeMap<String, u64>,
     /// Stream failures, if any.
     pub failures: String,
@@ -370,6 +388,15 @@ pub fn run(
     Ok(report)
 }
 
+fn paced(rate: Option<u64>) -> String {
+    rate.map_or(String::new(), |r| {
+        format!(
+            " paced at {} in total",
+            tunneld::units::format_rate(r as f64)
+        )
+    })
+}
+
 fn show_drops(m: &BTreeMap<String, u64>) -> String {
     if m.is_empty() {
         return "none".into();
@@ -457,6 +484,7 @@ fn failover(lab: &mut HaLab, p: &FailoverPlan) -> super::Result<FailoverFigures>
         duration: p.duration.0,
         bin: p.bin.0,
         seed: 1,
+        rate: per_stream(p.rate, p.streams),
     };
     let sites = &lab.sites;
     let running = start_flows(
@@ -509,11 +537,12 @@ fn failover(lab: &mut HaLab, p: &FailoverPlan) -> super::Result<FailoverFigures>
     let kill_at = killed.duration_since(t0);
     Ok(FailoverFigures {
         streams: p.streams,
+        rate_bits_per_second: p.rate.map(|r| r.0),
         intact: flows.intact(),
         longest_gap_s: secs(flows.longest_gap()),
         bin_s: flows.bin_s,
         all_flows_on_survivor_s: flows
-            .recovered_after(kill_at, back.duration_since(t0))
+            .recovered_after(kill_at, back.duration_since(t0), MIN_STALL)
             .map(secs),
         withdrawn_site_a_s: wa.map(secs),
         withdrawn_site_b_s: wb.map(secs),
@@ -523,6 +552,11 @@ fn failover(lab: &mut HaLab, p: &FailoverPlan) -> super::Result<FailoverFigures>
         bytes: flows.received(),
         failures: flows.failures(),
     })
+}
+
+/// Each stream's share of an aggregate rate.
+fn per_stream(rate: Option<Rate>, streams: usize) -> Option<u64> {
+    rate.map(|r| r.0 / streams.max(1) as u64)
 }
 
 fn sleep_until(t: Instant) {
@@ -580,6 +614,7 @@ fn drain(lab: &mut HaLab, p: &DrainPlan) -> super::Result<DrainFigures> {
         duration: p.duration.0,
         bin: Duration::from_millis(10),
         seed: 100,
+        rate: per_stream(p.rate, p.streams),
     };
     let run = |lab: &HaLab| {
         start_flows(
@@ -592,10 +627,11 @@ fn drain(lab: &mut HaLab, p: &DrainPlan) -> super::Result<DrainFigures> {
         .map_err(super::step)
     };
     let baseline: Flows = run(lab)?.wait();
-    let before = pair_drops(lab, n..=n);
-    let survivors_before = pair_drops(lab, 1..=n - 1);
     let running = run(lab)?;
     sleep_until(running.start + p.at.0);
+    // Drops count from the withdrawal on: what the drain itself lost.
+    let before = pair_drops(lab, n..=n);
+    let survivors_before = pair_drops(lab, 1..=n - 1);
     let at = Instant::now();
     for site in [HaSite::A, HaSite::B] {
         lab.birdc_gw(site, n, &["disable", bird::GATEWAY_SESSION])?;
@@ -611,8 +647,8 @@ fn drain(lab: &mut HaLab, p: &DrainPlan) -> super::Result<DrainFigures> {
     for site in [HaSite::A, HaSite::B] {
         lab.stop_tunneld(site, n)?;
     }
-    let flows = running.wait();
     let survivors_after = pair_drops(lab, 1..=n - 1);
+    let flows = running.wait();
     // Back in service for whatever runs next.
     for site in [HaSite::A, HaSite::B] {
         lab.start_tunneld(site, n)?;
@@ -623,6 +659,7 @@ fn drain(lab: &mut HaLab, p: &DrainPlan) -> super::Result<DrainFigures> {
     }
     Ok(DrainFigures {
         streams: p.streams,
+        rate_bits_per_second: p.rate.map(|r| r.0),
         intact: flows.intact(),
         longest_gap_s: secs(flows.longest_gap()),
         retransmits: flows.retransmits(),
@@ -665,12 +702,13 @@ pub fn render(r: &HaReport) -> String {
     let f = &r.failover;
     s += &format!(
         "\n## Failover (gateway a1 SIGKILLed, WAN cut)\n\n\
-         - {} streams, SHA-256 {}; longest gap {:.2} s (bins of {} ms)\n\
+         - {} streams{}, SHA-256 {}; longest gap {:.2} s (bins of {} ms)\n\
          - routes withdrawn: site A {}, site B {}\n\
          - all flows on the surviving pair after {}\n\
          - after the restart: routes back {}, both pairs carry data {}\n\
          - retransmissions {}, {} bytes\n",
         f.streams,
+        paced(f.rate_bits_per_second),
         if f.intact { "intact" } else { "MISMATCH" },
         f.longest_gap_s,
         (f.bin_s * 1000.0).round(),
@@ -685,10 +723,11 @@ pub fn render(r: &HaReport) -> String {
     if let Some(d) = &r.drain {
         s += &format!(
             "\n## Drain (BGP withdrawn, then tunneld stopped)\n\n\
-             - {} streams, SHA-256 {}; longest gap {:.2} s (baseline {:.2} s)\n\
+             - {} streams{}, SHA-256 {}; longest gap {:.2} s (baseline {:.2} s)\n\
              - retransmissions {} (baseline without a drain {})\n\
              - routers stopped using the pair after {}; tunnel drops on the drained pair {}, on the others {}\n",
             d.streams,
+            paced(d.rate_bits_per_second),
             if d.intact { "intact" } else { "MISMATCH" },
             d.longest_gap_s,
             d.baseline_longest_gap_s,
