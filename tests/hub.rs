@@ -234,16 +234,22 @@ fn hub_and_three_spokes() {
     // Spoke 3 comes up and reaches the hub first; then the hub reaches it.
     h.start(3);
     wait_ping(&h.hs.lab, h.hs.host(3), &host(HUB), Duration::from_secs(10)).expect("spoke 3 → hub");
-    assert_eq!(
-        h.hub_peer(3)["endpoint"].as_str(),
-        Some(format!("{}:{PORT}", HubSpokes::gw_wan(3)).as_str())
-    );
+    let want = format!("{}:{PORT}", HubSpokes::gw_wan(3));
+    // Status is a snapshot published every 50 ms.
+    wait_for(
+        Duration::from_secs(2),
+        "the hub to learn spoke 3's endpoint",
+        || Ok((h.hub_peer(3)["endpoint"].as_str() == Some(want.as_str())).then_some(())),
+    )
+    .expect("endpoint learned");
     wait_ping(&h.hs.lab, h.hs.host(HUB), &host(3), Duration::from_secs(5)).expect("hub → spoke 3");
 
     // Every spoke's LAN is reached through that spoke's tunnel only.
     for m in 1..=SPOKES {
         wait_ping(&h.hs.lab, h.hs.host(HUB), &host(m), Duration::from_secs(10))
             .expect("hub → spoke");
+        // Earlier pings reach the status snapshot (published every 50 ms) first.
+        std::thread::sleep(Duration::from_millis(150));
         let before: Vec<u64> = (1..=SPOKES)
             .map(|k| h.hub_peer(k)["tx_bytes"].as_u64().unwrap_or(0))
             .collect();
