@@ -269,3 +269,80 @@ fn bird_down_wrong_key_and_flapping_bgp_never_stop_the_traffic() {
     assert!(refused > 0, "gw-b2 counted the refused handshakes");
     transfer(&lab, 30);
 }
+
+/// The routes tunneld installs, on one pair without BIRD: a route that was
+/// there first is replaced while tunneld runs and put back when it stops;
+/// with `on-session` the peer's LAN route exists only while the peer is up.
+#[test]
+fn routes_follow_the_session_and_a_replaced_route_comes_back() {
+    use e2e::{Side, TunnelLab};
+    use serde_json::json;
+    if !require_root() {
+        return;
+    }
+    let mut tl = TunnelLab::start("ha-routes", false, |_, c| {
+        c["health"] = json!({"interval": "200ms", "dead_after": "1s"});
+        c["routes"] = json!({"install": "on-session"});
+    })
+    .expect("pair starts");
+    let gw_a = tl.dc.gw_a.clone();
+    let lan_b = tunbench::topo::LAN_B_V4;
+    let route = |tl: &TunnelLab| {
+        tl.lab()
+            .ip(&gw_a, &["-4", "route", "show", "exact", lan_b])
+            .expect("ip route")
+    };
+    let tun_a = tl.a.tun.clone();
+    let wait_route = |tl: &TunnelLab, want: &str| {
+        e2e::wait_for(
+            ROUTE_CHANGE,
+            &format!("route to {lan_b} with `{want}`"),
+            || {
+                let r = route(tl);
+                Ok((if want.is_empty() {
+                    r.trim().is_empty()
+                } else {
+                    r.contains(want)
+                })
+                .then_some(r))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", tl.logs()))
+    };
+    wait_route(&tl, &format!("dev {tun_a}"));
+    // Peer down (its daemon stopped): the route goes within dead_after.
+    tl.stop_side(Side::B).expect("stop b");
+    let t = Instant::now();
+    wait_route(&tl, "");
+    assert!(
+        t.elapsed() <= Duration::from_secs(3),
+        "withdrawn after {:?}",
+        t.elapsed()
+    );
+    tl.start_side(Side::B).expect("start b");
+    wait_route(&tl, &format!("dev {tun_a}"));
+
+    // A static route to LAN B over the underlay, put in while gw-a's
+    // tunneld is stopped, is replaced by tunneld's and restored at exit.
+    tl.stop_side(Side::A).expect("stop a");
+    wait_route(&tl, "");
+    tl.lab()
+        .ip(
+            &gw_a,
+            &[
+                "route",
+                "add",
+                lan_b,
+                "via",
+                "198.18.0.2",
+                "proto",
+                "static",
+            ],
+        )
+        .expect("static route");
+    tl.start_side(Side::A).expect("start a");
+    wait_route(&tl, &format!("dev {tun_a}"));
+    tl.stop_side(Side::A).expect("stop a");
+    let back = wait_route(&tl, "via 198.18.0.2");
+    assert!(back.contains("proto static"), "{back}");
+}
