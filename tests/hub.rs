@@ -125,6 +125,7 @@ impl Hub {
             rekey: RekeyFile::default(),
             dataplane: Default::default(),
             quic: None,
+            metrics: None,
             health: None,
             routes: Default::default(),
             peers,

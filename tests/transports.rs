@@ -270,6 +270,20 @@ fn quic_end_to_end() {
     end_to_end("quic", "tr-quic");
 }
 
+/// Kills (`ss -K`) gw-a's TCP connections to gw-b's listen port, only
+/// those from `src` when given.
+fn cut_tcp_to_b(tl: &TunnelLab, src: Option<IpAddr>) {
+    let dst = Side::B.listen();
+    let (ip, port) = (dst.ip().to_string(), dst.port().to_string());
+    let mut args = vec!["-K", "-t", "dst", &ip, "dport", "=", &port];
+    let src = src.map(|s| s.to_string());
+    if let Some(s) = &src {
+        args.extend(["src", s.as_str()]);
+    }
+    let out = tl.lab().exec(&tl.dc.gw_a, "ss", &args).expect("ss -K");
+    assert!(out.status.success(), "ss -K: {out:?}");
+}
+
 #[test]
 fn tcp_connection_cut_mid_transfer_is_redialed() {
     if !require_root() {
@@ -288,24 +302,7 @@ fn tcp_connection_cut_mid_transfer_is_redialed() {
         )
         .expect("transfer under way");
         assert!(!t.is_finished(), "the cut must come mid-transfer");
-        let dst = Side::B.listen();
-        let out = tl
-            .lab()
-            .exec(
-                &tl.dc.gw_a,
-                "ss",
-                &[
-                    "-K",
-                    "-t",
-                    "dst",
-                    &dst.ip().to_string(),
-                    "dport",
-                    "=",
-                    &dst.port().to_string(),
-                ],
-            )
-            .expect("ss -K");
-        assert!(out.status.success(), "ss -K: {out:?}");
+        cut_tcp_to_b(&tl, None);
         t.join().expect("transfer thread");
     });
     assert!(
@@ -313,6 +310,121 @@ fn tcp_connection_cut_mid_transfer_is_redialed() {
         "connection redialed"
     );
     assert!(tl.logs().contains("redialing"), "log names the redial");
+}
+
+/// Idle-connection flood against the TCP listener (gw-b accepts): 200
+/// connections from 8 extra addresses of gw-a, held open and trickling a
+/// byte now and then, while the real peer's connection is cut and must
+/// redial through the flood. The tunnel comes back, pings keep crossing,
+/// and the flood is counted (evicted or refused at once, closed at the
+/// authentication deadline, pending connections bounded).
+#[test]
+fn tcp_idle_connection_flood_keeps_the_tunnel_up() {
+    if !require_root() {
+        return;
+    }
+    let tl = start("tr-tcpflood", "tcp", None);
+    let lab = tl.lab();
+    let sources: Vec<std::net::Ipv4Addr> = (11..19).map(|h| [198, 18, 0, h].into()).collect();
+    for ip in &sources {
+        let out = lab
+            .exec(
+                &tl.dc.gw_a,
+                "ip",
+                &["addr", "add", &format!("{ip}/24"), "dev", topo::WAN_IF],
+            )
+            .expect("ip addr add");
+        assert!(out.status.success(), "ip addr add: {out:?}");
+    }
+    let to = Side::B.listen();
+    let open = |sources: Vec<std::net::Ipv4Addr>, n: usize| {
+        lab.run_in(&tl.dc.gw_a, move || {
+            let mut held = Vec::new();
+            for k in 0..n {
+                let src = sources[k % sources.len()];
+                let s = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                );
+                let Ok(s) = s else { continue };
+                if s.bind(&std::net::SocketAddr::from((src, 0)).into())
+                    .is_err()
+                {
+                    continue;
+                }
+                if s.connect_timeout(&to.into(), Duration::from_secs(2))
+                    .is_ok()
+                {
+                    held.push(TcpStream::from(s));
+                }
+                // 200 connections over ~4 s: 50/s, within the test bounds.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            held
+        })
+        .expect("run_in gw-a")
+    };
+    let before = tl.status(Side::B).expect("status")["transport"].clone();
+    let mut held = open(sources.clone(), 100);
+    // Cut the real peer's connection mid-flood: it must redial through it.
+    cut_tcp_to_b(&tl, Some(topo::GW_A_WAN_V4.into()));
+    held.extend(open(sources.clone(), 100));
+    // Bytes do not extend the authentication deadline.
+    for s in held.iter_mut() {
+        let _ = s.write_all(&[0]);
+    }
+    let mut crossed = 0;
+    let start = std::time::Instant::now();
+    let mut tries = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        tries += 1;
+        if e2e::ping_once(lab, &tl.dc.host_a, &topo::HOST_B_V4.to_string()) {
+            crossed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let c = tl.status(Side::B).expect("status")["transport"].clone();
+    let get = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k}: {v}"));
+    eprintln!(
+        "idle flood: {} connections held by the attacker, pings {crossed}/{tries}, transport {c}",
+        held.len()
+    );
+    // The redial reaches gw-b and authenticates; pings cross during the flood.
+    assert!(
+        get(&c, "tcp_authenticated") > get(&before, "tcp_authenticated"),
+        "{c}"
+    );
+    assert!(
+        crossed * 10 >= tries * 7,
+        "pings {crossed}/{tries} during the flood"
+    );
+    assert!(
+        transport_counter(&tl, Side::A, "tcp_dialed") >= 2,
+        "the real peer redialed"
+    );
+    // The cost is counted and bounded.
+    let attempts = 200;
+    let handled = get(&c, "tcp_accepted") - get(&before, "tcp_accepted") + get(&c, "tcp_refused")
+        - get(&before, "tcp_refused");
+    assert!(
+        handled >= attempts,
+        "{handled} of {attempts} flood connections seen: {c}"
+    );
+    assert!(get(&c, "tcp_evicted") + get(&c, "tcp_refused") > 0, "{c}");
+    assert!(
+        get(&c, "tcp_auth_timeout") > 0,
+        "deadline closes idle ones: {c}"
+    );
+    assert!(get(&c, "tcp_pending") <= 32, "{c}");
+    drop(held);
+    wait_ping(
+        lab,
+        &tl.dc.host_a,
+        &topo::HOST_B_V6.to_string(),
+        Duration::from_secs(5),
+    )
+    .expect("v6 ping after the flood");
 }
 
 #[test]

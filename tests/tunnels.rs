@@ -67,6 +67,8 @@ pub struct Tunnel {
     pub pid: Option<u32>,
     /// Every PID this side ever had (for logs).
     pub history: Vec<u32>,
+    /// Extra environment for the daemon (e.g. systemd's NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
 }
 
 /// A [`DcPair`] with a tunneld on each gateway.
@@ -112,6 +114,7 @@ impl TunnelLab {
                 config,
                 pid: None,
                 history: Vec::new(),
+                env: Vec::new(),
             })
         };
         let a = make(Side::A, &dc.gw_a)?;
@@ -142,20 +145,42 @@ impl TunnelLab {
         }
     }
 
+    /// Writes the side's config (`config` as YAML) to its file.
+    pub fn write_config(&self, side: Side) -> anyhow::Result<()> {
+        let yaml = serde_norway::to_string(&self.side(side).config).context("rendering YAML")?;
+        let t = self.side(side);
+        std::fs::write(&t.config_path, yaml).with_context(|| format!("writing {:?}", t.config_path))
+    }
+
+    /// Mutable access to a side's daemon (to edit its config).
+    pub fn side_config(&mut self, side: Side) -> &mut Value {
+        &mut self.side_mut(side).config
+    }
+
+    /// Runs `tunneld SUBCOMMAND --config FILE` of one side in its namespace.
+    pub fn tunneld(&self, side: Side, subcommand: &str) -> anyhow::Result<std::process::Output> {
+        let t = self.side(side);
+        let config = t.config_path.to_string_lossy();
+        Ok(self.dc.lab.exec(
+            &t.ns,
+            &bin("tunneld").to_string_lossy(),
+            &[subcommand, "--config", &config],
+        )?)
+    }
+
     /// Writes the side's config and starts `tunneld run` in its gateway
     /// namespace; returns once `tunneld status` answers. On failure the error
     /// carries the daemon's log.
     pub fn start_side(&mut self, side: Side) -> anyhow::Result<u32> {
-        let yaml = serde_norway::to_string(&self.side(side).config).context("rendering YAML")?;
+        self.write_config(side)?;
         let t = self.side(side);
-        std::fs::write(&t.config_path, yaml)
-            .with_context(|| format!("writing {:?}", t.config_path))?;
         let mut cmd = Command::new(bin("tunneld"));
         cmd.arg("run").arg("--config").arg(&t.config_path).env(
             "RUST_LOG",
             std::env::var("E2E_TUNNELD_LOG").unwrap_or_else(|_| "info".to_string()),
         );
         cmd.env("RUST_BACKTRACE", "1");
+        cmd.envs(t.env.iter().map(|(k, v)| (k, v)));
         let pid = self.dc.lab.spawn(&t.ns, cmd)?;
         let tm = self.side_mut(side);
         tm.pid = Some(pid);

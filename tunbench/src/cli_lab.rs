@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,6 +69,9 @@ pub struct WanEmuArgs {
     /// Write the counters (JSON) here on exit.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// Drop IP packets longer than this (a path-MTU black hole: no ICMP).
+    #[arg(long)]
+    mtu: Option<u64>,
 }
 
 fn size(s: &str) -> Result<u64, UnitError> {
@@ -195,7 +198,14 @@ pub fn wan_emu_cmd(a: &WanEmuArgs) -> anyhow::Result<ExitCode> {
             reorder: a.reorder / 100.0,
         },
         seed: a.seed,
+        mtu: a.mtu,
+        outage: Arc::new(AtomicUsize::new(0)),
     };
+    // Fault injection: SIGUSR1 takes the link down, SIGUSR2 brings it back.
+    signal_hook::flag::register_usize(signal_hook::consts::SIGUSR1, args.outage.clone(), 1)
+        .context("signal handler")?;
+    signal_hook::flag::register_usize(signal_hook::consts::SIGUSR2, args.outage.clone(), 0)
+        .context("signal handler")?;
     let stats = wanemu::run(&args, stop, || {
         println!(
             "wan-emu ready: {} <-> {} {:?}",

@@ -55,6 +55,22 @@ struct ServerArgs {
     /// Exit after one test (exit status 1 if it failed).
     #[arg(short = '1', long)]
     one_off: bool,
+    /// Highest rate the server sends at, all streams together (e.g. 1G):
+    /// UDP tests asking for more are refused, TCP streams the server sends
+    /// are paced to it. Default: no limit.
+    #[arg(long, value_parser = rate)]
+    max_rate: Option<u64>,
+    /// Longest test accepted (warm-up + time + idle latency phase).
+    #[arg(long, default_value = "1h", value_parser = dur)]
+    max_duration: Duration,
+    /// Accept clients from this network only (repeatable; e.g.
+    /// 198.18.0.0/15). Default: any.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<tunneld::prefix::Prefix>,
+    /// Require clients to prove they hold the shared key in FILE (HMAC
+    /// challenge on the control connection; at least 16 bytes).
+    #[arg(long, value_name = "FILE")]
+    auth_key: Option<std::path::PathBuf>,
 }
 
 fn size(s: &str) -> Result<u64, UnitError> {
@@ -134,6 +150,9 @@ struct ClientArgs {
     /// Local device for all client sockets (SO_BINDTODEVICE).
     #[arg(long)]
     bind_dev: Option<String>,
+    /// Shared key for a server started with --auth-key.
+    #[arg(long, value_name = "FILE")]
+    auth_key: Option<std::path::PathBuf>,
 }
 
 fn spec_from(a: &ClientArgs) -> anyhow::Result<TestSpec> {
@@ -180,6 +199,11 @@ fn spec_from(a: &ClientArgs) -> anyhow::Result<TestSpec> {
         bind: a.bind,
         bind_dev: a.bind_dev.clone(),
         params,
+        auth_key: a
+            .auth_key
+            .as_deref()
+            .map(engine::auth::AuthKey::load)
+            .transpose()?,
     })
 }
 
@@ -206,7 +230,21 @@ fn client(a: &ClientArgs) -> anyhow::Result<ExitCode> {
 
 fn server(a: &ServerArgs) -> anyhow::Result<ExitCode> {
     let addr = SocketAddr::new(a.bind, a.port);
-    let handle = engine::Server::bind(addr)?.spawn();
+    let opts = engine::ServerOptions {
+        max_rate: a.max_rate,
+        max_duration: a.max_duration,
+        allow: a.allow.clone(),
+        auth_key: a
+            .auth_key
+            .as_deref()
+            .map(engine::auth::AuthKey::load)
+            .transpose()?,
+        ..Default::default()
+    };
+    if a.max_rate == Some(0) {
+        anyhow::bail!("--max-rate 0 would refuse every test; leave it out for no limit");
+    }
+    let handle = engine::Server::bind_with(addr, opts)?.spawn();
     eprintln!("tunbench server listening on {}", handle.local_addr());
     loop {
         let Some(rec) = handle.next_record(Duration::from_secs(3600)) else {

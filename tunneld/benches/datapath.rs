@@ -221,6 +221,7 @@ fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
             ..Default::default()
         },
         quic: None,
+        metrics_listen: None,
         rekey_after_time: Duration::from_secs(120),
         rekey_after_bytes: u64::MAX,
         peers: vec![PeerConfig {

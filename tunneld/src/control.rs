@@ -1,17 +1,22 @@
-//! Status and metrics over a Unix control socket.
+//! Status, metrics, the human view and reloads over a Unix control socket.
 //!
 //! The data path publishes a [`Status`] snapshot every tick into a
 //! [`StatusCell`]; the control thread answers requests from that snapshot, so
 //! the data path never waits for a client. Protocol: the client writes one
-//! line, `status` (JSON) or `metrics` (Prometheus text format), and reads the
-//! answer until the server closes the connection.
+//! line, `status` (JSON), `metrics` (Prometheus text), `show` (the view
+//! `tunneld show` prints) or `reload`, and reads the answer until the
+//! server closes the connection. Answers that report a failure start with
+//! `error: `. The socket is created with mode 0600 (under a umask, so it is
+//! never reachable by others, not even between bind and chmod), and each
+//! client is served on its own thread, at most [`MAX_CLIENTS`] at once, so
+//! a client that stalls does not hold the others up.
 
 use crate::device::{Counters, Device, PeerStatus};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +25,13 @@ use std::time::{Duration, Instant};
 const MAX_REQUEST: u64 = 256;
 /// How long a client may take to send its request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `tunneld reload` waits for the answer: loading the file and
+/// the data path applying it take well under a second.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Clients served at once: an operator, a monitoring agent and a scraper
+/// need a few; beyond this a connection is closed at once, so a local
+/// client opening connections in a loop cannot exhaust threads.
+pub const MAX_CLIENTS: usize = 8;
 
 /// Errors of the data path's I/O that the protocol core never sees.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -30,6 +42,13 @@ pub struct IoCounters {
     pub recv_errors: u64,
     /// Packets the TUN device refused.
     pub tun_write_errors: u64,
+    /// TUN reads that failed or returned a super-packet that could not be
+    /// split (its segments are lost; the kernel retransmits).
+    pub tun_read_errors: u64,
+    /// Inner packets whose frame did not fit the path to their peer (QUIC
+    /// datagram limit, UDP path MTU): not sent, answered with an ICMP
+    /// too-big into the TUN device.
+    pub path_too_big: u64,
     /// TUN reads, and the inner packets they yielded (more packets than
     /// reads: TSO super-packets were split).
     pub tun_reads: u64,
@@ -93,6 +112,21 @@ pub struct Status {
     pub io: IoCounters,
     /// Connection counters of the TCP and QUIC transports (zero on UDP).
     pub transport: crate::transport::TransportCounters,
+    /// Our static public key (base64), as peers list it.
+    pub public_key: String,
+    /// Config reloads so far.
+    pub reloads: ReloadStatus,
+}
+
+/// Reloads so far and how the last one ended.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub applied: u64,
+    pub refused: u64,
+    /// What the last reload did, or why it was refused.
+    pub last: Option<String>,
+    /// When (Unix seconds).
+    pub last_unix: Option<u64>,
 }
 
 impl Status {
@@ -107,219 +141,9 @@ impl Status {
         }
     }
 
-    /// Renders the Prometheus text exposition format.
+    /// Renders the Prometheus (OpenMetrics) text format.
     pub fn prometheus(&self) -> String {
-        let mut s = String::new();
-        let iface = &self.interface;
-        let c = &self.counters;
-        for (name, help, v) in [
-            (
-                "tunneld_rx_packets_total",
-                "Inner packets delivered to the TUN device.",
-                c.rx_packets,
-            ),
-            (
-                "tunneld_rx_bytes_total",
-                "Inner bytes delivered to the TUN device.",
-                c.rx_bytes,
-            ),
-            (
-                "tunneld_tx_packets_total",
-                "Inner packets sealed and sent.",
-                c.tx_packets,
-            ),
-            (
-                "tunneld_tx_bytes_total",
-                "Inner bytes sealed and sent.",
-                c.tx_bytes,
-            ),
-            (
-                "tunneld_handshakes_total",
-                "Handshakes completed.",
-                c.handshakes,
-            ),
-        ] {
-            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-            s.push_str(&format!("{name}{{interface=\"{iface}\"}} {v}\n"));
-        }
-        let mut family = |name: &str, kind: &str, help: &str, label: &str, rows: &[(&str, u64)]| {
-            metric_family(&mut s, iface, (name, kind, help), label, rows)
-        };
-        family(
-            "tunneld_drops_total",
-            "counter",
-            "Packets dropped, by reason.",
-            "reason",
-            &[
-                ("malformed", c.drop_malformed),
-                ("bad_tag", c.drop_bad_tag),
-                ("replay", c.drop_replay),
-                ("unknown_index", c.drop_unknown_index),
-                ("spoofed_source", c.drop_spoofed_source),
-                ("handshake_invalid", c.drop_handshake_invalid),
-                ("handshake_ratelimit", c.drop_handshake_ratelimit),
-                ("no_route", c.drop_no_route),
-                ("no_session", c.drop_no_session),
-                ("transit_denied", c.drop_transit_denied),
-            ],
-        );
-        let io = &self.io;
-        family(
-            "tunneld_io_errors_total",
-            "counter",
-            "Data-path I/O errors, by operation.",
-            "op",
-            &[
-                ("send", io.send_errors),
-                ("recv", io.recv_errors),
-                ("tun_write", io.tun_write_errors),
-            ],
-        );
-        family(
-            "tunneld_queue_drops_total",
-            "counter",
-            "Inner packets dropped by the fq_codel queue, by reason.",
-            "reason",
-            &[
-                ("codel", io.queue_codel_drops),
-                ("overflow", io.queue_overflow_drops),
-            ],
-        );
-        family(
-            "tunneld_ecn_total",
-            "counter",
-            "ECN events: CE marks by the fq_codel queue (queue_ce), CE marks from the path carried into inner packets (path_ce), outer CE on inner packets that are not ECN-capable, dropped (path_ce_not_ect_dropped).",
-            "event",
-            &[
-                ("queue_ce", io.queue_ecn_marks),
-                ("path_ce", io.ecn_path_ce),
-                ("path_ce_not_ect_dropped", io.ecn_not_ect_drops),
-            ],
-        );
-        let t = &self.transport;
-        let d = &self.dataplane;
-        family(
-            "tunneld_offload",
-            "gauge",
-            "Offloads in use (1 = on; udp_gso/udp_gro: segments per call).",
-            "kind",
-            &[
-                ("tun", u64::from(d.tun_offload)),
-                ("udp_gso", d.udp_gso_segments as u64),
-                ("udp_gro", d.udp_gro_segments as u64),
-            ],
-        );
-        for (name, kind, help, v) in [
-            (
-                "tunneld_queue_packets",
-                "gauge",
-                "Packets in the fq_codel queue.",
-                io.queue_packets,
-            ),
-            (
-                "tunneld_udp_flows",
-                "gauge",
-                "UDP flows (sockets) frames are spread over.",
-                d.flows as u64,
-            ),
-            (
-                "tunneld_udp_rcvbuf_drops_total",
-                "counter",
-                "Datagrams the kernel dropped at the UDP sockets: receive buffer full.",
-                t.udp_rcvbuf_drops,
-            ),
-            (
-                "tunneld_udp_rx_queued_bytes",
-                "gauge",
-                "Bytes waiting in the UDP sockets' receive buffers.",
-                t.udp_rx_queued_bytes,
-            ),
-        ] {
-            family(name, kind, help, "", &[("", v)]);
-        }
-        s.push_str("# HELP tunneld_io_calls_total Data-path system calls by operation.\n# TYPE tunneld_io_calls_total counter\n");
-        s.push_str("# HELP tunneld_io_packets_total Packets moved by those calls (packets / calls = batching achieved).\n# TYPE tunneld_io_packets_total counter\n");
-        for (op, calls, packets) in [
-            ("tun_read", io.tun_reads, io.tun_read_packets),
-            ("tun_write", io.tun_writes, io.tun_write_packets),
-            ("udp_send", io.udp_sends, io.udp_send_frames),
-            ("udp_recv", io.udp_recv_buffers, io.udp_recv_frames),
-        ] {
-            s.push_str(&format!(
-                "tunneld_io_calls_total{{interface=\"{iface}\",op=\"{op}\"}} {calls}\n"
-            ));
-            s.push_str(&format!(
-                "tunneld_io_packets_total{{interface=\"{iface}\",op=\"{op}\"}} {packets}\n"
-            ));
-        }
-        if !t.udp_flow_datagrams.is_empty() {
-            s.push_str("# HELP tunneld_udp_flow_datagrams_total UDP datagrams sent, per flow.\n# TYPE tunneld_udp_flow_datagrams_total counter\n");
-            for (flow, v) in t.udp_flow_datagrams.iter().enumerate() {
-                s.push_str(&format!(
-                    "tunneld_udp_flow_datagrams_total{{interface=\"{iface}\",flow=\"{flow}\"}} {v}\n"
-                ));
-            }
-        }
-        s.push_str("# HELP tunneld_peer_session Whether a usable session exists with the peer.\n# TYPE tunneld_peer_session gauge\n");
-        for p in &self.peers {
-            s.push_str(&format!(
-                "tunneld_peer_session{{interface=\"{iface}\",peer=\"{}\"}} {}\n",
-                p.name, p.session as u8
-            ));
-        }
-        s.push_str("# HELP tunneld_peer_up Whether the peer is up (session established and heard from within health.dead_after); what routes.install on-session follows.\n# TYPE tunneld_peer_up gauge\n");
-        for p in &self.peers {
-            s.push_str(&format!(
-                "tunneld_peer_up{{interface=\"{iface}\",peer=\"{}\"}} {}\n",
-                p.name,
-                u8::from(p.up)
-            ));
-        }
-        s.push_str("# HELP tunneld_peer_downs_total Times the peer went down.\n# TYPE tunneld_peer_downs_total counter\n");
-        for p in &self.peers {
-            s.push_str(&format!(
-                "tunneld_peer_downs_total{{interface=\"{iface}\",peer=\"{}\"}} {}\n",
-                p.name, p.downs
-            ));
-        }
-        s.push_str("# HELP tunneld_peer_bytes_total Inner bytes per peer and direction.\n# TYPE tunneld_peer_bytes_total counter\n");
-        for p in &self.peers {
-            s.push_str(&format!(
-                "tunneld_peer_bytes_total{{interface=\"{iface}\",peer=\"{}\",direction=\"tx\"}} {}\n",
-                p.name, p.tx_bytes
-            ));
-            s.push_str(&format!(
-                "tunneld_peer_bytes_total{{interface=\"{iface}\",peer=\"{}\",direction=\"rx\"}} {}\n",
-                p.name, p.rx_bytes
-            ));
-        }
-        s.push_str("# HELP tunneld_peer_transport The peer's transport (value 1).\n# TYPE tunneld_peer_transport gauge\n");
-        for p in &self.peers {
-            s.push_str(&format!(
-                "tunneld_peer_transport{{interface=\"{iface}\",peer=\"{}\",transport=\"{}\"}} 1\n",
-                p.name, p.transport
-            ));
-        }
-        let t = &self.transport;
-        s.push_str("# HELP tunneld_transport_events_total TCP/QUIC transport events, by kind (drops included).\n# TYPE tunneld_transport_events_total counter\n");
-        for (event, v) in [
-            ("tcp_accepted", t.tcp_accepted),
-            ("tcp_dialed", t.tcp_dialed),
-            ("tcp_refused", t.tcp_refused),
-            ("tcp_bad_length", t.tcp_bad_length),
-            ("tcp_truncated", t.tcp_truncated),
-            ("quic_connections", t.quic_connections),
-            ("quic_handshake_failures", t.quic_handshake_failures),
-            ("quic_send_too_big", t.quic_send_too_big),
-            ("rx_queue_full", t.rx_queue_full),
-            ("tx_queue_full", t.tx_queue_full),
-            ("tx_no_connection", t.tx_no_connection),
-        ] {
-            s.push_str(&format!(
-                "tunneld_transport_events_total{{interface=\"{iface}\",event=\"{event}\"}} {v}\n"
-            ));
-        }
-        s
+        crate::metrics::render(self)
     }
 }
 
@@ -328,15 +152,18 @@ impl Status {
 pub struct StatusCell {
     inner: Mutex<Status>,
     base: Status,
+    reloads: Mutex<ReloadStatus>,
+    published_at: Mutex<Option<Instant>>,
 }
 
 impl StatusCell {
     /// A cell whose snapshots carry the fixed fields of `base` (interface,
-    /// listen address, cipher).
+    /// listen address, cipher, public key).
     pub fn new(base: Status) -> StatusCell {
         StatusCell {
             inner: Mutex::new(base.clone()),
             base,
+            ..StatusCell::default()
         }
     }
 
@@ -345,14 +172,48 @@ impl StatusCell {
         s.interface.clone_from(&self.base.interface);
         s.listen.clone_from(&self.base.listen);
         s.cipher.clone_from(&self.base.cipher);
+        s.public_key.clone_from(&self.base.public_key);
         if let Ok(mut g) = self.inner.lock() {
             *g = s;
+        }
+        if let Ok(mut g) = self.published_at.lock() {
+            *g = Some(Instant::now());
         }
     }
 
     /// The latest snapshot.
     pub fn get(&self) -> Status {
-        self.inner.lock().map(|g| g.clone()).unwrap_or_default()
+        let mut s = self.inner.lock().map(|g| g.clone()).unwrap_or_default();
+        if let Ok(r) = self.reloads.lock() {
+            s.reloads = r.clone();
+        }
+        s
+    }
+
+    /// Whether the data path published within `max_age` (the watchdog's
+    /// test that it still turns).
+    pub fn fresh(&self, max_age: Duration) -> bool {
+        self.published_at
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .is_some_and(|at| at.elapsed() <= max_age)
+    }
+
+    /// Counts a reload and remembers what it said.
+    pub fn record_reload(&self, applied: bool, what: String) {
+        if let Ok(mut r) = self.reloads.lock() {
+            if applied {
+                r.applied += 1;
+            } else {
+                r.refused += 1;
+            }
+            r.last = Some(what);
+            r.last_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs());
+        }
     }
 }
 
@@ -376,9 +237,18 @@ pub struct ControlServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Reloads the running config on request; the answer is a line for the
+/// operator (`reload` answers, SIGHUP logs).
+pub type ReloadFn = dyn Fn() -> Result<String, String> + Send + Sync;
+
 impl ControlServer {
-    /// Binds `path` (replacing a stale socket file) and serves `status`.
-    pub fn start(path: &Path, status: Arc<StatusCell>) -> Result<ControlServer, ControlError> {
+    /// Binds `path` (replacing a stale socket file) and serves `status`;
+    /// `reload` answers the `reload` command (without it, reloads are refused).
+    pub fn start(
+        path: &Path,
+        status: Arc<StatusCell>,
+        reload: Option<Arc<ReloadFn>>,
+    ) -> Result<ControlServer, ControlError> {
         let err = |source| ControlError::Io {
             path: path.to_path_buf(),
             source,
@@ -402,14 +272,23 @@ impl ControlServer {
             }
             std::fs::remove_file(path).map_err(err)?;
         }
-        let listener = UnixListener::bind(path).map_err(err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        let listener = bind_private(path).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || serve(listener, status, stop2))
+            .spawn(move || {
+                serve_clients(
+                    || listener.accept().map(|(s, _)| s),
+                    move |stream| {
+                        if let Err(e) = answer(stream, &status, reload.as_deref()) {
+                            log::debug!("control client: {e}");
+                        }
+                    },
+                    &stop2,
+                )
+            })
             .map_err(err)?;
         Ok(ControlServer {
             path: path.to_path_buf(),
@@ -429,26 +308,65 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve(listener: UnixListener, status: Arc<StatusCell>, stop: Arc<AtomicBool>) {
+/// Binds a Unix socket that only its owner can connect to: the mode is
+/// set by the umask at creation, so there is no moment where it is open
+/// to others.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    // SAFETY: umask(2) only swaps the process's file creation mask and
+    // cannot fail. Threads running now create no files (the transports
+    // open sockets, which the mask does not affect).
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; restores the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts clients from a non-blocking listener until `stop` is set and
+/// serves each on a thread of its own, at most [`MAX_CLIENTS`] at once (a
+/// client over that is closed at once). Shared by the control socket and
+/// the `/metrics` HTTP listener.
+pub(crate) fn serve_clients<S: Send + 'static>(
+    mut accept: impl FnMut() -> io::Result<S>,
+    handle: impl Fn(S) + Send + Sync + 'static,
+    stop: &AtomicBool,
+) {
+    let handle = Arc::new(handle);
+    let busy = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &status) {
-                    log::debug!("control client: {e}");
+        match accept() {
+            Ok(client) => {
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    log::debug!("control: {MAX_CLIENTS} clients busy; one closed");
+                    continue;
+                }
+                let (h, b) = (handle.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("control-client".into())
+                    .spawn(move || {
+                        h(client);
+                        b.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if let Err(e) = spawned {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    log::warn!("control: cannot start a client thread: {e}");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                log::warn!("control socket accept: {e}");
+                log::warn!("control accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
 }
 
-fn answer(stream: UnixStream, status: &StatusCell) -> io::Result<()> {
+fn answer(stream: UnixStream, status: &StatusCell, reload: Option<&ReloadFn>) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
@@ -457,12 +375,25 @@ fn answer(stream: UnixStream, status: &StatusCell) -> io::Result<()> {
     let reply = match line.trim() {
         "status" => serde_json::to_string_pretty(&status.get()).map_err(io::Error::other)? + "\n",
         "metrics" => status.get().prometheus(),
+        "show" => crate::show::render(&status.get(), unix_now()),
+        "reload" => match reload.map(|r| r()) {
+            Some(Ok(done)) => format!("{done}\n"),
+            Some(Err(why)) => format!("error: {why}\n"),
+            None => "error: this daemon cannot reload\n".into(),
+        },
         other => format!(
-            "error: unknown command {:?} (expected status or metrics)\n",
+            "error: unknown command {:?} (expected status, metrics, show or reload)\n",
             other
         ),
     };
     (&stream).write_all(reply.as_bytes())
+}
+
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Sends `command` to the daemon at `path` and returns its answer.
@@ -473,77 +404,14 @@ pub fn query(path: &Path, command: &str) -> io::Result<String> {
             format!("{}: {e} (is tunneld running?)", path.display()),
         )
     })?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    let wait = if command == "reload" {
+        RELOAD_TIMEOUT
+    } else {
+        CLIENT_TIMEOUT
+    };
+    stream.set_read_timeout(Some(wait))?;
     stream.write_all(format!("{command}\n").as_bytes())?;
     let mut out = String::new();
     io::Read::read_to_string(&mut stream, &mut out)?;
     Ok(out)
-}
-
-/// Appends one metric family: HELP and TYPE lines, then one sample per row
-/// labelled `label="<row name>"` (no extra label when `label` is empty).
-fn metric_family(
-    s: &mut String,
-    iface: &str,
-    (name, kind, help): (&str, &str, &str),
-    label: &str,
-    rows: &[(&str, u64)],
-) {
-    s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-    for (value_of, v) in rows {
-        if label.is_empty() {
-            s.push_str(&format!("{name}{{interface=\"{iface}\"}} {v}\n"));
-        } else {
-            s.push_str(&format!(
-                "{name}{{interface=\"{iface}\",{label}=\"{value_of}\"}} {v}\n"
-            ));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flows_and_per_flow_counts_in_metrics() {
-        let mut s = Status {
-            interface: "t0".into(),
-            ..Status::default()
-        };
-        s.dataplane.flows = 1;
-        let one = s.prometheus();
-        assert!(
-            one.contains("tunneld_udp_flows{interface=\"t0\"} 1\n"),
-            "{one}"
-        );
-        assert!(!one.contains("tunneld_udp_flow_datagrams_total{"), "{one}");
-        s.dataplane.flows = 3;
-        s.transport.udp_flow_datagrams = vec![7, 0, 42];
-        let m = s.prometheus();
-        assert!(m.contains("tunneld_udp_flows{interface=\"t0\"} 3\n"), "{m}");
-        for (flow, n) in [(0, 7), (1, 0), (2, 42)] {
-            let line = format!(
-                "tunneld_udp_flow_datagrams_total{{interface=\"t0\",flow=\"{flow}\"}} {n}\n"
-            );
-            assert!(m.contains(&line), "{line} missing in {m}");
-        }
-        let json = serde_json::to_value(&s).expect("status serializes");
-        assert_eq!(json["dataplane"]["flows"], 3);
-        s.transport.udp_rcvbuf_drops = 5;
-        s.io.ecn_path_ce = 9;
-        s.io.ecn_not_ect_drops = 2;
-        s.io.queue_ecn_marks = 4;
-        let m = s.prometheus();
-        for line in [
-            "tunneld_udp_rcvbuf_drops_total{interface=\"t0\"} 5\n",
-            "tunneld_udp_rx_queued_bytes{interface=\"t0\"} 0\n",
-            "tunneld_ecn_total{interface=\"t0\",event=\"path_ce\"} 9\n",
-            "tunneld_ecn_total{interface=\"t0\",event=\"path_ce_not_ect_dropped\"} 2\n",
-            "tunneld_ecn_total{interface=\"t0\",event=\"queue_ce\"} 4\n",
-        ] {
-            assert!(m.contains(line), "{line} missing in {m}");
-        }
-        assert_eq!(json["transport"]["udp_flow_datagrams"][2], 42);
-    }
 }

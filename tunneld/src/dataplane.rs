@@ -31,7 +31,8 @@
 //!    its TCP flow's super-packet or a buffer of its own ([`crate::gro`],
 //!    with offload on), and each buffer is one TUN write.
 //! 5. The RX loop (or the only loop) also runs the device's timers every
-//!    [`TICK`] and publishes the status snapshot.
+//!    [`TICK`], runs the jobs other threads posted to the [`Mailbox`] (a
+//!    reload) and publishes the status snapshot.
 //!
 //! Buffers are allocated once per worker; no allocation, lock or system call
 //! happens per data packet. Control messages (handshakes, keepalives) are rare
@@ -44,11 +45,12 @@ use crate::fq::{FqCodel, FqParams};
 use crate::transport::{Received, Transport, MAX_RECV_BATCH};
 use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
 use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use crate::tun::MAX_SPLIT as MAX_TUN_SPLIT;
@@ -56,6 +58,10 @@ pub use crate::tun::MAX_SPLIT as MAX_TUN_SPLIT;
 /// Timer granularity: handshake retries and keepalives are in seconds, so
 /// 50 ms is precise enough and costs nothing when idle.
 pub const TICK: Duration = Duration::from_millis(50);
+/// How often the path MTU to each UDP peer is re-read from the kernel
+/// ([`crate::transport::pmtu`]): a second of oversized packets lost at
+/// most after the path narrows, a few system calls per peer per second.
+const PATH_CHECK: Duration = Duration::from_secs(1);
 /// Largest frame: an inner packet of the largest TUN MTU plus our overhead.
 const MAX_FRAME: usize = 9000 + OVERHEAD;
 /// Most bytes one GSO send may carry: the whole train is one UDP datagram to
@@ -90,6 +96,8 @@ struct IoStats {
     send_errors: AtomicU64,
     recv_errors: AtomicU64,
     tun_write_errors: AtomicU64,
+    tun_read_errors: AtomicU64,
+    path_too_big: AtomicU64,
     tun_reads: AtomicU64,
     tun_read_packets: AtomicU64,
     tun_writes: AtomicU64,
@@ -113,6 +121,8 @@ impl IoStats {
             send_errors: get(&self.send_errors),
             recv_errors: get(&self.recv_errors),
             tun_write_errors: get(&self.tun_write_errors),
+            tun_read_errors: get(&self.tun_read_errors),
+            path_too_big: get(&self.path_too_big),
             tun_reads: get(&self.tun_reads),
             tun_read_packets: get(&self.tun_read_packets),
             tun_writes: get(&self.tun_writes),
@@ -135,9 +145,37 @@ fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
 }
 
+/// Work for the protocol core from outside the data path (a config
+/// reload): run under the device lock at the next timer tick.
+pub type DeviceJob = Box<dyn FnOnce(&mut Device, &Time) + Send>;
+
+/// Where other threads leave [`DeviceJob`]s for the data path. Jobs are
+/// rare (an operator's reload), so a locked list checked once per tick
+/// costs the data path nothing per packet.
+#[derive(Default)]
+pub struct Mailbox(Mutex<Vec<DeviceJob>>);
+
+impl Mailbox {
+    /// Queues `job` for the next tick (within [`TICK`] while the data path runs).
+    pub fn post(&self, job: DeviceJob) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(job);
+    }
+
+    fn take(&self) -> Vec<DeviceJob> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mailbox")
+    }
+}
+
 /// What the workers share.
 struct Shared<'a> {
     device: Mutex<Device>,
+    mailbox: &'a Mailbox,
     transport: &'a dyn Transport,
     status: &'a StatusCell,
     shutdown: &'a AtomicBool,
@@ -146,8 +184,10 @@ struct Shared<'a> {
     mtu: usize,
     info: DataplaneStatus,
     started: Instant,
+    /// `transport.tracks_authentication()`, read once.
+    track_auth: bool,
     /// Where peer up/down events go (the route manager), if anywhere.
-    events: Option<Sender<PeerEvent>>,
+    events: Option<&'a Sender<PeerEvent>>,
 }
 
 impl Shared<'_> {
@@ -183,34 +223,37 @@ fn would_block(e: &io::Error) -> bool {
     )
 }
 
-/// Moves packets until `shutdown` is set. Returns an error only for failures
-/// that make going on pointless (the TUN device broke). `mtu` is the TUN
-/// device's: it sizes the pooled buffers of the fq_codel queue.
+/// How the rest of the daemon talks to a running data path.
+#[derive(Debug, Clone, Copy)]
+pub struct Links<'a> {
+    /// Where each tick's status snapshot goes.
+    pub status: &'a StatusCell,
+    /// Jobs for the protocol core (reloads).
+    pub mailbox: &'a Mailbox,
+    /// Set to stop the data path.
+    pub shutdown: &'a AtomicBool,
+    /// Where peer up/down events go (taken from the device at each timer
+    /// tick; see [`crate::routes::RouteWorker`]), if anywhere.
+    pub events: Option<&'a Sender<PeerEvent>>,
+}
+
+/// Moves packets until `links.shutdown` is set. Returns an error only for
+/// failures that make going on pointless (the TUN device broke). `mtu` is
+/// the TUN device's: it sizes the pooled buffers of the fq_codel queue.
 pub fn run(
     device: Device,
     tun: &Tun,
     transport: &dyn Transport,
     knobs: DataplaneConfig,
     mtu: usize,
-    status: &StatusCell,
-    shutdown: &Arc<AtomicBool>,
+    links: Links<'_>,
 ) -> io::Result<()> {
-    run_with_events(device, tun, transport, knobs, mtu, status, shutdown, None)
-}
-
-/// [`run`], also sending the device's peer up/down events (taken at each
-/// timer tick) to `events`; see [`crate::routes::RouteWorker`].
-#[allow(clippy::too_many_arguments)]
-pub fn run_with_events(
-    device: Device,
-    tun: &Tun,
-    transport: &dyn Transport,
-    knobs: DataplaneConfig,
-    mtu: usize,
-    status: &StatusCell,
-    shutdown: &Arc<AtomicBool>,
-    events: Option<Sender<PeerEvent>>,
-) -> io::Result<()> {
+    let Links {
+        status,
+        mailbox,
+        shutdown,
+        events,
+    } = links;
     let info = DataplaneStatus {
         workers: knobs.workers,
         batch: knobs.batch,
@@ -240,6 +283,7 @@ pub fn run_with_events(
     );
     let shared = Shared {
         device: Mutex::new(device),
+        mailbox,
         transport,
         status,
         shutdown,
@@ -248,6 +292,7 @@ pub fn run_with_events(
         mtu,
         info,
         started: Instant::now(),
+        track_auth: transport.tracks_authentication(),
         events,
     };
     if knobs.workers <= 1 {
@@ -293,6 +338,7 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
     let mut txs = do_tx.then(|| TxState::new(shared));
     let mut rxs = rx.then(|| RxState::new(shared, tun));
     let mut last_tick = Instant::now() - TICK;
+    let mut last_path_check = Instant::now() - PATH_CHECK;
     let mut backlog = false;
     while !shared.shutdown.load(Ordering::Relaxed) {
         // Every turn starts with one poll(2) of both descriptors; it waits
@@ -322,20 +368,30 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                 last_tick = now;
                 let t = time_now();
                 let mut control = Vec::new();
-                let (snapshot, events) = {
+                let refresh = now.duration_since(last_path_check) >= PATH_CHECK;
+                let (snapshot, endpoints, events) = {
                     let mut dev = shared.lock();
+                    for job in shared.mailbox.take() {
+                        job(&mut dev, &t);
+                    }
                     dev.tick(&t, &mut control);
-                    let events = dev.take_events();
-                    let snapshot =
-                        Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now);
-                    (snapshot, events)
+                    (
+                        Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now),
+                        refresh.then(|| dev.udp_endpoints()),
+                        dev.take_events(),
+                    )
                 };
                 shared.send_control(&mut control);
-                if let Some(tx) = &shared.events {
+                if let Some(tx) = shared.events {
                     for ev in events {
                         // The receiver only goes away at shutdown.
                         let _ = tx.send(ev);
                     }
+                }
+                if let Some(e) = endpoints {
+                    // Outside the device lock: a few system calls per peer.
+                    shared.transport.refresh_paths(&e);
+                    last_path_check = now;
                 }
                 shared.status.publish(Status {
                     dataplane: shared.info.clone(),
@@ -558,6 +614,7 @@ impl TxState {
                 if floor.is_some_and(|f| self.sizes[i] + OVERHEAD > f) {
                     let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
                     if too_big(&dev, shared.transport, packet, &mut self.icmp) {
+                        add(&shared.io.path_too_big, 1);
                         self.outcomes.push(Outcome::Held);
                         continue;
                     }
@@ -642,16 +699,27 @@ fn read_tun(
         }
         Err(e) if would_block(&e) => Ok(None),
         Err(e) => {
-            // A malformed super-packet is the kernel's doing and rare; a
+            // A malformed super-packet is the kernel's doing and rare (the
+            // device's gso_max_segs keeps super-packets within MAX_SPLIT
+            // segments); it is counted, and logged at a bounded rate. A
             // broken descriptor shows up as EBADF and ends the loop.
             if e.raw_os_error() == Some(libc::EBADF) {
                 return Err(e);
             }
-            log::debug!("TUN read: {e}");
+            add(&shared.io.tun_read_errors, 1);
+            if let Some(n) = TUN_READ_LOG.allow() {
+                log::warn!(
+                    "TUN read failed, packet lost: {e}{}",
+                    crate::lograte::suppressed_note(n)
+                );
+            }
             Ok(None)
         }
     }
 }
+
+/// TUN read failures are logged at a bounded rate.
+static TUN_READ_LOG: crate::lograte::LogLimiter = crate::lograte::LogLimiter::new();
 
 /// The fq_codel stage of the TX direction: a pool of packet buffers and the
 /// queue of their slot numbers. Buffers move between the read staging area,
@@ -892,6 +960,9 @@ struct RxState {
     /// TCP coalescing for TUN writes with offload on.
     coalescer: crate::gro::Coalescer,
     control: Vec<Datagram>,
+    /// Senders of this pass that are peers' endpoints (only filled when the
+    /// transport tracks authentication).
+    authenticated: Vec<SocketAddr>,
     /// Receive buffers offered per pass (see [`RX_PASS_FRAMES`]).
     per_pass: usize,
 }
@@ -917,6 +988,7 @@ impl RxState {
             gro: tun_rs::GROTable::default(),
             coalescer: crate::gro::Coalescer::with_udp(tun.uso()),
             control: Vec::new(),
+            authenticated: Vec::new(),
             per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
         }
     }
@@ -990,9 +1062,20 @@ impl RxState {
                     }
                     off = end;
                 }
+                // Tell a transport that holds unauthenticated connections
+                // (TCP) which senders the device now knows as peers.
+                if shared.track_auth
+                    && !self.authenticated.contains(&r.from)
+                    && dev.is_peer_endpoint(r.from)
+                {
+                    self.authenticated.push(r.from);
+                }
             }
         }
         shared.send_control(&mut self.control);
+        for from in self.authenticated.drain(..) {
+            shared.transport.authenticated(from);
+        }
         if tun.offload() {
             // Each inner packet is copied once, into its super-packet or
             // its own buffer ([`crate::gro`]), and each buffer is one write.

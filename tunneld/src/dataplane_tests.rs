@@ -84,6 +84,7 @@ fn config() -> Config {
         rekey_after_time: Duration::from_secs(120),
         rekey_after_bytes: 1 << 30,
         quic: None,
+        metrics_listen: None,
         peers: vec![PeerConfig {
             name: "p".into(),
             public_key: PrivateKey::from_bytes([2; 32]).public(),
@@ -105,8 +106,10 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
     let rec = Recorder::default();
     let status = StatusCell::default();
     let shutdown = AtomicBool::new(false);
+    let mailbox = Mailbox::default();
     let shared = Shared {
         device: Mutex::new(Device::new(&cfg)),
+        mailbox: &mailbox,
         transport: &rec,
         status: &status,
         shutdown: &shutdown,
@@ -116,6 +119,7 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
         info: DataplaneStatus::default(),
         started: Instant::now(),
         events: None,
+        track_auth: false,
     };
     let p1 = SocketAddr::from(([198, 18, 0, 2], 51820));
     let p2 = SocketAddr::from(([198, 18, 0, 3], 51820));

@@ -9,8 +9,10 @@
 //! An inbound frame is opened in place and the inner packet handed back as a
 //! range of the same buffer.
 
+use crate::admission::{Admission, Admit};
 use crate::config::{CipherKind, Config, HealthConfig};
 use crate::crypto::aead::{new_aead, TAG_LEN};
+use crate::crypto::cookie::CookieChecker;
 use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
 use crate::peer::{Peer, Pending, Session, Slot};
 use crate::wire::{self, MessageType};
@@ -25,14 +27,15 @@ pub const HEADROOM: usize = wire::DATA_HEADER_LEN;
 pub const TAILROOM: usize = TAG_LEN;
 /// Frame overhead added to every inner packet.
 pub const OVERHEAD: usize = HEADROOM + TAILROOM;
-const INIT_FRAME_LEN: usize = 8 + INIT_NOISE_LEN;
-const RESPONSE_FRAME_LEN: usize = 12 + RESPONSE_NOISE_LEN;
-/// Handshake initiations processed per second across all peers before the
-/// rest are dropped: each costs several X25519 operations, so this bounds the
-/// CPU an attacker can burn (about 1% of a core), while a real peer needs one
-/// every two minutes.
-const HANDSHAKES_PER_SEC: f64 = 50.0;
-const HANDSHAKE_BURST: f64 = 20.0;
+const INIT_FRAME_LEN: usize = wire::HANDSHAKE_INIT_HEADER_LEN + INIT_NOISE_LEN + wire::MACS_LEN;
+const RESPONSE_FRAME_LEN: usize =
+    wire::HANDSHAKE_RESPONSE_HEADER_LEN + RESPONSE_NOISE_LEN + wire::MACS_LEN;
+/// Unanswered initiations before the log explains a missing session: the
+/// first one or two are often lost to a peer that is still starting.
+const DIAG_LOG_AFTER: u32 = 3;
+/// How often the log repeats that explanation for one peer: a dead peer
+/// retries every 4 s and must not fill the journal.
+const DIAG_LOG_EVERY: Duration = Duration::from_secs(60);
 /// A session whose peer stays silent this long after we sent data is
 /// presumed dead and a new handshake starts.
 const DEAD_PEER_AFTER: Duration = Duration::from_secs(15);
@@ -75,8 +78,25 @@ pub struct Counters {
     pub drop_spoofed_source: u64,
     /// Handshake messages that failed to verify, came from an unknown key, or replayed a timestamp.
     pub drop_handshake_invalid: u64,
-    /// Handshake initiations dropped by the rate limiter.
+    /// Handshake messages dropped by the rate limits: over their source
+    /// address's budget under load, or over the cookie reply budget.
     pub drop_handshake_ratelimit: u64,
+    /// Handshake messages whose mac1 did not verify (random bytes, or meant
+    /// for another key): dropped before any public-key work.
+    pub drop_handshake_mac: u64,
+    /// Cookie replies that did not authenticate or answered nothing we sent.
+    pub drop_cookie_invalid: u64,
+    /// Handshake messages answered with a cookie reply (under load, no valid
+    /// mac2) instead of public-key work.
+    pub cookie_replies_sent: u64,
+    /// Cookie replies accepted from peers (we were asked to prove our address).
+    pub cookie_replies_received: u64,
+    /// Received handshake messages that were given public-key work (each a
+    /// few X25519 operations): the cost a flood can impose.
+    pub handshake_dh: u64,
+    /// Data frames for an unknown index that would have triggered a
+    /// handshake but came within 5 s of the last one so triggered.
+    pub triggered_handshakes_suppressed: u64,
     /// Packets from the TUN device whose destination no peer covers.
     pub drop_no_route: u64,
     /// Staged packets pushed out while waiting for a handshake.
@@ -94,7 +114,8 @@ pub struct Counters {
 /// allowed prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerEvent {
-    /// The peer's position in the config's `peers`.
+    /// The peer's position in the config's `peers` (`usize::MAX` for a
+    /// peer a reload removed).
     pub peer: usize,
     /// Its configured name.
     pub name: String,
@@ -121,6 +142,31 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub handshakes: u64,
+    /// The peer's public key (base64).
+    pub public_key: String,
+    /// Its allowed prefixes, as configured.
+    pub allowed_prefixes: Vec<String>,
+    /// Persistent keepalive interval, if set.
+    pub keepalive_secs: Option<u64>,
+    /// Initiations sent since the last session was established.
+    pub initiations_unanswered: u32,
+    /// Wall-clock time (Unix seconds) of the first of them.
+    pub unanswered_since_unix: Option<u64>,
+    /// The last handshake failure seen with this peer, in words.
+    pub refusal: Option<String>,
+}
+
+/// What [`Device::reconfigure`] changed, by peer name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Peers that are new (by public key).
+    pub added: Vec<String>,
+    /// Peers no longer in the config: their sessions are gone.
+    pub removed: Vec<String>,
+    /// Peers whose settings changed; their sessions are kept.
+    pub changed: Vec<String>,
+    /// Peers kept as they were.
+    pub unchanged: Vec<String>,
 }
 
 /// Why a packet from the TUN device was not sent at once.
@@ -148,9 +194,15 @@ pub struct Device {
     rekey_after_time: Duration,
     reject_after_time: Duration,
     rekey_after_bytes: u64,
+    /// `dataplane.flows: 1`: a peer's frames all come from one socket, so a
+    /// port change is a NAT rebinding to follow at once (see [`moves_endpoint`]).
+    single_flow: bool,
     counters: Counters,
-    bucket: f64,
-    bucket_at: Option<Instant>,
+    /// mac1/mac2 checks and cookie replies for messages addressed to us.
+    checker: CookieChecker,
+    admission: Admission,
+    /// Log lines about refused handshakes (anyone can cause them).
+    refused_log: crate::lograte::LogLimiter,
     dropped: Vec<u32>,
     /// Fast dead-peer detection, when configured.
     health: Option<HealthConfig>,
@@ -183,22 +235,11 @@ impl Device {
                 )
             })
             .collect();
-        let mut routes: Vec<_> = peers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, p)| p.allowed.iter().map(move |pr| (*pr, i)))
-            .collect();
-        routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        let mtu = cfg.interface.mtu;
-        let (mss_v4, mss_v6) = if cfg.mss_clamp {
-            (Some(mtu.saturating_sub(40)), Some(mtu.saturating_sub(60)))
-        } else {
-            (None, None)
-        };
-        // Sessions stay usable for half a rekey period past the rekey point,
-        // long enough for the new handshake and its retries to finish.
-        let reject_after_time = cfg.rekey_after_time + cfg.rekey_after_time / 2;
+        let routes = routes_of(&peers);
+        let (mss_v4, mss_v6) = mss_limits(cfg);
+        let reject_after_time = reject_after(cfg.rekey_after_time);
         Device {
+            checker: CookieChecker::new(identity.public()),
             identity,
             cipher: cfg.cipher,
             transports: cfg.peers.iter().map(|p| p.transport.as_str()).collect(),
@@ -210,9 +251,10 @@ impl Device {
             rekey_after_time: cfg.rekey_after_time,
             reject_after_time,
             rekey_after_bytes: cfg.rekey_after_bytes,
+            single_flow: cfg.dataplane.flows <= 1,
             counters: Counters::default(),
-            bucket: HANDSHAKE_BURST,
-            bucket_at: None,
+            admission: Admission::new(),
+            refused_log: crate::lograte::LogLimiter::new(),
             dropped: Vec::new(),
             health: cfg.health,
             up: vec![false; cfg.peers.len()],
@@ -309,7 +351,154 @@ impl Device {
                 tx_bytes: p.tx_bytes,
                 rx_bytes: p.rx_bytes,
                 handshakes: p.handshakes,
+                public_key: crate::keys::PublicKey::from_bytes(p.public).to_string(),
+                allowed_prefixes: p.allowed.iter().map(|a| a.to_string()).collect(),
+                keepalive_secs: p.keepalive.map(|k| k.as_secs()),
+                initiations_unanswered: p.diag.unanswered,
+                unanswered_since_unix: p.diag.unanswered_since.map(|d| d.as_secs()),
+                refusal: p.diag.refusal.clone(),
             })
+            .collect()
+    }
+
+    /// Applies a reloaded config: peers are matched by public key, so a
+    /// peer whose key is unchanged keeps its sessions and counters while its
+    /// name, endpoint, allowed prefixes and keepalive take the new values
+    /// (a learned endpoint is kept unless the configured one changed). A
+    /// removed peer's sessions and queued packets are dropped at once (its
+    /// frames then count as unknown-index drops, its initiations as
+    /// handshakes from an unknown key); a new peer starts without a session.
+    /// Rekey limits and MSS clamping take effect for every packet from now
+    /// on. The interface, listen address, private key and cipher are not
+    /// read: the caller refuses changes to those.
+    pub fn reconfigure(&mut self, cfg: &Config) -> Reconfigured {
+        // Liveness and counters of each peer, by public key, to carry over.
+        let was: HashMap<[u8; 32], (String, bool, u64, u64)> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    p.public,
+                    (
+                        p.name.clone(),
+                        self.up[i],
+                        self.downs[i],
+                        self.transit_denied[i],
+                    ),
+                )
+            })
+            .collect();
+        let mut old = std::mem::take(&mut self.peers);
+        let mut done = Reconfigured::default();
+        let mut peers = Vec::with_capacity(cfg.peers.len());
+        for pc in &cfg.peers {
+            let key = *pc.public_key.as_bytes();
+            let peer = match old.iter().position(|p| p.public == key) {
+                Some(i) => {
+                    let mut p = old.swap_remove(i);
+                    let same = p.name == pc.name
+                        && p.configured_endpoint == pc.endpoint
+                        && p.allowed == pc.allowed_prefixes
+                        && p.keepalive == pc.keepalive;
+                    if p.configured_endpoint != pc.endpoint {
+                        p.endpoint = pc.endpoint.or(p.endpoint);
+                        p.configured_endpoint = pc.endpoint;
+                    }
+                    p.name.clone_from(&pc.name);
+                    p.allowed.clone_from(&pc.allowed_prefixes);
+                    p.keepalive = keepalive_with_health(pc.keepalive, cfg.health);
+                    if same {
+                        done.unchanged.push(pc.name.clone());
+                    } else {
+                        done.changed.push(pc.name.clone());
+                    }
+                    p
+                }
+                None => {
+                    done.added.push(pc.name.clone());
+                    Peer::new(
+                        pc.name.clone(),
+                        key,
+                        pc.endpoint,
+                        pc.allowed_prefixes.clone(),
+                        keepalive_with_health(pc.keepalive, cfg.health),
+                    )
+                }
+            };
+            peers.push(peer);
+        }
+        done.removed = old.iter().map(|p| p.name.clone()).collect();
+        // Removed peers that were up go down (their routes are withdrawn).
+        for p in &old {
+            if was.get(&p.public).is_some_and(|w| w.1) {
+                self.events.push(PeerEvent {
+                    peer: usize::MAX,
+                    name: p.name.clone(),
+                    up: false,
+                });
+            }
+        }
+        self.peers = peers;
+        self.health = cfg.health;
+        self.transit = cfg.peers.iter().map(|p| p.transit.clone()).collect();
+        self.up = Vec::with_capacity(self.peers.len());
+        self.downs = Vec::with_capacity(self.peers.len());
+        self.transit_denied = Vec::with_capacity(self.peers.len());
+        for (i, p) in self.peers.iter().enumerate() {
+            let (old_name, up, downs, denied) =
+                was.get(&p.public)
+                    .cloned()
+                    .unwrap_or((p.name.clone(), false, 0, 0));
+            if up && old_name != p.name {
+                // Renamed while up: its routes move to the new name.
+                self.events.push(PeerEvent {
+                    peer: usize::MAX,
+                    name: old_name,
+                    up: false,
+                });
+                self.events.push(PeerEvent {
+                    peer: i,
+                    name: p.name.clone(),
+                    up: true,
+                });
+            }
+            self.up.push(up);
+            self.downs.push(downs);
+            self.transit_denied.push(denied);
+        }
+        self.transports = cfg.peers.iter().map(|p| p.transport.as_str()).collect();
+        // Positions moved: index the surviving sessions and handshakes again.
+        self.indexes = self
+            .peers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.local_indexes().map(move |x| (x, i)))
+            .collect();
+        self.routes = routes_of(&self.peers);
+        (self.mss_v4, self.mss_v6) = mss_limits(cfg);
+        self.rekey_after_time = cfg.rekey_after_time;
+        self.reject_after_time = reject_after(cfg.rekey_after_time);
+        self.rekey_after_bytes = cfg.rekey_after_bytes;
+        done
+    }
+
+    /// True when `addr` is some peer's current endpoint: configured, or
+    /// learnt from a frame that authenticated (handshake or data), so the
+    /// transport may stop treating a connection from `addr` as pending.
+    pub fn is_peer_endpoint(&self, addr: SocketAddr) -> bool {
+        self.peers.iter().any(|p| p.endpoint == Some(addr))
+    }
+
+    /// The current endpoints of the peers on the UDP transport (whose path
+    /// MTU the data path watches).
+    pub fn udp_endpoints(&self) -> Vec<SocketAddr> {
+        let udp = crate::config::TransportKind::Udp.as_str();
+        self.peers
+            .iter()
+            .zip(&self.transports)
+            .filter(|(_, t)| **t == udp)
+            .filter_map(|(p, _)| p.endpoint)
             .collect()
     }
 
@@ -430,24 +619,77 @@ impl Device {
                 None
             }
             Ok(MessageType::Data) | Ok(MessageType::Keepalive) => self.on_data(frame, from, t, out),
-            Ok(MessageType::CookieReply) | Err(_) => {
+            Ok(MessageType::CookieReply) => {
+                self.on_cookie_reply(frame, t);
+                None
+            }
+            Err(_) => {
                 self.counters.drop_malformed += 1;
                 None
             }
         }
     }
 
-    fn take_token(&mut self, now: Instant) -> bool {
-        if let Some(at) = self.bucket_at {
-            let refill = now.duration_since(at).as_secs_f64() * HANDSHAKES_PER_SEC;
-            self.bucket = (self.bucket + refill).min(HANDSHAKE_BURST);
+    /// Decides whether a handshake message (`msg`, whose sender's index is
+    /// `sender_index`) from `from` gets public-key work: false when it was
+    /// answered with a cookie reply or dropped (and counted).
+    fn admit(
+        &mut self,
+        msg: &[u8],
+        sender_index: u32,
+        from: SocketAddr,
+        now: Instant,
+        out: &mut Vec<Datagram>,
+    ) -> bool {
+        let checker = &mut self.checker;
+        match self
+            .admission
+            .admit(from.ip(), now, || checker.mac2_ok(msg, from, now))
+        {
+            Admit::Process => {
+                self.counters.handshake_dh += 1;
+                true
+            }
+            Admit::SendCookie => {
+                let mut data = [0u8; wire::COOKIE_REPLY_LEN];
+                if let Some(n) = self.checker.reply(msg, sender_index, from, now, &mut data) {
+                    self.counters.cookie_replies_sent += 1;
+                    out.push(Datagram {
+                        to: from,
+                        data: data[..n].to_vec(),
+                    });
+                }
+                false
+            }
+            Admit::RateLimited => {
+                self.counters.drop_handshake_ratelimit += 1;
+                false
+            }
         }
-        self.bucket_at = Some(now);
-        if self.bucket >= 1.0 {
-            self.bucket -= 1.0;
-            true
-        } else {
-            false
+    }
+
+    fn on_cookie_reply(&mut self, frame: &[u8], t: &Time) {
+        let Ok(msg) = wire::CookieReply::new_checked(frame) else {
+            self.counters.drop_malformed += 1;
+            return;
+        };
+        let Some(&pi) = self.indexes.get(&msg.receiver_index()) else {
+            self.counters.drop_unknown_index += 1;
+            return;
+        };
+        let peer = &mut self.peers[pi];
+        match peer.jar.consume(frame, t.now) {
+            Ok(()) => {
+                self.counters.cookie_replies_received += 1;
+                log::debug!(
+                    "peer {} is under load: its cookie goes into our next handshake",
+                    peer.name
+                );
+            }
+            Err(e) => {
+                log::debug!("cookie reply for peer {} refused: {e}", peer.name);
+                self.counters.drop_cookie_invalid += 1;
+            }
         }
     }
 
@@ -456,8 +698,11 @@ impl Device {
             self.counters.drop_malformed += 1;
             return;
         };
-        if !self.take_token(t.now) {
-            self.counters.drop_handshake_ratelimit += 1;
+        if !self.checker.mac1_ok(frame) {
+            self.counters.drop_handshake_mac += 1;
+            return;
+        }
+        if !self.admit(frame, msg.sender_index(), from, t.now, out) {
             return;
         }
         let received =
@@ -474,15 +719,25 @@ impl Device {
             .iter()
             .position(|p| p.public == received.peer_public)
         else {
-            log::info!("initiation from {from} with an unknown static key: dropped");
+            if let Some(n) = self.refused_log.allow_at(t.now) {
+                log::info!(
+                    "initiation from {from} with an unknown static key: dropped{}",
+                    crate::lograte::suppressed_note(n)
+                );
+            }
             self.counters.drop_handshake_invalid += 1;
+            self.note_unknown_key(from);
             return;
         };
         if received.timestamp <= self.peers[pi].last_timestamp {
-            log::info!(
-                "replayed initiation for peer {} from {from}: dropped",
-                self.peers[pi].name
-            );
+            // A replay needs no key: anyone who saw the initiation can send it.
+            if let Some(n) = self.refused_log.allow_at(t.now) {
+                log::info!(
+                    "replayed initiation for peer {} from {from}: dropped{}",
+                    self.peers[pi].name,
+                    crate::lograte::suppressed_note(n)
+                );
+            }
             self.counters.drop_handshake_invalid += 1;
             return;
         }
@@ -511,7 +766,8 @@ impl Device {
         frame_out[0] = MessageType::HandshakeResponse as u8;
         frame_out[4..8].copy_from_slice(&local.to_le_bytes());
         frame_out[8..12].copy_from_slice(&received.remote_index.to_le_bytes());
-        let (keys, n) = match received.respond(local, &mut frame_out[12..]) {
+        let noise_end = RESPONSE_FRAME_LEN - wire::MACS_LEN;
+        let (keys, n) = match received.respond(local, &mut frame_out[12..noise_end]) {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("writing handshake response failed: {e}");
@@ -519,12 +775,13 @@ impl Device {
                 return;
             }
         };
-        frame_out.truncate(12 + n);
+        frame_out.truncate(12 + n + wire::MACS_LEN);
         let Some(session) = self.make_session(&keys, t.now) else {
             self.indexes.remove(&local);
             return;
         };
         let peer = &mut self.peers[pi];
+        peer.jar.stamp(&mut frame_out, t.now);
         peer.last_timestamp = timestamp;
         peer.endpoint = Some(from);
         peer.install_next(session, &mut self.dropped);
@@ -541,17 +798,31 @@ impl Device {
             self.counters.drop_malformed += 1;
             return;
         };
+        if !self.checker.mac1_ok(frame) {
+            self.counters.drop_handshake_mac += 1;
+            return;
+        }
         let idx = msg.receiver_index();
         let Some(&pi) = self.indexes.get(&idx) else {
             self.counters.drop_unknown_index += 1;
             return;
         };
-        let peer = &mut self.peers[pi];
-        if peer.pending.as_ref().map(|p| p.initiation.local_index()) != Some(idx) {
+        if self.peers[pi]
+            .pending
+            .as_ref()
+            .map(|p| p.initiation.local_index())
+            != Some(idx)
+        {
             self.counters.drop_unknown_index += 1;
             return;
         }
-        let Some(pending) = peer.pending.take() else {
+        if !self.admit(frame, msg.sender_index(), from, t.now, out) {
+            return;
+        }
+        // The pending initiation stays until a response authenticates: a
+        // forged one (anyone who saw our initiation knows its index) is
+        // counted and forgotten, and the genuine one still completes.
+        let Some(pending) = self.peers[pi].pending.as_mut() else {
             return;
         };
         let keys = match pending.initiation.finish(msg.noise(), msg.sender_index()) {
@@ -559,10 +830,14 @@ impl Device {
             Err(e) => {
                 log::debug!("response from {from} refused: {e}");
                 self.counters.drop_handshake_invalid += 1;
-                self.indexes.remove(&idx);
+                self.peers[pi].diag.refusal = Some(format!(
+                    "a response from {from} failed to verify: the peer does not hold \
+                     our public key, ours for it is wrong, or it was forged"
+                ));
                 return;
             }
         };
+        self.peers[pi].pending = None;
         let Some(session) = self.make_session(&keys, t.now) else {
             self.indexes.remove(&idx);
             return;
@@ -573,6 +848,7 @@ impl Device {
         peer.last_handshake = Some(t.now);
         peer.next_attempt = None;
         peer.handshakes += 1;
+        peer.diag.established();
         self.counters.handshakes += 1;
         log::info!(
             "session established with peer {} at {from} (initiator)",
@@ -637,13 +913,23 @@ impl Device {
                     .iter()
                     .position(|p| p.endpoint.is_some_and(|e| same(e, from)))
             };
+            // Anyone can send such frames from the peer's address, so at
+            // most one per TRIGGERED_HANDSHAKE_EVERY per peer.
             if let Some(pi) = at(|e, f| e == f).or_else(|| at(|e, f| e.ip() == f.ip())) {
-                self.maybe_initiate(pi, t, out);
+                let peer = &self.peers[pi];
+                if peer.pending.is_none() && peer.endpoint.is_some() {
+                    if self.peers[pi].may_trigger(t.now) {
+                        self.maybe_initiate(pi, t, out);
+                    } else {
+                        self.counters.triggered_handshakes_suppressed += 1;
+                    }
+                }
             }
             return None;
         };
         let reject = self.reject_after_time;
         let udp = self.transports[pi] == crate::config::TransportKind::Udp.as_str();
+        let single_flow = self.single_flow;
         let peer = &mut self.peers[pi];
         let Some(slot) = peer.slot_of(idx) else {
             // The index belongs to a handshake in flight, not a session.
@@ -669,7 +955,9 @@ impl Device {
             return None;
         }
         peer.received(t.now, !is_keepalive && plain_len > 0);
-        if peer.endpoint != Some(from) && moves_endpoint(peer.endpoint, from, udp, is_keepalive) {
+        if peer.endpoint != Some(from)
+            && moves_endpoint(peer.endpoint, from, udp && !single_flow, is_keepalive)
+        {
             match peer.endpoint {
                 Some(old) if old.ip() == from.ip() => {
                     log::debug!(
@@ -686,6 +974,7 @@ impl Device {
             peer.confirm_next(&mut self.dropped);
             peer.last_handshake = Some(t.now);
             peer.handshakes += 1;
+            peer.diag.established();
             self.counters.handshakes += 1;
             log::info!(
                 "session established with peer {} at {from} (responder)",
@@ -759,15 +1048,24 @@ impl Device {
         data[0] = MessageType::HandshakeInit as u8;
         data[4..8].copy_from_slice(&local.to_le_bytes());
         let public = self.peers[pi].public;
-        match handshake::start_initiation(&self.identity, &public, local, ts, &mut data[8..]) {
+        let noise_end = INIT_FRAME_LEN - wire::MACS_LEN;
+        match handshake::start_initiation(
+            &self.identity,
+            &public,
+            local,
+            ts,
+            &mut data[8..noise_end],
+        ) {
             Ok((initiation, n)) => {
-                data.truncate(8 + n);
+                data.truncate(8 + n + wire::MACS_LEN);
                 let peer = &mut self.peers[pi];
+                peer.jar.stamp(&mut data, t.now);
                 peer.pending = Some(Pending {
                     initiation,
                     sent_at: t.now,
                     attempt,
                 });
+                peer.diag.initiated(t.unix);
                 peer.next_attempt = Some(t.now + Peer::retry_delay(attempt));
                 log::debug!(
                     "initiating handshake with peer {} at {to} (attempt {})",
@@ -783,6 +1081,41 @@ impl Device {
         }
     }
 
+    /// Remembers, for the peer whose address sent it, that an initiation
+    /// came with a static key we do not know: the usual sign of a key
+    /// mismatch between the two configs.
+    fn note_unknown_key(&mut self, from: SocketAddr) {
+        let at = self
+            .peers
+            .iter()
+            .position(|p| p.endpoint == Some(from))
+            .or_else(|| {
+                self.peers
+                    .iter()
+                    .position(|p| p.endpoint.is_some_and(|e| e.ip() == from.ip()))
+            });
+        if let Some(pi) = at {
+            self.peers[pi].diag.refusal = Some(format!(
+                "its address {from} sent an initiation with a public key this \
+                 config does not list (peers[].public_key differs from the \
+                 peer's key)"
+            ));
+        }
+    }
+
+    /// Says at info level, at most every [`DIAG_LOG_EVERY`], why a peer
+    /// still has no session after a few initiations.
+    fn log_diagnosis(&mut self, pi: usize, now: Instant) {
+        let peer = &mut self.peers[pi];
+        let d = &peer.diag;
+        let recent = d.logged_at.is_some_and(|at| now < at + DIAG_LOG_EVERY);
+        if d.unanswered < DIAG_LOG_AFTER || recent {
+            return;
+        }
+        log::info!("peer {}: {}", peer.name, no_session_reason(d));
+        peer.diag.logged_at = Some(now);
+    }
+
     /// Runs timers: handshake retries, rekeys, keepalives, session expiry,
     /// and peer liveness (queues [`PeerEvent`]s; see [`Device::take_events`]).
     /// Call at least every 100 ms (every 50 ms with `health:`).
@@ -794,6 +1127,7 @@ impl Device {
     fn tick_timers(&mut self, t: &Time, out: &mut Vec<Datagram>) {
         let now = t.now;
         for pi in 0..self.peers.len() {
+            self.log_diagnosis(pi, now);
             let reject = self.reject_after_time;
             self.peers[pi].expire(now, reject, &mut self.dropped);
             self.forget_dropped();
@@ -864,8 +1198,67 @@ fn keepalive_with_health(own: Option<Duration>, health: Option<HealthConfig>) ->
     }
 }
 
+/// Why a peer has no session, in an operator's words: the last refusal
+/// seen, or how many initiations went unanswered since when (UTC).
+pub fn no_session_reason(d: &crate::peer::Diagnosis) -> String {
+    let unanswered = match d.unanswered_since {
+        Some(since) if d.unanswered > 0 => Some(format!(
+            "{} initiation{} unanswered since {} UTC",
+            d.unanswered,
+            if d.unanswered == 1 { "" } else { "s" },
+            clock_utc(since.as_secs())
+        )),
+        _ => None,
+    };
+    match (unanswered, &d.refusal) {
+        (Some(u), Some(r)) => format!("{u}; {r}"),
+        (None, Some(r)) => r.clone(),
+        (Some(u), None) => {
+            format!("{u} (the peer is down, a firewall drops UDP, or the keys do not match)")
+        }
+        (None, None) => "no handshake yet".into(),
+    }
+}
+
+/// `HH:MM:SS` of a Unix time, UTC.
+pub fn clock_utc(unix_secs: u64) -> String {
+    let s = unix_secs % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Allowed prefixes, longest first, with the position of their peer.
+fn routes_of(peers: &[Peer]) -> Vec<(crate::prefix::Prefix, usize)> {
+    let mut routes: Vec<_> = peers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.allowed.iter().map(move |pr| (*pr, i)))
+        .collect();
+    routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    routes
+}
+
+/// The largest TCP MSS of IPv4 and IPv6 SYNs when `mss_clamp` is on.
+fn mss_limits(cfg: &Config) -> (Option<u16>, Option<u16>) {
+    let mtu = cfg.interface.mtu;
+    if cfg.mss_clamp {
+        (Some(mtu.saturating_sub(40)), Some(mtu.saturating_sub(60)))
+    } else {
+        (None, None)
+    }
+}
+
+/// Sessions stay usable for half a rekey period past the rekey point, long
+/// enough for the new handshake and its retries to finish.
+fn reject_after(rekey_after_time: Duration) -> Duration {
+    rekey_after_time.saturating_add(rekey_after_time / 2)
+}
+
 /// Whether an authenticated data or keepalive frame from `from` moves a
-/// peer's endpoint (currently `current`).
+/// peer's endpoint (currently `current`). `udp` is false for the transports
+/// that follow every frame, and for UDP with `dataplane.flows: 1`, where a
+/// peer's frames all leave one socket, so any authenticated frame from a
+/// new address or port (a roaming peer, a NAT that rebound its port) moves
+/// the endpoint at once, as WireGuard does.
 ///
 /// A UDP peer with `dataplane.flows` > 1 sends data from several source
 /// ports of one address, and its flow 0 (the `listen` socket) is where it

@@ -212,3 +212,30 @@ fn hub_transit_policy_drops_and_counts_refused_spoke_to_spoke_packets() {
     n.flush();
     assert_eq!(n.to_a.len(), 1);
 }
+
+#[test]
+fn a_reload_keeps_liveness_and_moves_routes_of_renamed_or_removed_peers() {
+    let mut n = healthy_net();
+    assert_eq!(run_for(&mut n, Duration::from_millis(200), true).len(), 1);
+    // Same key, new name: down under the old name, up under the new one.
+    let mut cfg = a_config();
+    cfg.health = Some(health());
+    cfg.peers[0].name = "renamed".into();
+    n.a.reconfigure(&cfg);
+    let ev = n.a.take_events();
+    assert_eq!(
+        ev.iter()
+            .map(|e| (e.name.as_str(), e.up))
+            .collect::<Vec<_>>(),
+        vec![("peer2", false), ("renamed", true)]
+    );
+    assert!(n.a.peer_up(0), "still up: the session was kept");
+    let ev = run_for(&mut n, Duration::from_secs(2), true);
+    assert!(ev.is_empty(), "no flapping after the reload: {ev:?}");
+    // The peer removed: down.
+    cfg.peers.clear();
+    n.a.reconfigure(&cfg);
+    let ev = n.a.take_events();
+    assert_eq!(ev.len(), 1);
+    assert!(!ev[0].up && ev[0].name == "renamed");
+}

@@ -53,6 +53,7 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
         rekey_after_time: Duration::from_secs(120),
         rekey_after_bytes: 1 << 30,
         quic: None,
+        metrics_listen: None,
         peers: vec![PeerConfig {
             name: format!("peer{peer}"),
             public_key: key(peer).public(),
@@ -337,7 +338,9 @@ fn garbage_never_panics_and_is_counted() {
     let dropped = c.drop_malformed
         + c.drop_unknown_index
         + c.drop_handshake_invalid
-        + c.drop_handshake_ratelimit;
+        + c.drop_handshake_ratelimit
+        + c.drop_handshake_mac
+        + c.drop_cookie_invalid;
     assert_eq!(
         dropped,
         13 * 20,
@@ -519,9 +522,17 @@ fn b_sees_a_at(n: &Net) -> Option<String> {
     n.b.peer_status(n.time().now)[0].endpoint.clone()
 }
 
+/// B's view of a peer that sends from several flows (`dataplane.flows`).
+fn multi_flow(n: &mut Net) {
+    let mut cfg = b_config();
+    cfg.dataplane.flows = 4;
+    n.b = Device::new(&cfg);
+}
+
 #[test]
 fn data_from_a_peers_other_flows_keeps_its_endpoint() {
     let mut n = Net::new();
+    multi_flow(&mut n);
     n.established();
     // A's inner flows leave from four source ports of its address.
     for (i, port) in [51820u16, 40001, 40002, 40003, 40001, 51820, 40002]
@@ -568,7 +579,9 @@ fn a_keepalive_from_a_new_port_is_followed() {
     let mut n = Net::new();
     let mut cfg = a_config();
     cfg.peers[0].keepalive = Some(Duration::from_secs(5));
+    cfg.dataplane.flows = 4;
     n.a = Device::new(&cfg);
+    multi_flow(&mut n);
     n.established();
     n.send(true, &ipv4(A_HOST, B_HOST, b"data"));
     resource(&mut n, "198.18.0.1:40001");
@@ -640,3 +653,350 @@ fn restarted_peer_answers_data_from_another_flow_with_a_handshake() {
         n.wire.iter().map(|w| (w.0, w.2[0])).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn with_one_flow_a_nat_rebinding_is_followed_by_the_first_frame() {
+    // `flows: 1`: every frame of A leaves its one socket, so data from a
+    // new port is a NAT that rebound A's port; replies go there at once.
+    let mut n = Net::new();
+    n.established();
+    n.send(true, &ipv4(A_HOST, B_HOST, b"after the rebinding"));
+    resource(&mut n, "198.18.0.1:6001");
+    n.flush();
+    assert_eq!(b_sees_a_at(&n).as_deref(), Some("198.18.0.1:6001"));
+    n.send(false, &ipv4(B_HOST, A_HOST, b"reply"));
+    assert_eq!(n.wire.len(), 1);
+    assert_eq!(n.wire[0].0, addr("198.18.0.1:6001"), "the reply follows");
+    // A forged or replayed frame from elsewhere does not move it back.
+    n.wire.clear();
+    n.send(true, &ipv4(A_HOST, B_HOST, b"genuine"));
+    let (to, _, frame) = n.wire.remove(0);
+    n.deliver(to, addr("198.18.0.1:6001"), frame.clone());
+    n.deliver(to, addr("198.18.0.66:7"), frame.clone());
+    let mut forged = frame;
+    forged[20] ^= 1;
+    n.deliver(to, addr("198.18.0.66:7"), forged);
+    assert_eq!(b_sees_a_at(&n).as_deref(), Some("198.18.0.1:6001"));
+    // The forgery reuses a counter already seen: refused before decryption.
+    assert_eq!(n.b.counters().drop_replay, 2);
+}
+
+/// A frame with a valid mac1 for `to_public` (an attacker knows the public
+/// key): `ty` 1 with random Noise bytes, `len` bytes in all.
+fn mac1_valid_garbage(ty: u8, len: usize, seed: u64, to_public: &[u8; 32]) -> Vec<u8> {
+    let mut rng = crate::wire::testutil::Rng(seed | 1);
+    let mut f = vec![0u8; len];
+    rng.fill(&mut f);
+    f[0] = ty;
+    f[1..4].fill(0);
+    crate::crypto::cookie::CookieJar::new(to_public).stamp(&mut f, Instant::now());
+    f
+}
+
+#[test]
+fn handshake_garbage_without_mac1_costs_no_public_key_work() {
+    let mut n = Net::new();
+    let mut rng = crate::wire::testutil::Rng(7);
+    for i in 0..10_000u32 {
+        let mut f = vec![0u8; INIT_FRAME_LEN];
+        rng.fill(&mut f);
+        f[0] = MessageType::HandshakeInit as u8;
+        f[1..4].fill(0);
+        let from = SocketAddr::from(([198, 18, 100 + (i % 50) as u8, (i % 250) as u8], 1000));
+        n.deliver(addr(B_ADDR), from, f);
+    }
+    let c = n.b.counters();
+    assert_eq!(c.drop_handshake_mac, 10_000);
+    assert_eq!(c.handshake_dh, 0);
+    assert_eq!(c.cookie_replies_sent, 0);
+    assert!(n.wire.is_empty(), "nothing answered");
+}
+
+/// When the real peers start their timers in the flood tests: the flood
+/// has been on for a while by then.
+const PEERS_START_MS: u64 = 500;
+
+/// Runs a flood at B of `per_ms` handshake messages per millisecond from
+/// many spoofed sources for `secs` virtual seconds, while A (the only
+/// initiator) brings the tunnel up from [`PEERS_START_MS`]; returns how long
+/// after that A first had a session.
+fn flood_b(
+    n: &mut Net,
+    per_ms: u32,
+    secs: u64,
+    frame: impl Fn(u64) -> Vec<u8>,
+) -> Option<Duration> {
+    let mut up_at = None;
+    let mut seq = 0u64;
+    for ms in 0..secs * 1000 {
+        for _ in 0..per_ms {
+            seq += 1;
+            let from = SocketAddr::from((
+                [198, 18, 100 + (seq % 100) as u8, (seq / 100 % 250) as u8],
+                1024 + (seq % 50_000) as u16,
+            ));
+            n.deliver(addr(B_ADDR), from, frame(seq));
+        }
+        // What B sends to the spoofed sources goes nowhere.
+        n.wire
+            .retain(|(to, _, _)| *to == addr(A_ADDR) || *to == addr(B_ADDR));
+        if ms >= PEERS_START_MS && ms % 50 == 0 {
+            n.tick();
+        }
+        n.flush();
+        if up_at.is_none() && n.a.peer_status(n.time().now)[0].session {
+            up_at = Some(Duration::from_millis(ms - PEERS_START_MS));
+        }
+        n.advance(Duration::from_millis(1));
+    }
+    up_at
+}
+
+fn responder_only_b() -> Net {
+    // B knows no endpoint for A (a hub whose spokes roam): only A
+    // initiates, so only B's defences decide whether the tunnel comes up.
+    let mut n = Net::new();
+    n.b = Device::new(&config(2, 1, None, &["198.19.0.1/32", "198.18.1.0/24"]));
+    n
+}
+
+#[test]
+fn a_spoofed_initiation_flood_neither_locks_out_the_peer_nor_costs_dh() {
+    let mut n = responder_only_b();
+    let b_public = *key(2).public().as_bytes();
+    // 2,000 initiations per second with a valid mac1 (the attacker knows
+    // B's public key) and random Noise bytes, from 5,000 addresses, 10 s.
+    let up = flood_b(&mut n, 2, 10, |seq| {
+        mac1_valid_garbage(1, INIT_FRAME_LEN, seq, &b_public)
+    });
+    let c = n.b.counters().clone();
+    let up = up.expect("A's handshake completed during the flood");
+    // A's first initiation gets a cookie, its retry a second later a response.
+    assert!(up <= Duration::from_millis(1_100), "up after {up:?}");
+    assert_eq!(
+        n.a.counters().cookie_replies_received,
+        1,
+        "{:?}",
+        n.a.counters()
+    );
+    // Public-key work at B: the load meter's burst when the flood began,
+    // and A's initiation.
+    assert!(
+        c.handshake_dh <= crate::admission::HANDSHAKE_BURST as u64 + 2,
+        "{c:?}"
+    );
+    assert_eq!(c.cookie_replies_sent + c.handshake_dh, 20_000 + 2, "{c:?}");
+    assert_eq!(c.drop_handshake_ratelimit, 0);
+    // The tunnel carries data through the flood's aftermath.
+    n.send(true, &ipv4(A_HOST, B_HOST, b"through the flood"));
+    n.flush();
+    assert_eq!(n.to_b.len(), 1);
+}
+
+#[test]
+fn without_mac1_a_flood_does_not_even_cost_a_cookie() {
+    let mut n = responder_only_b();
+    let mut rng = crate::wire::testutil::Rng(11);
+    let up = flood_b(&mut n, 2, 5, |_| {
+        let mut f = vec![0u8; INIT_FRAME_LEN];
+        rng_fill(&mut f, 0);
+        f
+    });
+    let _ = &mut rng;
+    assert_eq!(up, Some(Duration::ZERO));
+    let c = n.b.counters();
+    assert_eq!(c.drop_handshake_mac, 10_000);
+    assert_eq!((c.handshake_dh, c.cookie_replies_sent), (1, 0), "{c:?}");
+}
+
+fn rng_fill(f: &mut [u8], _seed: u64) {
+    f[0] = MessageType::HandshakeInit as u8;
+    for (i, b) in f.iter_mut().enumerate().skip(4) {
+        *b = (i as u8).wrapping_mul(31);
+    }
+}
+
+#[test]
+fn a_source_with_cookies_is_held_to_its_own_budget() {
+    // An attacker that does receive B's replies (a real address) gets
+    // cookies, but its handshakes are limited per address under load.
+    let mut n = responder_only_b();
+    let b_public = *key(2).public().as_bytes();
+    let attacker = addr("198.18.0.77:4444");
+    // Keep B under load with a spoofed flood, and have the attacker
+    // fetch a cookie once.
+    let t = n.time();
+    for i in 0..100 {
+        let mut out = Vec::new();
+        let f = mac1_valid_garbage(1, INIT_FRAME_LEN, i, &b_public);
+        let len = f.len();
+        let mut buf = f;
+        n.b.decapsulate(&mut buf, len, addr("198.18.99.1:1"), &t, &mut out);
+    }
+    let mut jar = crate::crypto::cookie::CookieJar::new(&b_public);
+    let mut first = mac1_valid_garbage(1, INIT_FRAME_LEN, 999, &b_public);
+    jar.stamp(&mut first, t.now);
+    let mut out = Vec::new();
+    let len = first.len();
+    n.b.decapsulate(&mut first, len, attacker, &t, &mut out);
+    assert_eq!(out.len(), 1, "a cookie reply");
+    jar.consume(&out[0].data, t.now)
+        .expect("the attacker's cookie");
+    let dh_before = n.b.counters().handshake_dh;
+    // 1,000 per second with valid mac2 for 5 s, while the spoofed flood
+    // goes on at the same rate.
+    for ms in 0..5_000u64 {
+        let t = n.time();
+        let mut f = mac1_valid_garbage(1, INIT_FRAME_LEN, ms, &b_public);
+        jar.stamp(&mut f, t.now);
+        let len = f.len();
+        let mut out = Vec::new();
+        n.b.decapsulate(&mut f, len, attacker, &t, &mut out);
+        let mut g = mac1_valid_garbage(1, INIT_FRAME_LEN, ms + 7, &b_public);
+        let len = g.len();
+        n.b.decapsulate(&mut g, len, addr("198.18.99.2:2"), &t, &mut out);
+        n.advance(Duration::from_millis(1));
+    }
+    let c = n.b.counters();
+    let dh = c.handshake_dh - dh_before;
+    // 20 per second plus a burst of 5.
+    assert!(
+        (100..=106).contains(&dh),
+        "{dh} public-key operations: {c:?}"
+    );
+    assert!(c.drop_handshake_ratelimit >= 4_890, "{c:?}");
+}
+
+#[test]
+fn a_peer_under_load_makes_the_responder_prove_its_address_too() {
+    // A is flooded and B initiates: A answers B's initiation only, but
+    // B's response to A's own initiation gets a cookie from A; both sides
+    // converge anyway.
+    let mut n = Net::new();
+    n.a = Device::new(&config(
+        1,
+        2,
+        Some(B_ADDR),
+        &["198.19.0.2/32", "198.18.2.0/24"],
+    ));
+    n.b = Device::new(&config(2, 1, None, &["198.19.0.1/32", "198.18.1.0/24"]));
+    let a_public = *key(1).public().as_bytes();
+    let mut up_at = None;
+    let mut seq = 0u64;
+    for ms in 0..5_000u64 {
+        for _ in 0..2 {
+            seq += 1;
+            let from = SocketAddr::from(([198, 18, 200, (seq % 250) as u8], 7));
+            let f = mac1_valid_garbage(1, INIT_FRAME_LEN, seq, &a_public);
+            n.deliver(addr(A_ADDR), from, f);
+        }
+        n.wire
+            .retain(|(to, _, _)| *to == addr(A_ADDR) || *to == addr(B_ADDR));
+        if ms >= PEERS_START_MS && ms % 50 == 0 {
+            n.tick();
+        }
+        n.flush();
+        if up_at.is_none() && n.a.peer_status(n.time().now)[0].session {
+            up_at = Some(Duration::from_millis(ms - PEERS_START_MS));
+        }
+        n.advance(Duration::from_millis(1));
+    }
+    let up = up_at.expect("tunnel up");
+    assert!(up <= Duration::from_millis(1_100), "up after {up:?}");
+    assert_eq!(
+        n.b.counters().cookie_replies_received,
+        1,
+        "{:?}",
+        n.b.counters()
+    );
+    assert!(n.a.counters().handshake_dh <= 22, "{:?}", n.a.counters());
+}
+
+#[test]
+fn a_forged_response_does_not_kill_the_pending_handshake() {
+    let mut n = Net::new();
+    n.b = Device::new(&config(2, 1, None, &["198.19.0.1/32", "198.18.1.0/24"]));
+    n.tick();
+    assert_eq!(n.wire.len(), 1);
+    let (to, from, init) = n.wire.remove(0);
+    // An attacker who saw the initiation answers first, with A's index and
+    // a valid mac1 (A's public key is no secret), from B's address.
+    let a_public = *key(1).public().as_bytes();
+    let mut forged = mac1_valid_garbage(2, RESPONSE_FRAME_LEN, 3, &a_public);
+    forged[8..12].copy_from_slice(&init[4..8]);
+    crate::crypto::cookie::CookieJar::new(&a_public).stamp(&mut forged, Instant::now());
+    for _ in 0..3 {
+        n.deliver(addr(A_ADDR), addr(B_ADDR), forged.clone());
+    }
+    assert_eq!(n.a.counters().drop_handshake_invalid, 3);
+    assert_eq!(n.a.counters().handshake_dh, 3);
+    // The genuine response still completes the handshake.
+    n.deliver(to, from, init);
+    n.flush();
+    assert!(n.a.peer_status(n.time().now)[0].session);
+    assert_eq!(n.a.counters().handshakes, 1);
+    // A response arriving again is for a spent index: no work at all.
+    let dh = n.a.counters().handshake_dh;
+    n.deliver(addr(A_ADDR), addr(B_ADDR), forged);
+    assert_eq!(n.a.counters().handshake_dh, dh);
+}
+
+#[test]
+fn unknown_index_data_triggers_at_most_one_handshake_per_5s() {
+    let mut n = Net::new();
+    n.established();
+    n.advance(Duration::from_secs(1));
+    let mut rng = crate::wire::testutil::Rng(5);
+    let mut initiations = 0;
+    // 100 spoofed data frames per second from A's address for 20 s, each
+    // with a random index.
+    for _ in 0..2_000 {
+        let mut f = vec![0u8; 100];
+        rng.fill(&mut f);
+        f[0] = MessageType::Data as u8;
+        f[1..4].fill(0);
+        n.deliver(addr(B_ADDR), addr(A_ADDR), f);
+        initiations += n
+            .wire
+            .iter()
+            .filter(|(_, _, f)| f[0] == MessageType::HandshakeInit as u8)
+            .count();
+        n.flush();
+        n.advance(Duration::from_millis(10));
+    }
+    // B's own rekey at 132 s is outside the window: only triggered ones.
+    assert!((4..=5).contains(&initiations), "{initiations} handshakes");
+    let c = n.b.counters();
+    assert_eq!(c.drop_unknown_index, 2_000);
+    assert!(c.triggered_handshakes_suppressed >= 1_990, "{c:?}");
+    n.send(true, &ipv4(A_HOST, B_HOST, b"still up"));
+    n.flush();
+    assert_eq!(n.to_b.len(), 1);
+}
+
+#[test]
+fn cookie_replies_that_do_not_authenticate_are_counted() {
+    let mut n = Net::new();
+    n.tick();
+    let (_, _, init) = n.wire.remove(0);
+    let mut reply = [0u8; crate::wire::COOKIE_REPLY_LEN];
+    let receiver = u32::from_le_bytes([init[4], init[5], init[6], init[7]]);
+    crate::wire::CookieReply::emit(&mut reply, receiver, &[1; 24], &[2; 32]).expect("fits");
+    n.deliver(addr(A_ADDR), addr(B_ADDR), reply.to_vec());
+    crate::wire::CookieReply::emit(&mut reply, 0xdead, &[1; 24], &[2; 32]).expect("fits");
+    n.deliver(addr(A_ADDR), addr(B_ADDR), reply.to_vec());
+    n.deliver(addr(A_ADDR), addr(B_ADDR), reply[..40].to_vec());
+    let c = n.a.counters();
+    assert_eq!(
+        (
+            c.drop_cookie_invalid,
+            c.drop_unknown_index,
+            c.drop_malformed
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(c.cookie_replies_received, 0);
+}
+
+#[path = "device_reload_tests.rs"]
+mod reload;

@@ -41,7 +41,7 @@ pub enum KeyError {
     },
     /// The key file's last path component is a symbolic link (refused so a
     /// link cannot redirect the daemon to some other secret).
-    #[error("{}: is a symbolic link; point private_key_file at the real file", path.display())]
+    #[error("{}: is a symbolic link; point the config at the real file", path.display())]
     Symlink {
         /// The key file.
         path: PathBuf,
@@ -78,7 +78,7 @@ pub enum KeyError {
         uid: u32,
     },
     /// The key file is larger than any key file could be.
-    #[error("{}: {len} bytes is too large for a key file (expected 44 base64 characters)", path.display())]
+    #[error("{}: {len} bytes is too large for a key file", path.display())]
     TooLarge {
         /// The key file.
         path: PathBuf,
@@ -100,13 +100,21 @@ pub enum KeyError {
 }
 
 fn decode32(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
-    let bytes = STANDARD.decode(text.trim())?;
+    // The decoded bytes may be a private key: wiped when dropped.
+    let bytes = zeroize::Zeroizing::new(STANDARD.decode(text.trim())?);
     <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| KeyError::Length(bytes.len()))
 }
 
-/// An X25519 private (static) key. `Debug` does not print it.
+/// An X25519 private (static) key. `Debug` does not print it; its bytes
+/// are wiped from memory when it is dropped.
 #[derive(Clone)]
 pub struct PrivateKey([u8; KEY_LEN]);
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 /// An X25519 public key. `Display` and serde use base64.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,7 +138,10 @@ impl PrivateKey {
 
     /// Parses base64 text; surrounding white space (a trailing newline) is ignored.
     pub fn from_base64(text: &str) -> Result<PrivateKey, KeyError> {
-        decode32(text).map(PrivateKey)
+        let mut raw = decode32(text)?;
+        let key = PrivateKey(raw);
+        zeroize::Zeroize::zeroize(&mut raw);
+        Ok(key)
     }
 
     /// The key as base64 text (44 characters), as `wg genkey` prints it.
@@ -149,65 +160,15 @@ impl PrivateKey {
         PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes())
     }
 
-    /// Loads a key file holding one base64 key.
-    ///
-    /// Refuses a symbolic link (the last component is opened with
-    /// `O_NOFOLLOW`), anything but a regular file, a file with any group or
-    /// other permission bit, and a file owned by another non-root user. The
-    /// checks run on the opened descriptor, so the file cannot be swapped
-    /// between check and read.
+    /// Loads a key file holding one base64 key, with the checks of
+    /// [`read_secret_file`].
     pub fn load_file(path: &Path) -> Result<PrivateKey, KeyError> {
-        let io = |source| KeyError::Io {
+        let bytes = read_secret_file(path, MAX_KEY_FILE_LEN)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| KeyError::BadContent {
             path: path.to_path_buf(),
-            source,
-        };
-        let file = File::options()
-            .read(true)
-            // O_NONBLOCK: opening a FIFO must not hang the daemon; the
-            // regular-file check below refuses it.
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    KeyError::Symlink {
-                        path: path.to_path_buf(),
-                    }
-                } else {
-                    io(e)
-                }
-            })?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.file_type().is_file() {
-            return Err(KeyError::NotRegular {
-                path: path.to_path_buf(),
-            });
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        if meta.uid() != euid && meta.uid() != 0 {
-            return Err(KeyError::Owner {
-                path: path.to_path_buf(),
-                uid: meta.uid(),
-            });
-        }
-        if meta.len() > MAX_KEY_FILE_LEN {
-            return Err(KeyError::TooLarge {
-                path: path.to_path_buf(),
-                len: meta.len(),
-            });
-        }
-        let mut text = String::new();
-        file.take(MAX_KEY_FILE_LEN)
-            .read_to_string(&mut text)
-            .map_err(io)?;
-        PrivateKey::from_base64(&text).map_err(|e| KeyError::BadContent {
+            source: Box::new(KeyError::Length(bytes.len())),
+        })?;
+        PrivateKey::from_base64(text).map_err(|e| KeyError::BadContent {
             path: path.to_path_buf(),
             source: Box::new(e),
         })
@@ -231,6 +192,71 @@ impl PrivateKey {
         f.write_all(format!("{}\n", self.to_base64()).as_bytes())
             .map_err(io)
     }
+}
+
+/// Reads a file holding a secret (our Noise key, the QUIC TLS key) of at
+/// most `max_len` bytes; the bytes are wiped from memory when dropped.
+///
+/// Refuses a symbolic link (the last component is opened with
+/// `O_NOFOLLOW`), anything but a regular file, a file with any group or
+/// other permission bit, and a file owned by another non-root user. The
+/// checks run on the opened descriptor, so the file cannot be swapped
+/// between check and read.
+pub fn read_secret_file(
+    path: &Path,
+    max_len: u64,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::options()
+        .read(true)
+        // O_NONBLOCK: opening a FIFO must not hang the daemon; the
+        // regular-file check below refuses it.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                KeyError::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(KeyError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(KeyError::Owner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+        });
+    }
+    if meta.len() > max_len {
+        return Err(KeyError::TooLarge {
+            path: path.to_path_buf(),
+            len: meta.len(),
+        });
+    }
+    // Room for the whole file up front: a growing Vec would leave
+    // unwiped copies of the secret behind in freed memory.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(max_len as usize + 1));
+    file.take(max_len).read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 impl PartialEq for PrivateKey {

@@ -7,24 +7,45 @@
 //! - [`keys`], [`prefix`]: X25519 key text and IP prefixes.
 //! - [`wire`]: zero-copy views over IP headers and our frame format.
 //! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
-//! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core.
+//! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core;
+//!   [`admission`]: which handshake messages get public-key work.
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`routes`]: the peers' prefixes in the kernel's routing tables.
 //! - [`control`]: metrics and status over a Unix socket.
+//! - [`reload`]: applying a changed config to a running tunnel.
+//! - [`metrics`], [`http`]: the Prometheus view and its `/metrics` listener.
+//! - [`show`]: the human view (`tunneld show`).
+//! - [`service`]: systemd readiness, reload and watchdog notifications.
+//! - [`cli`]: error chains and file writing for the programs.
+//! - `fuzzing`: fuzz target bodies (test suite and cargo-fuzz).
+//! - [`lograte`]: rate limits for log lines that unauthenticated sources cause.
 
+pub mod admission;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod dataplane;
 pub mod device;
 pub mod fq;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gro;
+pub mod http;
 pub mod keys;
+pub mod lograte;
+pub mod metrics;
 pub mod peer;
 pub mod prefix;
+pub mod reload;
 pub mod routes;
+pub mod service;
+pub mod show;
 pub mod transport;
 pub mod tun;
 pub mod units;
 pub mod wire;
+
+#[cfg(test)]
+mod fuzz_tests;

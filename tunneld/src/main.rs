@@ -6,11 +6,16 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use tunneld::cli::{error_chain, write_new};
 use tunneld::config::{self, CipherKind, Config, TransportKind};
-use tunneld::control::{self, ControlServer, Status, StatusCell};
+use tunneld::control::{self, ControlServer, ReloadFn, Status, StatusCell};
+use tunneld::dataplane::Mailbox;
 use tunneld::device::Device;
+use tunneld::http::MetricsServer;
 use tunneld::keys::PrivateKey;
+use tunneld::reload::Reloader;
 use tunneld::routes::{RouteManager, RouteWorker};
+use tunneld::service;
 use tunneld::transport::quic::{self, QuicPeer, QuicSettings};
 use tunneld::transport::{MultiTransport, QuicTransport, TcpTransport, Transport, UdpTransport};
 use tunneld::tun::Tun;
@@ -25,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run the tunnel in the foreground until SIGINT or SIGTERM.
+    /// Run the tunnel in the foreground until SIGINT or SIGTERM; SIGHUP
+    /// reloads the config file.
     Run {
         /// The tunnel config (YAML, `kind: tunnel`).
         #[arg(short, long)]
@@ -39,6 +45,54 @@ enum Cmd {
     },
     /// Print a new private key (base64). Store it with mode 0600.
     Genkey,
+    /// Write a new private key and a starting config for tunnel NAME
+    /// (DIR/NAME.key, mode 0600, and DIR/NAME.yaml, with no peers yet) and
+    /// print the public key to give the peer gateway.
+    Init {
+        /// The tunnel (and TUN interface) name, e.g. tun-a.
+        name: String,
+        /// This gateway's address inside the tunnel, with its subnet
+        /// length (e.g. 198.19.0.1/24).
+        #[arg(long)]
+        address: String,
+        /// Where the config and key go.
+        #[arg(long, default_value = "/etc/tunneld")]
+        dir: PathBuf,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:51820")]
+        listen: String,
+    },
+    /// Ask a running tunneld to re-read its config file (as SIGHUP does):
+    /// peers, prefixes, endpoints, keepalives and rekey limits change
+    /// without dropping the sessions of unchanged peers.
+    Reload {
+        /// The config of the running tunnel (its control_socket is used).
+        #[arg(
+            short,
+            long,
+            conflicts_with = "socket",
+            required_unless_present = "socket"
+        )]
+        config: Option<PathBuf>,
+        /// The control socket path, instead of --config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Show a running tunnel for people: peers, endpoints, latest
+    /// handshakes, transfer, non-zero drops, and why a peer has no session.
+    Show {
+        /// The config of the running tunnel (its control_socket is used).
+        #[arg(
+            short,
+            long,
+            conflicts_with = "socket",
+            required_unless_present = "socket"
+        )]
+        config: Option<PathBuf>,
+        /// The control socket path, instead of --config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Read a private key on stdin and print its public key (base64).
     Pubkey,
     /// Write a self-signed QUIC certificate and key (PEM) and print the SPKI
@@ -80,7 +134,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli.command) {
-        eprintln!("tunneld: {e:#}");
+        eprintln!("tunneld: {}", error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -96,6 +150,32 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 cfg.interface.name,
                 cfg.peers.len(),
                 cipher_name(cfg.cipher)
+            );
+            if cfg.peers.is_empty() {
+                println!("note: no peers yet; add one under `peers:` and reload");
+            }
+            Ok(())
+        }
+        Cmd::Init {
+            name,
+            address,
+            dir,
+            listen,
+        } => init(&name, &address, &dir, &listen),
+        Cmd::Reload { config, socket } => {
+            let answer = control::query(&control_path(socket, config)?, "reload")?;
+            match answer.strip_prefix("error: ") {
+                Some(why) => bail!("reload refused: {}", why.trim_end()),
+                None => {
+                    print!("{answer}");
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Show { config, socket } => {
+            print!(
+                "{}",
+                control::query(&control_path(socket, config)?, "show")?
             );
             Ok(())
         }
@@ -115,8 +195,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Gencert { cert, key } => {
             let (cert_pem, key_pem, pin) = quic::generate_cert()?;
-            write_new(&key, key_pem.as_bytes(), 0o600)?;
-            write_new(&cert, cert_pem.as_bytes(), 0o644)?;
+            write_new(&key, key_pem.as_bytes(), 0o600)
+                .with_context(|| format!("writing {}", key.display()))?;
+            write_new(&cert, cert_pem.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", cert.display()))?;
             println!("{pin}");
             Ok(())
         }
@@ -129,11 +211,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             socket,
             prometheus,
         } => {
-            let path = match (socket, config) {
-                (Some(s), _) => s,
-                (None, Some(c)) => config::load(&c)?.control_socket,
-                (None, None) => bail!("give --config or --socket"),
-            };
+            let path = control_path(socket, config)?;
             let answer = control::query(&path, if prometheus { "metrics" } else { "status" })?;
             print!("{answer}");
             Ok(())
@@ -141,18 +219,59 @@ fn dispatch(cmd: Cmd) -> Result<()> {
     }
 }
 
-/// Writes a new file with `mode`; refuses to overwrite.
-fn write_new(path: &std::path::Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))
+/// The control socket: given, or named by the config. A config that fails
+/// its checks still names it (the daemon then says what is wrong).
+fn control_path(socket: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf> {
+    Ok(match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => match config::load(&c) {
+            Ok(cfg) => cfg.control_socket,
+            Err(e) => match config::control_socket_of(&c) {
+                Some(path) => path,
+                None => {
+                    return Err(anyhow::Error::new(e).context(
+                        "cannot find the control socket in this config (the running \
+                         tunnel was not asked and is unchanged)",
+                    ))
+                }
+            },
+        },
+        (None, None) => bail!("give --config or --socket"),
+    })
+}
+
+/// `tunneld init`: a key and a starting config that `tunneld check` passes.
+fn init(name: &str, address: &str, dir: &std::path::Path, listen: &str) -> Result<()> {
+    let key = PrivateKey::generate()?;
+    let key_name = format!("{name}.key");
+    let yaml = config::starter_config(name, address, listen, &key_name)?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let key_path = dir.join(&key_name);
+    let cfg_path = dir.join(format!("{name}.yaml"));
+    if cfg_path.exists() {
+        bail!("{} exists; not overwriting it", cfg_path.display());
+    }
+    write_new(
+        &key_path,
+        format!("{}\n", key.to_base64()).as_bytes(),
+        0o600,
+    )
+    .with_context(|| format!("writing {}", key_path.display()))?;
+    write_new(&cfg_path, yaml.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
+    config::load(&cfg_path).context("the config just written does not load")?;
+    println!("wrote {} (private key, mode 0600)", key_path.display());
+    println!("wrote {} (no peers yet)", cfg_path.display());
+    println!("public key: {}", key.public());
+    println!(
+        "next: give the public key to the peer gateway, add the peer under `peers:` in {}, \
+         then `tunneld check --config {}` and `systemctl start tunneld@{name}`",
+        cfg_path.display(),
+        cfg_path.display()
+    );
+    Ok(())
 }
 
 /// The transports the peers need: plain UDP alone (the fast path, as
@@ -268,8 +387,11 @@ fn run(path: &std::path::Path) -> Result<()> {
     tun.configure(cfg.interface.mtu, &cfg.interface.addresses, &[])?;
     // Allowed prefixes are routed by the route manager (`routes:`), which
     // follows peer health in `on-session` mode and restores what it replaced.
-    let routes = RouteWorker::start(RouteManager::from_config(&cfg)?)
-        .context("starting the routes thread")?;
+    let routes = Arc::new(
+        RouteWorker::start(RouteManager::from_config(&cfg)?)
+            .context("starting the routes thread")?,
+    );
+    let route_events = routes.sender();
     let status = Arc::new(StatusCell::new(Status {
         interface: cfg.interface.name.clone(),
         listen: transport
@@ -277,9 +399,30 @@ fn run(path: &std::path::Path) -> Result<()> {
             .map(|a| a.to_string())
             .unwrap_or_default(),
         cipher: cipher_name(cfg.cipher).to_string(),
+        public_key: cfg.public_key.to_string(),
         ..Status::default()
     }));
-    let _control = ControlServer::start(&cfg.control_socket, status.clone())?;
+    let mailbox = Arc::new(Mailbox::default());
+    let reloader =
+        Reloader::new(path.to_path_buf(), cfg.clone(), mailbox.clone()).with_routes(routes.clone());
+    let reload: Arc<ReloadFn> = {
+        let status = status.clone();
+        Arc::new(move || reload_now(&reloader, &status))
+    };
+    let _control = ControlServer::start(&cfg.control_socket, status.clone(), Some(reload.clone()))?;
+    let _metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let m = MetricsServer::start(addr, status.clone())
+                .with_context(|| format!("metrics.listen: binding {addr}"))?;
+            log::info!(
+                "serving Prometheus metrics on http://{}/metrics",
+                m.local_addr()
+            );
+            Some(m)
+        }
+        None => None,
+    };
+    let _sighup = SighupReloads::start(reload)?;
     log::info!(
         "tunnel {} up: listening on {}, {} peer(s), cipher {}, mtu {}",
         cfg.interface.name,
@@ -300,20 +443,91 @@ fn run(path: &std::path::Path) -> Result<()> {
         );
     }
     let device = Device::new(&cfg);
-    let ran = tunneld::dataplane::run_with_events(
+    service::ready(&format!(
+        "tunnel {} up, {} peer(s)",
+        cfg.interface.name,
+        cfg.peers.len()
+    ));
+    let _watchdog = service::Watchdog::start(status.clone());
+    let result = tunneld::dataplane::run(
         device,
         &tun,
         transport.as_ref(),
         dp,
         usize::from(cfg.interface.mtu),
-        &status,
-        &shutdown,
-        routes.sender(),
-    );
+        tunneld::dataplane::Links {
+            status: &status,
+            mailbox: &mailbox,
+            shutdown: &shutdown,
+            events: route_events.as_ref(),
+        },
+    )
+    .context("data path failed");
+    service::stopping();
+    // The routes thread ends once every event sender is gone.
+    drop(route_events);
     if let Err(e) = routes.stop() {
         log::error!("withdrawing routes: {e}");
     }
-    ran.context("data path failed")?;
+    result?;
     log::info!("shutting down: removing {}", cfg.interface.name);
     Ok(())
+}
+
+/// Reloads the config and tells the log, systemd and the status what
+/// happened; the answer is for `tunneld reload`.
+fn reload_now(reloader: &Reloader, status: &StatusCell) -> std::result::Result<String, String> {
+    service::reloading();
+    let path = reloader.path().display().to_string();
+    let result = reloader.reload();
+    service::ready("reloaded");
+    match result {
+        Ok(report) => {
+            log::info!("reloaded {path}: {report}");
+            status.record_reload(true, report.to_string());
+            Ok(format!("reloaded {path}: {report}"))
+        }
+        Err(e) => {
+            let why = error_chain(&e);
+            log::warn!("reload of {path} refused: {why}");
+            status.record_reload(false, why.clone());
+            Err(why)
+        }
+    }
+}
+
+/// Reloads on SIGHUP until dropped.
+struct SighupReloads {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SighupReloads {
+    fn start(reload: Arc<ReloadFn>) -> Result<SighupReloads> {
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+            .context("installing the SIGHUP handler")?;
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new()
+            .name("sighup".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    // reload_now logs and records the outcome.
+                    let _ = reload();
+                }
+            })
+            .context("starting the SIGHUP thread")?;
+        Ok(SighupReloads {
+            handle,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SighupReloads {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //!   (key confirmation, as in WireGuard).
 
 use crate::crypto::aead::Aead;
+use crate::crypto::cookie::CookieJar;
 use crate::crypto::handshake::{Initiation, SessionKeys, TIMESTAMP_LEN};
 use crate::crypto::ReplayWindow;
 use crate::prefix::Prefix;
@@ -28,6 +29,11 @@ pub const HANDSHAKE_RETRY_BASE: Duration = Duration::from_secs(1);
 /// Retry interval cap: a peer that comes back is found within this time even
 /// if it does not initiate itself.
 pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(4);
+/// Least time between two handshakes triggered by data frames for an
+/// index we do not hold (WireGuard's REKEY_TIMEOUT): a peer that restarted
+/// is answered at once, a spoofer replaying stale frames gets one
+/// handshake per 5 s, not one per frame.
+pub const TRIGGERED_HANDSHAKE_EVERY: Duration = Duration::from_secs(5);
 
 /// One established session with a peer.
 pub struct Session {
@@ -95,6 +101,9 @@ pub struct Peer {
     pub(crate) name: String,
     pub(crate) public: [u8; 32],
     pub(crate) endpoint: Option<SocketAddr>,
+    /// The endpoint the config names (`endpoint` moves when the peer
+    /// roams); a reload changes `endpoint` only when this changes.
+    pub(crate) configured_endpoint: Option<SocketAddr>,
     pub(crate) allowed: Vec<Prefix>,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) current: Option<Session>,
@@ -113,9 +122,43 @@ pub struct Peer {
     /// First data packet received since we last sent anything (passive keepalive).
     pub(crate) ack_due_since: Option<Instant>,
     pub(crate) staged: VecDeque<Vec<u8>>,
+    /// The MACs of the handshake messages we send this peer, and its cookie.
+    pub(crate) jar: CookieJar,
+    /// When data for an unknown index last triggered a handshake.
+    pub(crate) triggered_at: Option<Instant>,
     pub(crate) tx_bytes: u64,
     pub(crate) rx_bytes: u64,
     pub(crate) handshakes: u64,
+    /// Why there is no session, for `tunneld show` and the log.
+    pub(crate) diag: Diagnosis,
+}
+
+/// What a peer without a session has done so far: initiations sent and
+/// not answered, and the last refusal seen, so an operator reads "3
+/// initiations unanswered since 12:01:07" instead of `"session": false`.
+#[derive(Debug, Clone, Default)]
+pub struct Diagnosis {
+    /// Initiations sent since the last session was established.
+    pub unanswered: u32,
+    /// Wall-clock time (since the Unix epoch) of the first of them.
+    pub unanswered_since: Option<Duration>,
+    /// The last thing that went wrong with this peer's handshakes.
+    pub refusal: Option<String>,
+    /// When the log last said so (rate limit).
+    pub logged_at: Option<Instant>,
+}
+
+impl Diagnosis {
+    /// An initiation went out at wall-clock `unix`.
+    pub fn initiated(&mut self, unix: Duration) {
+        self.unanswered = self.unanswered.saturating_add(1);
+        self.unanswered_since.get_or_insert(unix);
+    }
+
+    /// A session was established: nothing to explain any more.
+    pub fn established(&mut self) {
+        *self = Diagnosis::default();
+    }
 }
 
 impl Peer {
@@ -131,6 +174,7 @@ impl Peer {
             name,
             public,
             endpoint,
+            configured_endpoint: endpoint,
             allowed,
             keepalive,
             current: None,
@@ -145,9 +189,12 @@ impl Peer {
             unanswered_since: None,
             ack_due_since: None,
             staged: VecDeque::new(),
+            jar: CookieJar::new(&public),
+            triggered_at: None,
             tx_bytes: 0,
             rx_bytes: 0,
             handshakes: 0,
+            diag: Diagnosis::default(),
         }
     }
 
@@ -168,6 +215,15 @@ impl Peer {
         } else {
             None
         }
+    }
+
+    /// The local indexes this peer holds: its sessions' and its handshake
+    /// in flight's.
+    pub fn local_indexes(&self) -> impl Iterator<Item = u32> + '_ {
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .filter_map(|s| s.as_ref().map(|s| s.local_index))
+            .chain(self.pending.as_ref().map(|p| p.initiation.local_index()))
     }
 
     /// Mutable access to a session by slot.
@@ -248,6 +304,19 @@ impl Peer {
         if data && self.ack_due_since.is_none() {
             self.ack_due_since = Some(now);
         }
+    }
+
+    /// Whether data for an unknown index may trigger a handshake at `now`
+    /// (at most one per [`TRIGGERED_HANDSHAKE_EVERY`]); records it if so.
+    pub fn may_trigger(&mut self, now: Instant) -> bool {
+        if self
+            .triggered_at
+            .is_some_and(|at| now.saturating_duration_since(at) < TRIGGERED_HANDSHAKE_EVERY)
+        {
+            return false;
+        }
+        self.triggered_at = Some(now);
+        true
     }
 
     /// Delay before retrying an initiation that got no answer.

@@ -21,8 +21,9 @@
 //! [`RouteBackend`] (iproute2's `ip` in the daemon, a recording fake in the
 //! unit tests). [`RouteWorker`] runs it on a thread of its own fed with the
 //! data path's peer events, so `ip` never runs on the data path. A config
-//! reload calls [`RouteWorker::with`] and [`RouteManager::set_peer`] /
-//! [`RouteManager::remove_peer`] to apply changed prefixes.
+//! reload ([`crate::reload`]) calls [`RouteWorker::with`] and
+//! [`RouteManager::set_peer`] / [`RouteManager::remove_peer`] to apply
+//! changed prefixes.
 
 use crate::config::{Config, RouteInstall, RoutesConfig};
 use crate::device::PeerEvent;
@@ -424,11 +425,19 @@ impl RouteManager {
 }
 
 /// A [`RouteManager`] on a thread of its own, applying peer events as the
-/// data path sends them.
+/// data path sends them. Shared (`Arc`) between the daemon's start-up, the
+/// data path's event sender and config reloads.
 pub struct RouteWorker {
     manager: Arc<Mutex<RouteManager>>,
-    events: Option<Sender<PeerEvent>>,
-    thread: Option<JoinHandle<()>>,
+    running: Mutex<Option<(Sender<PeerEvent>, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for RouteWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteWorker")
+            .field("installed", &lock(&self.manager).installed())
+            .finish()
+    }
 }
 
 impl RouteWorker {
@@ -452,14 +461,18 @@ impl RouteWorker {
             })?;
         Ok(RouteWorker {
             manager,
-            events: Some(tx),
-            thread: Some(thread),
+            running: Mutex::new(Some((tx, thread))),
         })
     }
 
-    /// Where the data path sends peer events.
+    /// Where the data path sends peer events (`None` once stopped). Drop
+    /// every clone before [`RouteWorker::stop`], which waits for them.
     pub fn sender(&self) -> Option<Sender<PeerEvent>> {
-        self.events.clone()
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(tx, _)| tx.clone())
     }
 
     /// Runs `f` on the manager (e.g. a reload's [`RouteManager::set_peer`]).
@@ -467,19 +480,21 @@ impl RouteWorker {
         f(&mut lock(&self.manager))
     }
 
-    /// Applies the events already sent, stops the thread, then withdraws
-    /// every route and restores what they replaced.
-    pub fn stop(mut self) -> Result<(), RouteError> {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> Result<(), RouteError> {
-        // The thread ends once every sender is gone (the data path's too).
-        self.events.take();
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("the routes thread panicked");
-            }
+    /// Applies the events already sent, stops the thread (once every
+    /// sender is gone), then withdraws every route and restores what they
+    /// replaced. Later calls do nothing.
+    pub fn stop(&self) -> Result<(), RouteError> {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some((tx, thread)) = running else {
+            return Ok(());
+        };
+        drop(tx);
+        if thread.join().is_err() {
+            log::error!("the routes thread panicked");
         }
         lock(&self.manager).withdraw_all()
     }
@@ -487,10 +502,8 @@ impl RouteWorker {
 
 impl Drop for RouteWorker {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            if let Err(e) = self.shutdown() {
-                log::error!("withdrawing routes at exit: {e}");
-            }
+        if let Err(e) = self.stop() {
+            log::error!("withdrawing routes at exit: {e}");
         }
     }
 }

@@ -23,8 +23,12 @@ use tun_rs::{DeviceBuilder, GROTable, SyncDevice};
 pub const VNET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 /// Scratch space for one raw read: vnet header plus the largest super-packet.
 pub const READ_SCRATCH: usize = VNET_HDR_LEN + 65_535;
-/// Most packets one super-packet splits into: 64 KiB of payload at the
-/// smallest MSS the kernel emits for TSO (~536 bytes) is 123 segments.
+/// Most packets one super-packet splits into. 64 KiB at an MSS of 536 is
+/// 123 segments, but TCP builds super-packets of any MSS down to 48 bytes
+/// (1,365 segments), so the device's `gso_max_segs` is set to this at
+/// creation: the kernel then never hands us more (TCP sizes its
+/// super-packets to it, forwarded GRO packets are segmented in software
+/// before the device), and tun-rs's split never runs out of buffers.
 pub const MAX_SPLIT: usize = 128;
 
 /// Why the device could not be created or configured.
@@ -76,6 +80,17 @@ impl Tun {
         if offload && !active {
             log::warn!("TUN offload (IFF_VNET_HDR TSO) unavailable: one packet per read");
         }
+        if active {
+            // See MAX_SPLIT: without this, a TCP flow with a small MSS (any
+            // below ~512) makes super-packets we cannot split.
+            let segs = MAX_SPLIT.to_string();
+            if let Err(e) = ip(&["link", "set", "dev", name, "gso_max_segs", &segs]) {
+                log::warn!(
+                    "cannot limit {name}'s gso_max_segs to {segs} ({e}): super-packets of \
+                     more segments will be dropped (counted as io.tun_read_errors)"
+                );
+            }
+        }
         Ok(Tun {
             dev,
             name: name.to_string(),
@@ -116,11 +131,7 @@ impl Tun {
                 ip(&["addr", "replace", &a, "dev", &self.name])?;
             }
         }
-        for r in routes {
-            let r = r.to_string();
-            ip(&["route", "replace", &r, "dev", &self.name])?;
-        }
-        Ok(())
+        add_routes(&self.name, routes)
     }
 
     /// Reads what is queued: one packet, or one super-packet split into
@@ -168,6 +179,26 @@ impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.dev.as_raw_fd()
     }
+}
+
+/// Routes each of `routes` through device `dev`.
+pub fn add_routes(dev: &str, routes: &[Prefix]) -> Result<(), TunError> {
+    for r in routes {
+        ip(&["route", "replace", &r.to_string(), "dev", dev])?;
+    }
+    Ok(())
+}
+
+/// Removes the routes of `routes` through device `dev`; one already gone
+/// is not an error.
+pub fn remove_routes(dev: &str, routes: &[Prefix]) -> Result<(), TunError> {
+    for r in routes {
+        match ip(&["route", "del", &r.to_string(), "dev", dev]) {
+            Err(TunError::Ip { stderr, .. }) if stderr.contains("No such process") => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 fn ip(args: &[&str]) -> Result<(), TunError> {

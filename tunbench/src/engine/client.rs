@@ -51,7 +51,26 @@ pub fn run_client(spec: &TestSpec) -> Result<TestResult, EngineError> {
         client: format!("tunbench {}", env!("CARGO_PKG_VERSION")),
     };
     proto::write_msg(&mut writer, &hello).map_err(|e| EngineError::Protocol(e.into()))?;
-    let (cookie, udp_port, echo_port) = match proto::read_msg(&mut reader, MAX_MESSAGE)? {
+    let mut answer = proto::read_msg(&mut reader, MAX_MESSAGE)?;
+    if let Msg::Challenge { nonce } = &answer {
+        let Some(key) = &spec.auth_key else {
+            return Err(EngineError::Rejected(
+                "the server requires authentication: pass --auth-key FILE with its shared key"
+                    .into(),
+            ));
+        };
+        let nonce = crate::engine::auth::unhex(nonce)
+            .filter(|n| n.len() == crate::engine::auth::NONCE_LEN)
+            .ok_or_else(|| EngineError::Rejected("malformed authentication challenge".into()))?;
+        let auth = Msg::Auth {
+            mac: key.answer(&nonce),
+        };
+        proto::write_msg(&mut writer, &auth).map_err(|e| EngineError::Protocol(e.into()))?;
+        answer = proto::read_msg(&mut reader, MAX_MESSAGE)?;
+    } else if spec.auth_key.is_some() {
+        log::info!("the server did not ask for authentication");
+    }
+    let (cookie, udp_port, echo_port) = match answer {
         Msg::Accept {
             cookie,
             udp_port,
@@ -191,7 +210,7 @@ pub fn run_client(spec: &TestSpec) -> Result<TestResult, EngineError> {
     }
     if let Some(s) = udp_recv {
         let (f, t, n) = (flags.clone(), tx.clone(), p.parallel as usize);
-        std::thread::spawn(move || streams::udp_receiver(s, n, test_id, clock, f, t));
+        std::thread::spawn(move || streams::udp_receiver(s, None, n, test_id, clock, f, t));
     }
     // Latency under load: probes sent inside the measured window count.
     let loaded = probe_sock.map(|s| {
@@ -313,15 +332,7 @@ pub(crate) fn spawn_ctrl_reader(mut reader: BufReader<TcpStream>, tx: Sender<Eve
 /// Announces the client's UDP receive address until the test starts.
 fn spawn_udp_hello(s: Arc<UdpSocket>, test_id: u32, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
-        let mut buf = [0u8; UdpHeader::LEN];
-        UdpHeader {
-            seq: 0,
-            send_ns: 0,
-            test_id,
-            stream: 0,
-            flags: UdpHeader::HELLO,
-        }
-        .encode(&mut buf);
+        let buf = UdpHeader::hello(test_id);
         while !stop.load(Ordering::Relaxed) {
             let _ = s.send(&buf);
             std::thread::sleep(Duration::from_millis(50));

@@ -116,13 +116,16 @@ impl Default for Phase {
 }
 
 /// Echoes probes of test `test_id` until `stop`.
-pub fn echo_loop(sock: UdpSocket, test_id: u32, stop: Arc<AtomicBool>) {
+/// Only probes from `peer` (the control connection's address) are
+/// answered: the echo must not reflect traffic at anyone else.
+pub fn echo_loop(sock: UdpSocket, peer: std::net::IpAddr, test_id: u32, stop: Arc<AtomicBool>) {
     let mut buf = [0u8; 2048];
     let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
     while !stop.load(Ordering::Relaxed) {
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => {
-                let ok = matches!(UdpHeader::decode(&buf[..n]), Some(h) if h.test_id == test_id && h.flags == UdpHeader::PROBE);
+                let ok = crate::engine::server::unmap_ip(from.ip()) == peer
+                    && matches!(UdpHeader::decode(&buf[..n]), Some(h) if h.test_id == test_id && h.flags == UdpHeader::PROBE);
                 if ok {
                     let _ = sock.send_to(&buf[..n], from);
                 }
@@ -242,7 +245,9 @@ mod tests {
         let addr = echo.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
-        let t = std::thread::spawn(move || echo_loop(echo, 42, s2));
+        let t = std::thread::spawn(move || {
+            echo_loop(echo, std::net::Ipv4Addr::LOCALHOST.into(), 42, s2)
+        });
         let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
         c.connect(addr).expect("connect");
         let now = Instant::now();

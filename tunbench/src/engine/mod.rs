@@ -20,6 +20,7 @@
 //! 3. One session loop per side ([`session`]) owns time: window end, TCP_INFO samples,
 //!    report exchange, abort.
 
+pub mod auth;
 pub mod client;
 pub mod latency;
 pub mod output;
@@ -37,7 +38,7 @@ pub use latency::{LatencyResult, LatencySummary};
 pub use result::{
     DirectionResult, Flow, IntervalResult, MeasuredBy, StreamResult, TestResult, SCHEMA,
 };
-pub use server::{Server, ServerHandle, ServerRecord};
+pub use server::{Server, ServerCounters, ServerHandle, ServerOptions, ServerRecord};
 pub use spec::{Direction, LatencyParams, Protocol, SpecError, TestParams, TestSpec, DEFAULT_PORT};
 
 /// Why a test could not be run at all (a test that started and then failed returns

@@ -4,7 +4,8 @@
 //! `"type"`. Exchange (iperf3's model with explicit states):
 //! ```text
 //! client                                server
-//!   hello {params}        ───────────►    validate, reserve the test slot
+//!   hello {params}        ───────────►    (with a shared key: challenge {nonce} ◄── , auth {mac} ──►)
+//!                                         validate, reserve the test slot
 //!                         ◄───────────    accept {cookie, udp_port, echo_port} | error
 //!   data connections: [DATA_MAGIC, cookie(16), stream u16, role u8] on the same port
 //!                         ◄───────────    start            (t0 on both sides)
@@ -93,6 +94,17 @@ pub enum Msg {
         /// Client software, for logs.
         client: String,
     },
+    /// Server → client, in answer to a hello when the server requires a
+    /// shared key ([`crate::engine::auth`]): prove you hold it.
+    Challenge {
+        /// Hex random nonce.
+        nonce: String,
+    },
+    /// Client → server: HMAC-SHA256 of the challenge under the shared key.
+    Auth {
+        /// Hex MAC.
+        mac: String,
+    },
     /// Server → client: test accepted.
     Accept {
         /// Hex cookie binding data connections to this test.
@@ -147,6 +159,21 @@ pub enum ProtoError {
     /// Socket error (including read timeout).
     #[error("control connection: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The wire name of a message's type, for error messages.
+pub fn msg_name(m: &Msg) -> &'static str {
+    match m {
+        Msg::Hello { .. } => "hello",
+        Msg::Challenge { .. } => "challenge",
+        Msg::Auth { .. } => "auth",
+        Msg::Accept { .. } => "accept",
+        Msg::Start => "start",
+        Msg::StopSending => "stop_sending",
+        Msg::SenderReport { .. } => "sender_report",
+        Msg::ReceiverReport { .. } => "receiver_report",
+        Msg::Error { .. } => "error",
+    }
 }
 
 /// Encodes a message as one line (with `"v"` and a trailing newline).

@@ -179,6 +179,28 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")))
 }
 
+/// Caps the rate the kernel sends `s` at (SO_MAX_PACING_RATE, bytes/s;
+/// TCP paces itself with it since Linux 4.13, no fq qdisc needed).
+pub fn set_max_pacing_rate(s: &TcpStream, bytes_per_sec: u64) -> io::Result<()> {
+    // The kernel takes a u32 (saturating: u32::MAX means unlimited) on
+    // every version; a u64 only on newer ones.
+    let v: u32 = u32::try_from(bytes_per_sec).unwrap_or(u32::MAX).max(1);
+    // SAFETY: valid socket fd, pointer to a live u32 and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            &v as *const u32 as *const libc::c_void,
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,6 +164,10 @@ pub struct TestSpec {
     pub bind_dev: Option<String>,
     /// The test itself.
     pub params: TestParams,
+    /// Shared key, for servers that require authentication (never
+    /// serialized).
+    #[serde(skip)]
+    pub auth_key: Option<crate::engine::auth::AuthKey>,
 }
 
 impl TestSpec {
@@ -176,6 +180,7 @@ impl TestSpec {
             bind: None,
             bind_dev: None,
             params: TestParams::default(),
+            auth_key: None,
         }
     }
 }

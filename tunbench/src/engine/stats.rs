@@ -150,6 +150,21 @@ impl UdpHeader {
     /// Flag: latency probe (echoed back unchanged).
     pub const PROBE: u16 = 2;
 
+    /// The datagram a UDP receiver sends to announce its address (reverse
+    /// mode) for test `test_id`.
+    pub fn hello(test_id: u32) -> [u8; UdpHeader::LEN] {
+        let mut b = [0u8; UdpHeader::LEN];
+        UdpHeader {
+            seq: 0,
+            send_ns: 0,
+            test_id,
+            stream: 0,
+            flags: UdpHeader::HELLO,
+        }
+        .encode(&mut b);
+        b
+    }
+
     /// Writes the header at the start of `buf` (which must hold [`Self::LEN`] bytes).
     pub fn encode(&self, buf: &mut [u8]) -> bool {
         let Some(h) = buf.get_mut(..Self::LEN) else {

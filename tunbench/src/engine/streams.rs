@@ -253,9 +253,11 @@ pub fn udp_sender(
 }
 
 /// Receives the datagrams of `n_streams` streams on one socket until `stop_recv`.
-/// Datagrams of other tests, hellos, probes and runts are counted and ignored.
+/// Datagrams of other tests, hellos, probes and runts, and with `from` set
+/// any datagram from another address, are counted and ignored.
 pub fn udp_receiver(
     sock: Arc<UdpSocket>,
+    from: Option<std::net::IpAddr>,
     n_streams: usize,
     test_id: u32,
     clock: TestClock,
@@ -276,7 +278,11 @@ pub fn udp_receiver(
     let _ = sock.set_read_timeout(Some(UDP_POLL));
     while !flags.stop_recv.load(Ordering::Relaxed) && !flags.abort.load(Ordering::Relaxed) {
         match sock.recv_from(&mut buf) {
-            Ok((n, _)) => {
+            Ok((n, src)) => {
+                if from.is_some_and(|ip| crate::engine::server::unmap_ip(src.ip()) != ip) {
+                    foreign += 1;
+                    continue;
+                }
                 let ns = clock.elapsed_ns(Instant::now());
                 let h = match UdpHeader::decode(&buf[..n]) {
                     Some(h)
@@ -306,7 +312,7 @@ pub fn udp_receiver(
         }
     }
     if foreign > 0 {
-        log::debug!("ignored {foreign} datagrams that did not belong to test {test_id:08x}");
+        log::info!("ignored {foreign} datagrams that did not belong to test {test_id:08x}");
     }
     for s in 0..n_streams {
         let report = ReceiverStreamReport {

@@ -35,10 +35,18 @@ pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 <
 pub const DEFAULT_REKEY_TIME: Duration = Duration::from_secs(120);
 /// Shortest rekey interval (short values exist for tests).
 pub const MIN_REKEY_TIME: Duration = Duration::from_secs(1);
+/// Longest rekey interval: a day. Forward secrecy comes from rekeying, and
+/// the session lifetime derived from it (1.5 × this) must stay a sane time.
+pub const MAX_REKEY_TIME: Duration = Duration::from_secs(24 * 3600);
 /// Default rekey volume: 64 GiB, far below the AES-GCM per-key limits.
 pub const DEFAULT_REKEY_BYTES: u64 = 64 << 30;
 /// Smallest rekey volume (for tests that force rekeying).
 pub const MIN_REKEY_BYTES: u64 = 64 << 10;
+/// Largest rekey volume: 1 TiB, about 2^30 full-size packets under one key,
+/// well inside AES-GCM's per-key usage limits (RFC 8446 section 5.5
+/// suggests rekeying TLS after 2^24.5 full records for a 2^-57 margin; our
+/// default 64 GiB is about that; beyond 1 TiB the margin erodes quickly).
+pub const MAX_REKEY_BYTES: u64 = 1 << 40;
 /// Persistent keepalive bounds.
 pub const KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
@@ -178,9 +186,34 @@ pub struct TunnelFile {
     /// How the peers' allowed prefixes are routed into the TUN device.
     #[serde(default, skip_serializing_if = "RoutesFile::is_default")]
     pub routes: RoutesFile,
-    /// The remote gateways (at least one).
+    /// The Prometheus `/metrics` HTTP endpoint; none without this section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsFile>,
+    /// The remote gateways (none yet is allowed: peers can be added by a reload).
     #[serde(deserialize_with = "de_peers")]
     pub peers: Vec<PeerFile>,
+}
+
+/// `metrics:` — an HTTP listener serving `GET /metrics` in the Prometheus
+/// text format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Address to listen on; loopback by default, so only a scraper on
+    /// this host reads the counters unless the operator opens it.
+    #[serde(
+        default = "default_metrics_listen",
+        deserialize_with = "de_socket_addr"
+    )]
+    pub listen: SocketAddr,
+}
+
+/// Default `metrics.listen`: loopback only.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9820);
+
+fn default_metrics_listen() -> SocketAddr {
+    DEFAULT_METRICS_LISTEN
 }
 
 /// `interface:`.
@@ -638,18 +671,22 @@ pub(crate) fn check_socket_buffer(s: Size) -> Result<(), String> {
 }
 
 pub(crate) fn check_rekey_time(s: Span) -> Result<(), String> {
-    if s.0 >= MIN_REKEY_TIME {
-        Ok(())
-    } else {
+    if s.0 < MIN_REKEY_TIME {
         Err(format!("{:?} is below the minimum of 1s", s.0))
+    } else if s.0 > MAX_REKEY_TIME {
+        Err(format!("{:?} is above the maximum of 24h", s.0))
+    } else {
+        Ok(())
     }
 }
 
 pub(crate) fn check_rekey_bytes(s: Size) -> Result<(), String> {
-    if s.0 >= MIN_REKEY_BYTES {
-        Ok(())
-    } else {
+    if s.0 < MIN_REKEY_BYTES {
         Err(format!("{} bytes is below the minimum of 64K", s.0))
+    } else if s.0 > MAX_REKEY_BYTES {
+        Err(format!("{} bytes is above the maximum of 1T", s.0))
+    } else {
+        Ok(())
     }
 }
 
@@ -876,5 +913,5 @@ fn de_allowed<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> 
 }
 
 fn de_peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerFile>, D::Error> {
-    non_empty(d, "peer")
+    Vec::deserialize(d)
 }

@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{
-    DataplaneFile, HealthFile, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile,
-    RouteInstall, RoutesFile, TunnelFile, BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS, DEFAULT_MTU,
-    DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME,
-    DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, FLOWS_RANGE, IPV6_MIN_MTU, KEEPALIVE_RANGE,
-    MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE,
-    SOCKET_BUFFER_RANGE, WORKERS_RANGE,
+    DataplaneFile, HealthFile, InterfaceFile, Kind, MetricsFile, PeerFile, PeerQuicFile, QuicFile,
+    RekeyFile, RouteInstall, RoutesFile, TunnelFile, BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS,
+    DEFAULT_METRICS_LISTEN, DEFAULT_MTU, DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE,
+    DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, FLOWS_RANGE,
+    IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES,
+    MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE, WORKERS_RANGE,
 };
 pub use file::{
     HEALTH_DEAD_AFTER_RANGE, HEALTH_INTERVAL_RANGE, HEALTH_MIN_INTERVALS, MAIN_ROUTE_TABLE,
@@ -193,7 +193,9 @@ pub struct Config {
     pub rekey_after_bytes: u64,
     /// The QUIC endpoint, when some peer uses `transport: quic`.
     pub quic: Option<QuicConfig>,
-    /// Remote gateways (at least one).
+    /// Where `GET /metrics` is served over HTTP, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Remote gateways (none yet is allowed: a reload adds them).
     pub peers: Vec<PeerConfig>,
     /// Fast dead-peer detection; `None`: the default timers.
     pub health: Option<HealthConfig>,
@@ -382,6 +384,28 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse_named(&text, base, &path.display().to_string())
 }
 
+/// The control socket: `control_socket` resolved against the config's
+/// directory, or `/run/tunneld/<interface>.sock`.
+fn socket_path(configured: Option<&Path>, interface: &str, base_dir: &Path) -> PathBuf {
+    match configured {
+        Some(p) => base_dir.join(p),
+        None => PathBuf::from(format!("/run/tunneld/{interface}.sock")),
+    }
+}
+
+/// The control socket a config file names, read leniently: only
+/// `control_socket` and `interface.name` need to be there, so `tunneld
+/// reload` can reach the daemon (which then says what is wrong) even when
+/// the file fails its checks. `None` when the file is not YAML with those.
+pub fn control_socket_of(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc: serde_norway::Value = serde_norway::from_str(&text).ok()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let configured = doc.get("control_socket").and_then(|v| v.as_str());
+    let name = doc.get("interface")?.get("name")?.as_str()?;
+    Some(socket_path(configured.map(Path::new), name, base))
+}
+
 /// Parses and checks config text; relative paths resolve against `base_dir`.
 /// Also loads the private key file.
 pub fn parse_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
@@ -493,9 +517,6 @@ pub fn check(
                 .into(),
         ));
     }
-    if raw.peers.is_empty() {
-        return Err(cx.invalid("peers".into(), "at least one peer is required".into()));
-    }
 
     for (i, p) in raw.peers.iter().enumerate() {
         let at = |f: &str| format!("peers[{i}].{f}");
@@ -528,6 +549,18 @@ pub fn check(
                 return Err(cx.invalid(
                     format!("peers[{i}].allowed_prefixes[{a}]"),
                     format!("{pre} has host bits set; did you mean {}?", pre.trunc()),
+                ));
+            }
+            // The tunnel's outer packets to the peer would be routed into
+            // the tunnel itself: a loop that carries nothing.
+            if let Some(e) = p.endpoint.filter(|e| pre.contains(e.ip())) {
+                return Err(cx.invalid(
+                    at("endpoint"),
+                    format!(
+                        "{e} is inside the peer's own allowed_prefixes[{a}] {pre}: the \
+                         tunnel's packets to it would be routed into the tunnel (a loop); \
+                         the endpoint must be reachable outside the tunnel"
+                    ),
                 ));
             }
         }
@@ -590,10 +623,7 @@ pub fn check(
         ));
     }
 
-    let control_socket = match &raw.control_socket {
-        Some(p) => base_dir.join(p),
-        None => PathBuf::from(format!("/run/tunneld/{}.sock", iface.name)),
-    };
+    let control_socket = socket_path(raw.control_socket.as_deref(), &iface.name, base_dir);
     let dp = &raw.dataplane;
     for (field, v, range) in [
         ("dataplane.batch", dp.batch, file::BATCH_RANGE),
@@ -695,6 +725,7 @@ pub fn check(
         rekey_after_time: raw.rekey.after_time.0,
         rekey_after_bytes: raw.rekey.after_bytes.0,
         quic,
+        metrics_listen: raw.metrics.as_ref().map(|m| m.listen),
         peers: raw
             .peers
             .iter()
@@ -849,6 +880,60 @@ fn check_transports(
         idle_timeout: q.idle_timeout.0,
         keepalive: q.keepalive.0,
     }))
+}
+
+/// The starting config `tunneld init` writes: interface `name` with
+/// `address`, listening on `listen`, its key in `key_file` beside it, no
+/// peers yet, and a commented peer to fill in. Each argument is checked as
+/// the config loader would.
+pub fn starter_config(
+    name: &str,
+    address: &str,
+    listen: &str,
+    key_file: &str,
+) -> Result<String, ConfigError> {
+    let bad = |field: &str, message: String| ConfigError::Invalid {
+        file: "tunneld init".into(),
+        field: field.into(),
+        line: None,
+        column: None,
+        message,
+    };
+    file::check_if_name(name).map_err(|m| bad("name", m))?;
+    let addr =
+        Prefix::parse_interface_addr(address).map_err(|e| bad("--address", e.to_string()))?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| bad("--listen", format!("\"{listen}\" is not IP:PORT")))?;
+    Ok(format!(
+        "\
+# tunneld config for tunnel {name}; every field is described in docs/config.md.
+# Check it with `tunneld check --config THIS_FILE`; after editing a running
+# tunnel's peers, `systemctl reload tunneld@{name}` applies them without
+# dropping the other peers' sessions.
+kind: tunnel
+
+interface:
+  name: {name}
+  addresses: [\"{addr}\"]
+  mtu: 1420                     # 1500 on the WAN minus 80 bytes of tunnel overhead
+
+listen: \"{listen}\"           # UDP; open this port to the peer gateways
+private_key_file: {key_file}    # beside this file, mode 0600
+
+# metrics:                      # Prometheus: GET http://127.0.0.1:9820/metrics
+#   listen: 127.0.0.1:9820
+
+peers: []
+# A peer, once its public key is known (`tunneld pubkey < KEY` on its side):
+# peers:
+#   - name: dc-b
+#     public_key: \"BASE64 PUBLIC KEY OF THE PEER\"
+#     endpoint: 203.0.113.2:51820   # omit on a hub: the spoke connects first
+#     allowed_prefixes: [10.2.0.0/16]
+#     keepalive: 25s
+"
+    ))
 }
 
 impl TunnelFile {

@@ -401,6 +401,101 @@ fn rekey_too_small() {
 }
 
 #[test]
+fn rekey_too_large_is_refused_not_a_panic_at_start() {
+    let f = fixture();
+    let base = f.yaml();
+    let t = base.replace(
+        "peers:\n",
+        "rekey:\n  after_time: 15000000000000000000s\npeers:\n",
+    );
+    let msg = f.expect_err(&t, "rekey.after_time", "after_time:");
+    assert!(msg.contains("24h"), "{msg}");
+    let t = base.replace("peers:\n", "rekey:\n  after_time: 25h\npeers:\n");
+    f.expect_err(&t, "rekey.after_time", "after_time:");
+    let t = base.replace("peers:\n", "rekey:\n  after_bytes: 2T\npeers:\n");
+    f.expect_err(&t, "rekey.after_bytes", "after_bytes:");
+    let t = base.replace(
+        "peers:\n",
+        "rekey:\n  after_time: 24h\n  after_bytes: 1T\npeers:\n",
+    );
+    let c = f.parse(&t).expect("the maxima are accepted");
+    let _ = crate::device::Device::new(&c);
+}
+
+#[test]
+fn extreme_numbers_in_every_duration_and_size_never_panic() {
+    // Each field that takes a duration or size, with values at and beyond
+    // what the units can hold: a clear error or a config whose device
+    // builds, never a panic.
+    let f = fixture();
+    let base = f.yaml();
+    let values = [
+        "0",
+        "1",
+        "0s",
+        "1ns",
+        "18446744073709551615",
+        "18446744073709551616",
+        "15000000000000000000s",
+        "18446744073709551615s",
+        "99999999999999999999999h",
+        "1e30",
+        "-1s",
+        "1.5s",
+        "NaN",
+        "1Y",
+        "18446744073709551615G",
+        "9999999T",
+        "1s1s",
+        "",
+    ];
+    let fields = [
+        ("rekey:\n  after_time: {}\n", ""),
+        ("rekey:\n  after_bytes: {}\n", ""),
+        ("socket_buffer: {}\n", ""),
+        ("dataplane:\n  codel_target: {}\n", ""),
+        ("dataplane:\n  codel_interval: {}\n", ""),
+        ("dataplane:\n  queue_limit: {}\n", ""),
+        ("dataplane:\n  batch: {}\n", ""),
+        ("dataplane:\n  flows: {}\n", ""),
+        ("quic:\n  idle_timeout: {}\n", ""),
+        ("quic:\n  keepalive: {}\n", ""),
+    ];
+    let mut built = 0;
+    for (field, _) in fields {
+        for v in values {
+            let top = field.replace("{}", v);
+            let t = base.replace("peers:\n", &format!("{top}peers:\n"));
+            if let Ok(c) = f.parse(&t) {
+                let _ = crate::device::Device::new(&c);
+                built += 1;
+            }
+        }
+        let t = base.replace("keepalive: 10s", &format!("keepalive: {}", values[6]));
+        assert!(f.parse(&t).is_err());
+    }
+    assert!(built > 0, "some values are valid");
+}
+
+#[test]
+fn endpoint_inside_the_peers_own_prefixes_is_a_routing_loop() {
+    let f = fixture();
+    let text = f
+        .yaml()
+        .replace("endpoint: 198.18.0.2:51820", "endpoint: 198.18.2.9:51820");
+    let msg = f.expect_err(&text, "peers[0].endpoint", "endpoint:");
+    assert!(msg.contains("loop"), "{msg}");
+    let text = f
+        .yaml()
+        .replace(
+            "endpoint: 198.18.0.2:51820",
+            "endpoint: \"[fd00:2::1]:51820\"",
+        )
+        .replace("listen: 0.0.0.0:51820", "listen: \"[::]:51820\"");
+    f.expect_err(&text, "peers[0].endpoint", "endpoint:");
+}
+
+#[test]
 fn socket_buffer_out_of_range() {
     let f = fixture();
     let t = f.yaml().replace("peers:\n", "socket_buffer: 2G\npeers:\n");
@@ -509,13 +604,37 @@ fn unknown_field_in_peer() {
 
 #[test]
 fn peers_empty_and_missing() {
+    // A gateway may start with no peers (a hub before its spokes, a config
+    // from `tunneld init`): a reload adds them. The field itself is required.
     let f = fixture();
     let y = f.yaml();
     let cut = y.find("peers:").expect("peers");
     let t = format!("{}peers: []\n", &y[..cut]);
-    f.expect_err(&t, "peers", "peers:");
+    assert!(f.parse(&t).expect("no peers yet").peers.is_empty());
     let msg = f.parse(&y[..cut]).expect_err("no peers").to_string();
     assert!(msg.contains("missing field `peers`"), "{msg}");
+}
+
+#[test]
+fn metrics_listen_defaults_to_loopback() {
+    let f = fixture();
+    let y = f.yaml();
+    let cut = y.find("peers:").expect("peers");
+    let with = |m: &str| format!("{}{m}\n{}", &y[..cut], &y[cut..]);
+    assert_eq!(f.parse(&y).expect("no section").metrics_listen, None);
+    let c = f.parse(&with("metrics: {}")).expect("empty section");
+    assert_eq!(c.metrics_listen, Some(DEFAULT_METRICS_LISTEN));
+    assert!(DEFAULT_METRICS_LISTEN.ip().is_loopback());
+    let c = f
+        .parse(&with("metrics: {listen: \"[::1]:9100\"}"))
+        .expect("v6");
+    assert_eq!(c.metrics_listen, Some("[::1]:9100".parse().expect("addr")));
+    f.expect_err(
+        &with("metrics: {listen: nowhere}"),
+        "metrics.listen",
+        "nowhere",
+    );
+    f.expect_err(&with("metrics: {port: 9}"), "port", "port: 9");
 }
 
 #[test]
@@ -623,6 +742,7 @@ fn round_trip_generated_config() {
             table: 100,
             metric: Some(50),
         },
+        metrics: None,
         rekey: RekeyFile {
             after_time: Span(Duration::from_millis(1500)),
             after_bytes: Size(1 << 20),

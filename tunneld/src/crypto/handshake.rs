@@ -13,6 +13,7 @@
 //! path uses them with its own AEAD (see [`super::aead`]) and counter nonces.
 
 use snow::params::NoiseParams;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The Noise protocol name: IK pattern, X25519, ChaCha20-Poly1305, BLAKE2s.
 pub const NOISE_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -46,12 +47,16 @@ pub enum HandshakeError {
     /// The output buffer is too small for the message.
     #[error("output buffer too small")]
     BufferTooSmall,
+    /// The initiation already completed; a second response is refused.
+    #[error("handshake already finished")]
+    Finished,
 }
 
-/// Our static key pair.
+/// Our static key pair. The private key is wiped from memory when the
+/// identity is dropped.
 #[derive(Clone)]
 pub struct Identity {
-    private: [u8; 32],
+    private: Zeroizing<[u8; 32]>,
     public: [u8; 32],
 }
 
@@ -64,7 +69,10 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// Builds an identity from the raw private key and its public key.
     pub fn new(private: [u8; 32], public: [u8; 32]) -> Self {
-        Identity { private, public }
+        Identity {
+            private: Zeroizing::new(private),
+            public,
+        }
     }
 
     /// Our public key.
@@ -73,7 +81,9 @@ impl Identity {
     }
 }
 
-/// Keys and indexes of one freshly established session.
+/// Keys and indexes of one freshly established session. The keys are
+/// wiped from memory when this is dropped (the AEADs built from them hold
+/// their own expanded copies).
 #[derive(Clone)]
 pub struct SessionKeys {
     /// Key sealing what we send.
@@ -86,6 +96,13 @@ pub struct SessionKeys {
     pub remote_index: u32,
     /// True if we sent the first handshake message.
     pub initiator: bool,
+}
+
+impl Drop for SessionKeys {
+    fn drop(&mut self) {
+        self.send.zeroize();
+        self.recv.zeroize();
+    }
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -134,7 +151,7 @@ pub fn start_initiation(
     }
     let mut hs = snow::Builder::new(params())
         .prologue(PROLOGUE)?
-        .local_private_key(&id.private)?
+        .local_private_key(&id.private[..])?
         .remote_public_key(peer_public)?
         .build_initiator()?;
     let n = hs.write_message(&timestamp, out)?;
@@ -159,10 +176,13 @@ impl Initiation {
         &self.peer_public
     }
 
-    /// Consumes the responder's message (whose frame carried `remote_index`)
-    /// and returns the session keys.
+    /// Reads the responder's message (whose frame carried `remote_index`)
+    /// and returns the session keys. A message that fails leaves the
+    /// initiation as it was (snow restores its state), so a forged response
+    /// cannot kill the handshake the genuine response completes; after a
+    /// success the initiation is spent and the caller drops it.
     pub fn finish(
-        mut self,
+        &mut self,
         response: &[u8],
         remote_index: u32,
     ) -> Result<SessionKeys, HandshakeError> {
@@ -171,6 +191,9 @@ impl Initiation {
                 got: response.len(),
                 expected: RESPONSE_NOISE_LEN,
             });
+        }
+        if self.hs.is_handshake_finished() {
+            return Err(HandshakeError::Finished);
         }
         let mut payload = [0u8; 64];
         self.hs.read_message(response, &mut payload)?;
@@ -219,7 +242,7 @@ pub fn read_initiation(
     }
     let mut hs = snow::Builder::new(params())
         .prologue(PROLOGUE)?
-        .local_private_key(&id.private)?
+        .local_private_key(&id.private[..])?
         .build_responder()?;
     let mut payload = [0u8; 64];
     let n = hs.read_message(noise, &mut payload)?;
@@ -297,7 +320,7 @@ mod tests {
         let a = identity(1);
         let b = identity(2);
         let mut m1 = [0u8; 256];
-        let (init, n1) =
+        let (mut init, n1) =
             start_initiation(&a, b.public(), 11, timestamp(100, 5), &mut m1).expect("init");
         assert_eq!(n1, INIT_NOISE_LEN);
         let recv = read_initiation(&b, &m1[..n1], 11).expect("read init");
@@ -321,7 +344,7 @@ mod tests {
         let b = identity(2);
         let run = || {
             let mut m1 = [0u8; 256];
-            let (init, n1) =
+            let (mut init, n1) =
                 start_initiation(&a, b.public(), 1, timestamp(1, 0), &mut m1).expect("init");
             let recv = read_initiation(&b, &m1[..n1], 1).expect("read");
             let mut m2 = [0u8; 256];
@@ -363,7 +386,7 @@ mod tests {
         let a = identity(1);
         let b = identity(2);
         let mut m1 = [0u8; 256];
-        let (init, n1) =
+        let (mut init, n1) =
             start_initiation(&a, b.public(), 1, timestamp(1, 0), &mut m1).expect("init");
         for i in [0, 40, n1 - 1] {
             let mut bad = m1[..n1].to_vec();
@@ -384,11 +407,47 @@ mod tests {
     }
 
     #[test]
+    fn forged_responses_do_not_spoil_the_genuine_one() {
+        let a = identity(1);
+        let b = identity(2);
+        let mallory = identity(6);
+        let mut m1 = [0u8; 256];
+        let (mut init, n1) =
+            start_initiation(&a, b.public(), 1, timestamp(1, 0), &mut m1).expect("init");
+        // Forgeries first: random bytes, a real response from another
+        // responder key (Mallory answering the initiation she saw), and a
+        // genuine response with a flipped bit.
+        assert!(init.finish(&[0x55; RESPONSE_NOISE_LEN], 9).is_err());
+        let mut stolen = [0u8; 256];
+        let (_, ns) = start_initiation(&a, mallory.public(), 1, timestamp(1, 0), &mut stolen)
+            .expect("init for mallory");
+        let recv_m = read_initiation(&mallory, &stolen[..ns], 1).expect("read");
+        let mut forged = [0u8; 256];
+        let (_, nf) = recv_m.respond(9, &mut forged).expect("respond");
+        assert!(init.finish(&forged[..nf], 9).is_err());
+        let recv = read_initiation(&b, &m1[..n1], 1).expect("read");
+        let mut m2 = [0u8; 256];
+        let (kb, n2) = recv.respond(2, &mut m2).expect("respond");
+        let mut bad = m2[..n2].to_vec();
+        bad[33] ^= 1;
+        assert!(init.finish(&bad, 2).is_err());
+        let ka = init
+            .finish(&m2[..n2], 2)
+            .expect("genuine response still works");
+        assert_eq!(ka.send, kb.recv);
+        assert!(matches!(
+            init.finish(&m2[..n2], 2),
+            Err(HandshakeError::Finished)
+        ));
+    }
+
+    #[test]
     fn response_from_other_handshake_fails() {
         let a = identity(1);
         let b = identity(2);
         let mut m1 = [0u8; 256];
-        let (init1, _) = start_initiation(&a, b.public(), 1, timestamp(1, 0), &mut m1).expect("i");
+        let (mut init1, _) =
+            start_initiation(&a, b.public(), 1, timestamp(1, 0), &mut m1).expect("i");
         let mut m1b = [0u8; 256];
         let (_, n1b) = start_initiation(&a, b.public(), 2, timestamp(2, 0), &mut m1b).expect("i");
         let recv = read_initiation(&b, &m1b[..n1b], 2).expect("read");

@@ -6,8 +6,9 @@
 //! before decrypting (a cheap early drop) and [`ReplayWindow::mark`] only after
 //! the tag verified, so forged frames can never move the window.
 
-/// Number of 64-bit blocks in the ring. 128 blocks hold 8192 counters, of
-/// which one block is kept as the slack that makes block-wise clearing work:
+/// Number of 64-bit blocks in the ring. 128 blocks hold 8192 bits, of
+/// which one block is kept as the slack that makes block-wise clearing work
+/// (so the window is [`WINDOW`] = 8,128 counters):
 /// enough for the reordering that several parallel UDP flows and a multi-Gbit/s
 /// path produce (WireGuard uses the same size).
 const BLOCKS: usize = 128;

@@ -13,9 +13,11 @@
 //! TCP and QUIC run their connections on background threads that queue
 //! received frames in an [`inbox::Inbox`] whose eventfd wakes the poll loop.
 
+pub mod admission;
 pub mod framing;
 pub(crate) mod inbox;
 pub mod multi;
+pub mod pmtu;
 pub mod quic;
 pub mod tcp;
 pub mod udp;
@@ -83,10 +85,23 @@ pub trait Transport: AsRawFd + Send + Sync {
     fn max_frame(&self, _to: SocketAddr) -> Option<usize> {
         None
     }
+    /// Re-reads what limits frames to `endpoints` (UDP: the kernel's path
+    /// MTU to each, see [`pmtu`]); called about once a second.
+    fn refresh_paths(&self, _endpoints: &[SocketAddr]) {}
     /// Counters of the stream/connection transports, and UDP's per-flow
     /// send counts.
     fn counters(&self) -> TransportCounters {
         TransportCounters::default()
+    }
+    /// True when the transport wants [`Transport::authenticated`] calls
+    /// (TCP: accepted connections stay pending until then).
+    fn tracks_authentication(&self) -> bool {
+        false
+    }
+    /// The protocol core accepted a frame from `from` (it is now a peer's
+    /// endpoint). Only called when [`Transport::tracks_authentication`].
+    fn authenticated(&self, from: SocketAddr) {
+        let _ = from;
     }
     /// Outer flows frames to a peer can be spread over (`dataplane.flows`
     /// UDP sockets); 1 for transports without flows (TCP, QUIC).
@@ -118,8 +133,19 @@ pub struct TransportCounters {
     pub tcp_accepted: u64,
     /// TCP connections we dialed successfully.
     pub tcp_dialed: u64,
-    /// TCP connections refused because `MAX_CONNECTIONS` were open.
+    /// Accepted TCP connections closed at once: their source opened
+    /// connections faster than `admission::ACCEPTS_PER_SEC`.
     pub tcp_refused: u64,
+    /// Accepted TCP connections that authenticated (the protocol core
+    /// accepted a frame from them).
+    pub tcp_authenticated: u64,
+    /// Pending (unauthenticated) TCP connections closed to make room for a
+    /// newer one (budget or per-source limit).
+    pub tcp_evicted: u64,
+    /// Pending TCP connections closed at `admission::AUTH_DEADLINE`.
+    pub tcp_auth_timeout: u64,
+    /// Pending TCP connections open at the snapshot (a gauge).
+    pub tcp_pending: u64,
     /// TCP connections closed for a zero or oversized length prefix.
     pub tcp_bad_length: u64,
     /// TCP connections that ended inside a frame (truncated frame).
@@ -153,6 +179,9 @@ pub(crate) struct Stats {
     pub tcp_accepted: AtomicU64,
     pub tcp_dialed: AtomicU64,
     pub tcp_refused: AtomicU64,
+    pub tcp_authenticated: AtomicU64,
+    pub tcp_evicted: AtomicU64,
+    pub tcp_auth_timeout: AtomicU64,
     pub tcp_bad_length: AtomicU64,
     pub tcp_truncated: AtomicU64,
     pub quic_connections: AtomicU64,
@@ -175,6 +204,9 @@ impl Stats {
             tcp_accepted: g(&self.tcp_accepted),
             tcp_dialed: g(&self.tcp_dialed),
             tcp_refused: g(&self.tcp_refused),
+            tcp_authenticated: g(&self.tcp_authenticated),
+            tcp_evicted: g(&self.tcp_evicted),
+            tcp_auth_timeout: g(&self.tcp_auth_timeout),
             tcp_bad_length: g(&self.tcp_bad_length),
             tcp_truncated: g(&self.tcp_truncated),
             quic_connections: g(&self.quic_connections),

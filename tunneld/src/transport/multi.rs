@@ -165,11 +165,35 @@ impl Transport for MultiTransport {
     }
 
     fn frame_floor(&self) -> Option<usize> {
-        self.quic.as_ref().and_then(|q| q.frame_floor())
+        let q = self.quic.as_ref().and_then(|q| q.frame_floor());
+        let u = self.udp.as_ref().and_then(|u| u.frame_floor());
+        match (q, u) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn max_frame(&self, to: SocketAddr) -> Option<usize> {
-        self.quic.as_ref().and_then(|q| q.max_frame(to))
+        self.quic
+            .as_ref()
+            .and_then(|q| q.max_frame(to))
+            .or_else(|| self.udp.as_ref().and_then(|u| u.max_frame(to)))
+    }
+
+    fn refresh_paths(&self, endpoints: &[SocketAddr]) {
+        if let Some(u) = &self.udp {
+            u.refresh_paths(endpoints);
+        }
+    }
+
+    fn tracks_authentication(&self) -> bool {
+        self.tcp.is_some()
+    }
+
+    fn authenticated(&self, from: SocketAddr) {
+        if let Some(t) = &self.tcp {
+            t.mark_authenticated(from);
+        }
     }
 
     fn counters(&self) -> TransportCounters {

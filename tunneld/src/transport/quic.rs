@@ -28,6 +28,7 @@ use super::inbox::Inbox;
 use super::udp::set_buffers;
 use super::{bump, unmap, Received, Stats, Transport, TransportCounters};
 use crate::device::OVERHEAD;
+use crate::lograte::{suppressed_note, LogLimiter};
 use bytes::Bytes;
 use quinn::rustls;
 use quinn::rustls::client::danger::{
@@ -197,12 +198,26 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, QuicError> {
     Ok(certs)
 }
 
+/// Longest TLS key file read: a PEM RSA-4096 key is ~3.3 KB, ours (P-256)
+/// ~250 bytes; this bounds the read of a wrong file.
+const MAX_TLS_KEY_FILE_LEN: u64 = 64 << 10;
+
+/// Reads the TLS private key with the checks the Noise key gets (no
+/// symlink, a regular file, mode 0600 or stricter, owned by us or root;
+/// [`crate::keys::read_secret_file`]); its bytes are wiped after parsing.
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, QuicError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| QuicError::File {
+    let err = |message: String| QuicError::File {
         path: path.to_path_buf(),
-        message: format!("cannot read a private key: {e}"),
-    })
+        message,
+    };
+    let pem = crate::keys::read_secret_file(path, MAX_TLS_KEY_FILE_LEN)
+        .map_err(|e| err(format!("cannot read a private key: {e}")))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| err(format!("cannot read a private key: {e}")))
 }
+
+/// Log lines about refused certificates and connections: anyone can cause them.
+static REFUSED_CERTS: LogLimiter = LogLimiter::new();
+static REFUSED_CONNECTIONS: LogLimiter = LogLimiter::new();
 
 /// Accepts exactly the certificates whose SPKI hash is pinned.
 #[derive(Debug)]
@@ -225,12 +240,16 @@ impl Pinned {
             .iter()
             .map(|(n, p)| format!("{} (peer {n})", pin_text(p)))
             .collect();
-        log::error!(
-            "QUIC certificate of {} refused: SPKI sha256 {} does not match the pinned {}",
-            self.role,
-            pin_text(&got),
-            want.join(", ")
-        );
+        // Anyone can present a certificate: a warning, rate-limited.
+        if let Some(n) = REFUSED_CERTS.allow() {
+            log::warn!(
+                "QUIC certificate of {} refused: SPKI sha256 {} does not match the pinned {}{}",
+                self.role,
+                pin_text(&got),
+                want.join(", "),
+                suppressed_note(n)
+            );
+        }
         Err(rustls::Error::InvalidCertificate(
             rustls::CertificateError::ApplicationVerificationFailure,
         ))
@@ -587,10 +606,13 @@ fn runtime_main(
             let i = inner.clone();
             if i.live() >= MAX_CONNECTIONS {
                 bump(&i.stats.quic_handshake_failures);
-                log::warn!(
-                    "QUIC connection from {} refused: {MAX_CONNECTIONS} connections open",
-                    incoming.remote_address()
-                );
+                if let Some(n) = REFUSED_CONNECTIONS.allow() {
+                    log::warn!(
+                        "QUIC connection from {} refused: {MAX_CONNECTIONS} connections open{}",
+                        incoming.remote_address(),
+                        suppressed_note(n)
+                    );
+                }
                 incoming.refuse();
                 continue;
             }
@@ -600,7 +622,12 @@ fn runtime_main(
                     Ok(conn) => run_conn(&i, conn, "accepted").await,
                     Err(e) => {
                         bump(&i.stats.quic_handshake_failures);
-                        log::warn!("QUIC connection from {from} refused: {e}");
+                        if let Some(n) = REFUSED_CONNECTIONS.allow() {
+                            log::warn!(
+                                "QUIC connection from {from} refused: {e}{}",
+                                suppressed_note(n)
+                            );
+                        }
                     }
                 }
             });

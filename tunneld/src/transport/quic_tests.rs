@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::keys::tests::TempDir;
+use std::os::unix::fs::PermissionsExt;
 
 fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, [u8; 32]) {
     let (cert, key, pin) = generate_cert().expect("gencert");
@@ -10,6 +11,7 @@ fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, [u8; 32]) {
     let k = dir.join(format!("{name}.key"));
     std::fs::write(&c, cert).expect("write cert");
     std::fs::write(&k, key).expect("write key");
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     assert_eq!(pin_of_cert_file(&c).expect("pin of file"), pin);
     (c, k, parse_pin(&pin).expect("pin parses"))
 }
@@ -91,4 +93,26 @@ fn pinned_pair_exchanges_datagrams_and_a_wrong_certificate_is_refused() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(tc.inner.conns().is_empty());
+}
+
+#[test]
+fn tls_key_file_gets_the_noise_key_checks() {
+    let dir = TempDir::new("quic-key-checks");
+    let (_, k, _) = write_cert(&dir.0, "a");
+    assert!(load_key(&k).is_ok());
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let e = load_key(&k).expect_err("group/other readable").to_string();
+    assert!(e.contains("0644"), "{e}");
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.0.join("link.key");
+    std::os::unix::fs::symlink(&k, &link).expect("symlink");
+    let e = load_key(&link).expect_err("symlink").to_string();
+    assert!(e.contains("symbolic link") || e.contains("symlink"), "{e}");
+    let big = dir.0.join("big.key");
+    std::fs::write(&big, vec![b'A'; 70_000]).expect("write");
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(load_key(&big)
+        .expect_err("too large")
+        .to_string()
+        .contains("too large"));
 }

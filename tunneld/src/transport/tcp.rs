@@ -12,12 +12,19 @@
 //! connection's bounded queue or, when it is full, drops them (counted), like
 //! a full UDP socket buffer would.
 //!
-//! Bounds: [`MAX_CONNECTIONS`] live connections, [`framing::MAX_FRAME`] per
-//! frame, [`SEND_QUEUE`] batches queued per connection, one read buffer per
-//! connection. A zero or oversized length prefix closes that connection and
-//! counts (`tcp_bad_length`); a connection silent for [`IDLE_TIMEOUT`] is
-//! closed.
+//! Bounds: accepted connections are *pending* until the protocol core
+//! accepts a frame from one ([`Transport::authenticated`]); pending ones
+//! have their own budget, per-source limits, eviction of the oldest and a
+//! deadline ([`super::admission`]), and may queue at most
+//! [`PENDING_FRAMES`] frames before their reads pause. Dialed and
+//! authenticated connections are never refused or evicted for them.
+//! [`framing::MAX_FRAME`] per frame, [`SEND_QUEUE`] batches queued per
+//! connection, one read buffer per connection. A zero or oversized length
+//! prefix closes that connection and counts (`tcp_bad_length`); an
+//! authenticated connection that received no frame for [`IDLE_TIMEOUT`] is
+//! closed (a trickle of bytes that never completes a frame does not count).
 
+use super::admission::{Admission, Verdict};
 use super::framing::{self, Decoder};
 use super::inbox::Inbox;
 use super::{bump, unmap, Received, Stats, Transport, TransportCounters};
@@ -31,8 +38,13 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Live connections at most (accepted and dialed); more are refused.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Frames a pending connection may queue for the protocol core before it
+/// has authenticated; then its reads pause (TCP pushes back) until it
+/// authenticates or its deadline closes it. A peer's first frames are one
+/// handshake message, or a few data frames after a redial with a live
+/// session; 64 leaves room for those while a flood of pending connections
+/// cannot fill the shared receive queue.
+pub const PENDING_FRAMES: usize = 64;
 /// Send batches queued per connection before sends are dropped.
 pub const SEND_QUEUE: usize = 256;
 /// A connection that received nothing for this long is closed (tunnel
@@ -54,12 +66,19 @@ const READ_BUF: usize = 64 * 1024;
 struct Conn {
     id: u64,
     tx: SyncSender<Vec<u8>>,
+    /// False while the connection is pending (accepted, not authenticated).
+    authenticated: Arc<AtomicBool>,
 }
 
 struct Inner {
     inbox: Inbox,
     stats: Arc<Stats>,
     conns: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    /// Pending connections and source rates; the acceptor admits, readers
+    /// and [`TcpTransport::mark_authenticated`] remove.
+    admission: Mutex<Admission>,
+    /// Sockets of pending connections, to close them on eviction/deadline.
+    pending: Mutex<HashMap<u64, TcpStream>>,
     live: AtomicUsize,
     next_id: AtomicU64,
     shutdown: AtomicBool,
@@ -69,6 +88,21 @@ struct Inner {
 impl Inner {
     fn conns(&self) -> MutexGuard<'_, HashMap<SocketAddr, Vec<Conn>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes pending connection `id` (its reader then ends it).
+    fn close_pending(&self, id: u64) {
+        if let Some(s) = self.pending().remove(&id) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -97,6 +131,8 @@ impl TcpTransport {
             inbox: Inbox::new(stats.clone())?,
             stats,
             conns: Mutex::new(HashMap::new()),
+            admission: Mutex::new(Admission::new()),
+            pending: Mutex::new(HashMap::new()),
             live: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
@@ -163,6 +199,25 @@ impl TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// The protocol core accepted a frame from `from`: the connections
+    /// serving `from` are no longer pending.
+    pub fn mark_authenticated(&self, from: SocketAddr) {
+        let conns = self.inner.conns();
+        let Some(v) = conns.get(&from) else {
+            return;
+        };
+        for c in v {
+            if !c.authenticated.swap(true, Ordering::Relaxed) {
+                bump(&self.inner.stats.tcp_authenticated);
+                self.inner.admission().remove(c.id);
+                self.inner.pending().remove(&c.id);
+                log::info!("TCP connection from {from} authenticated");
+            }
+        }
+    }
+}
+
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.inner.shutdown.store(true, Ordering::Relaxed);
@@ -178,6 +233,12 @@ fn accept_loop(inner: &Arc<Inner>, listener: TcpListener) {
         };
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut p, 1, POLL.as_millis() as libc::c_int) };
+        let expired = inner.admission().expired(Instant::now());
+        for id in expired {
+            bump(&inner.stats.tcp_auth_timeout);
+            log::debug!("TCP connection {id}: not authenticated in time, closing");
+            inner.close_pending(id);
+        }
         let (stream, from) = match listener.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -188,18 +249,48 @@ fn accept_loop(inner: &Arc<Inner>, listener: TcpListener) {
             }
         };
         let from = unmap(from);
-        if inner.live.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            bump(&inner.stats.tcp_refused);
-            log::warn!("TCP connection from {from} refused: {MAX_CONNECTIONS} connections open");
-            continue;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let verdict = inner.admission().admit(id, from.ip(), Instant::now());
+        match verdict {
+            Verdict::Refuse => {
+                bump(&inner.stats.tcp_refused);
+                log::debug!("TCP connection from {from} refused: too many from that source");
+                continue;
+            }
+            Verdict::Admit { evict } => {
+                if let Some(e) = evict {
+                    bump(&inner.stats.tcp_evicted);
+                    log::debug!(
+                        "TCP connection {} evicted for a newer one from {from} ({})",
+                        e.id,
+                        if e.same_source {
+                            "same source"
+                        } else {
+                            "pending budget full"
+                        }
+                    );
+                    inner.close_pending(e.id);
+                }
+            }
         }
+        let handle = match stream.try_clone() {
+            Ok(h) => h,
+            Err(e) => {
+                inner.admission().remove(id);
+                log::warn!("TCP connection from {from}: {e}");
+                continue;
+            }
+        };
+        inner.pending().insert(id, handle);
         bump(&inner.stats.tcp_accepted);
-        log::info!("TCP connection accepted from {from}");
+        log::debug!("TCP connection accepted from {from}");
         let i = inner.clone();
         let spawned = std::thread::Builder::new()
             .name("tcp-conn".into())
-            .spawn(move || serve(&i, stream, from));
+            .spawn(move || serve(&i, stream, from, id, false));
         if let Err(e) = spawned {
+            inner.admission().remove(id);
+            inner.close_pending(id);
             log::warn!("TCP connection from {from}: no thread: {e}");
         }
     }
@@ -208,20 +299,21 @@ fn accept_loop(inner: &Arc<Inner>, listener: TcpListener) {
 fn dial_loop(inner: &Arc<Inner>, to: SocketAddr) {
     let mut backoff = BACKOFF_MIN;
     while !inner.shutdown.load(Ordering::Relaxed) {
-        if inner.live.load(Ordering::Relaxed) < MAX_CONNECTIONS {
-            match TcpStream::connect_timeout(&to, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    bump(&inner.stats.tcp_dialed);
-                    log::info!("TCP connection to {to} established");
-                    let started = Instant::now();
-                    serve(inner, stream, to);
-                    if started.elapsed() > BACKOFF_MAX {
-                        backoff = BACKOFF_MIN;
-                    }
-                    log::info!("TCP connection to {to} lost; redialing in {backoff:?}");
+        // Dialed connections go to configured endpoints: trusted from the
+        // start, never counted against pending connections.
+        match TcpStream::connect_timeout(&to, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                bump(&inner.stats.tcp_dialed);
+                log::info!("TCP connection to {to} established");
+                let started = Instant::now();
+                let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+                serve(inner, stream, to, id, true);
+                if started.elapsed() > BACKOFF_MAX {
+                    backoff = BACKOFF_MIN;
                 }
-                Err(e) => log::debug!("TCP dial {to}: {e}; retrying in {backoff:?}"),
+                log::info!("TCP connection to {to} lost; redialing in {backoff:?}");
             }
+            Err(e) => log::debug!("TCP dial {to}: {e}; retrying in {backoff:?}"),
         }
         let until = Instant::now() + backoff;
         while Instant::now() < until && !inner.shutdown.load(Ordering::Relaxed) {
@@ -232,22 +324,27 @@ fn dial_loop(inner: &Arc<Inner>, to: SocketAddr) {
 }
 
 /// Runs one connection: registers it for sends to `peer`, starts its writer
-/// and reads frames into the inbox until it closes.
-fn serve(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
+/// and reads frames into the inbox until it closes. `trusted`: dialed by
+/// us (else pending until authenticated).
+fn serve(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr, id: u64, trusted: bool) {
     inner.live.fetch_add(1, Ordering::Relaxed);
-    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::sync_channel(SEND_QUEUE);
+    let authenticated = Arc::new(AtomicBool::new(trusted));
     let setup = configure(&stream, inner.buffer).and_then(|()| stream.try_clone());
     match setup {
         Ok(wstream) => {
-            inner.conns().entry(peer).or_default().push(Conn { id, tx });
+            inner.conns().entry(peer).or_default().push(Conn {
+                id,
+                tx,
+                authenticated: authenticated.clone(),
+            });
             let i = inner.clone();
             let writer = std::thread::Builder::new()
                 .name("tcp-write".into())
                 .spawn(move || write_loop(&i, wstream, rx));
             match writer {
                 Ok(w) => {
-                    read_loop(inner, &stream, peer);
+                    read_loop(inner, &stream, peer, &authenticated);
                     let _ = stream.shutdown(Shutdown::Both);
                     forget(inner, peer, id);
                     let _ = w.join();
@@ -258,6 +355,8 @@ fn serve(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
         Err(e) => log::warn!("TCP {peer}: socket setup failed: {e}"),
     }
     forget(inner, peer, id);
+    inner.admission().remove(id);
+    inner.pending().remove(&id);
     inner.live.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -285,18 +384,53 @@ fn configure(stream: &TcpStream, buffer: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn read_loop(inner: &Inner, mut stream: &TcpStream, peer: SocketAddr) {
+fn read_loop(inner: &Inner, mut stream: &TcpStream, peer: SocketAddr, auth: &AtomicBool) {
     let mut buf = vec![0u8; READ_BUF];
     let mut dec = Decoder::new();
     let mut last = Instant::now();
+    // Frames queued while pending ([`PENDING_FRAMES`]), and frames read
+    // beyond that, held (at most one read's worth) until authenticated.
+    let mut unauthenticated_frames = 0usize;
+    let mut held: Vec<Vec<u8>> = Vec::new();
     while !inner.shutdown.load(Ordering::Relaxed) {
+        let authenticated = auth.load(Ordering::Relaxed);
+        if authenticated && !held.is_empty() {
+            for f in held.drain(..) {
+                inner.inbox.push(peer, f);
+            }
+        }
+        if !authenticated && unauthenticated_frames >= PENDING_FRAMES {
+            // Paused until authenticated; eviction or the deadline closes
+            // the socket (seen at the next read).
+            std::thread::sleep(POLL / 4);
+            if !auth.load(Ordering::Relaxed) {
+                let mut probe = [0u8; 1];
+                match stream.peek(&mut probe) {
+                    Ok(0) => return,
+                    Err(e)
+                        if !matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        return
+                    }
+                    _ => continue,
+                }
+            }
+            continue;
+        }
         let n = match stream.read(&mut buf) {
             Ok(0) => {
                 if dec.in_frame() {
                     bump(&inner.stats.tcp_truncated);
                     log::info!("TCP {peer}: closed inside a frame (truncated frame dropped)");
-                } else {
+                } else if authenticated {
                     log::info!("TCP {peer}: closed by the other side");
+                } else {
+                    log::debug!("TCP {peer}: closed before authenticating");
                 }
                 return;
             }
@@ -307,8 +441,8 @@ fn read_loop(inner: &Inner, mut stream: &TcpStream, peer: SocketAddr) {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if last.elapsed() >= IDLE_TIMEOUT {
-                    log::info!("TCP {peer}: idle for {IDLE_TIMEOUT:?}, closing");
+                if authenticated && last.elapsed() >= IDLE_TIMEOUT {
+                    log::info!("TCP {peer}: no frame for {IDLE_TIMEOUT:?}, closing");
                     return;
                 }
                 continue;
@@ -318,17 +452,28 @@ fn read_loop(inner: &Inner, mut stream: &TcpStream, peer: SocketAddr) {
                 if dec.in_frame() {
                     bump(&inner.stats.tcp_truncated);
                 }
-                log::info!("TCP {peer}: {e}");
+                log::debug!("TCP {peer}: {e}");
                 return;
             }
         };
-        last = Instant::now();
+        let mut frames = 0usize;
         let r = dec.feed(&buf[..n], |f| {
-            inner.inbox.push(peer, inner.inbox.buffer(f));
+            frames += 1;
+            if authenticated {
+                inner.inbox.push(peer, inner.inbox.buffer(f));
+            } else if unauthenticated_frames < PENDING_FRAMES {
+                unauthenticated_frames += 1;
+                inner.inbox.push(peer, inner.inbox.buffer(f));
+            } else {
+                held.push(f.to_vec());
+            }
         });
+        if frames > 0 {
+            last = Instant::now();
+        }
         if let Err(e) = r {
             bump(&inner.stats.tcp_bad_length);
-            log::warn!("TCP {peer}: {e}; closing the connection");
+            log::debug!("TCP {peer}: {e}; closing the connection");
             return;
         }
     }
@@ -393,7 +538,17 @@ impl Transport for TcpTransport {
     }
 
     fn counters(&self) -> TransportCounters {
-        self.inner.stats.snapshot()
+        let mut c = self.inner.stats.snapshot();
+        c.tcp_pending = self.inner.admission().pending() as u64;
+        c
+    }
+
+    fn tracks_authentication(&self) -> bool {
+        true
+    }
+
+    fn authenticated(&self, from: SocketAddr) {
+        self.mark_authenticated(from);
     }
 }
 
@@ -458,5 +613,110 @@ mod tests {
         // The established connection still works.
         a.send(baddr, b"still", 5).expect("send");
         assert_eq!(recv_one(&b).1, b"still".to_vec());
+    }
+
+    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A connection from `127.0.0.<host>` to `to`.
+    fn connect_from(host: u8, to: SocketAddr) -> io::Result<TcpStream> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        s.bind(&SocketAddr::from(([127, 0, 0, host], 0)).into())?;
+        s.connect(&to.into())?;
+        Ok(s.into())
+    }
+
+    #[test]
+    fn idle_connection_flood_never_displaces_an_authenticated_peer() {
+        let b =
+            TcpTransport::start("127.0.0.1:0".parse().expect("addr"), vec![], 1 << 20).expect("b");
+        let baddr = b.local_addr().expect("addr");
+        // Idle connections from eight sources fill the pending budget.
+        let mut idle = Vec::new();
+        for host in 2..10u8 {
+            for _ in 0..4 {
+                idle.push(connect_from(host, baddr).expect("connect"));
+            }
+        }
+        wait_for("32 accepted", || b.counters().tcp_accepted == 32);
+        assert_eq!(b.counters().tcp_pending, 32);
+        // The real peer dials in: admitted by evicting the oldest idle one.
+        let a = TcpTransport::start("127.0.0.1:0".parse().expect("addr"), vec![baddr], 1 << 20)
+            .expect("a");
+        wait_for("dialed", || a.inner.conns().get(&baddr).is_some());
+        a.send(baddr, b"init", 4).expect("send");
+        let (from, f) = recv_one(&b);
+        assert_eq!(f, b"init".to_vec());
+        assert!(b.counters().tcp_evicted >= 1);
+        // The protocol core accepted its frame.
+        b.authenticated(from);
+        assert_eq!(b.counters().tcp_authenticated, 1);
+        assert_eq!(b.counters().tcp_pending, 31);
+        // 200 more idle connections from 40 sources: pending stays bounded,
+        // the authenticated one stays.
+        for k in 0..200u32 {
+            let host = 20 + (k % 40) as u8;
+            if let Ok(s) = connect_from(host, baddr) {
+                idle.push(s);
+            }
+        }
+        wait_for("flood accepted or refused", || {
+            let c = b.counters();
+            c.tcp_accepted + c.tcp_refused >= 33 + 200
+        });
+        let c = b.counters();
+        assert!(c.tcp_pending <= super::super::admission::MAX_PENDING as u64);
+        assert!(c.tcp_evicted >= 200 - 32, "{c:?}");
+        b.send(from, b"reply", 5).expect("reply");
+        assert_eq!(recv_one(&a), (baddr, b"reply".to_vec()));
+        a.send(baddr, b"still", 5).expect("send");
+        assert_eq!(recv_one(&b), (from, b"still".to_vec()));
+        // A source over its accept burst is refused outright.
+        let before = b.counters().tcp_refused;
+        for _ in 0..30 {
+            if let Ok(s) = connect_from(99, baddr) {
+                idle.push(s);
+            }
+        }
+        wait_for("refusals", || b.counters().tcp_refused >= before + 15);
+    }
+
+    #[test]
+    fn a_pending_connection_queues_a_bounded_number_of_frames() {
+        let b =
+            TcpTransport::start("127.0.0.1:0".parse().expect("addr"), vec![], 1 << 20).expect("b");
+        let baddr = b.local_addr().expect("addr");
+        let mut evil = TcpStream::connect(baddr).expect("connect");
+        let mut wire = Vec::new();
+        for i in 0..300u16 {
+            framing::encode(&i.to_be_bytes(), &mut wire).expect("encode");
+        }
+        evil.write_all(&wire).expect("write");
+        let mut got = 0;
+        let mut from = None;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut storage = [0u8; 64];
+        let mut out = [Received::default(); 1];
+        while Instant::now() < deadline {
+            let mut bufs = [IoSliceMut::new(&mut storage)];
+            match b.recv(&mut bufs, &mut out) {
+                Ok(_) => {
+                    got += 1;
+                    from = Some(out[0].from);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        assert_eq!(got, PENDING_FRAMES);
+        // Once authenticated, the rest flows.
+        b.authenticated(from.expect("a sender"));
+        for _ in 0..(300 - PENDING_FRAMES) {
+            recv_one(&b);
+        }
     }
 }

@@ -57,6 +57,8 @@ pub struct UdpTransport {
     v6: bool,
     max_segments: usize,
     gro_segments: usize,
+    /// Path MTU per peer endpoint, as the kernel learned it.
+    paths: super::pmtu::PathMtus,
 }
 
 impl UdpTransport {
@@ -143,6 +145,7 @@ impl UdpTransport {
             v6: listen.is_ipv6(),
             max_segments,
             gro_segments,
+            paths: super::pmtu::PathMtus::default(),
         })
     }
 
@@ -368,6 +371,18 @@ impl Transport for UdpTransport {
 
     fn gro_segments(&self) -> usize {
         self.gro_segments
+    }
+
+    fn frame_floor(&self) -> Option<usize> {
+        self.paths.floor()
+    }
+
+    fn max_frame(&self, to: SocketAddr) -> Option<usize> {
+        self.paths.max_frame(to)
+    }
+
+    fn refresh_paths(&self, endpoints: &[SocketAddr]) {
+        self.paths.refresh(endpoints);
     }
 
     fn flows(&self) -> usize {

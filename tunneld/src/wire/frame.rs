@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! common:              type u8 | reserved [u8;3] (zero)
-//! HandshakeInit (1):   common | sender_index u32 | noise message...
-//! HandshakeResponse(2):common | sender_index u32 | receiver_index u32 | noise...
-//! CookieReply (3):     reserved for later; valid type, callers drop it
+//! HandshakeInit (1):   common | sender_index u32 | noise message | mac1 [16] | mac2 [16]
+//! HandshakeResponse(2):common | sender_index u32 | receiver_index u32 | noise | mac1 | mac2
+//! CookieReply (3):     common | receiver_index u32 | nonce [24] | sealed cookie [16+16]
 //! Data (4)/Keepalive(5): common | receiver_index u32 | counter u64 | ciphertext | tag[16]
 //! ```
 //!
 //! The 16-byte data header is the AEAD associated data. A keepalive carries
-//! an empty plaintext, so it is exactly 32 bytes.
+//! an empty plaintext, so it is exactly 32 bytes. The two MACs that end every
+//! handshake message and the cookie reply are WireGuard's DoS defence; their
+//! cryptography is in [`crate::crypto::cookie`].
 
 use super::WireError;
 
@@ -26,6 +28,16 @@ pub const HANDSHAKE_RESPONSE_HEADER_LEN: usize = 12;
 /// Smallest Noise payload accepted in a handshake message (one ephemeral
 /// public key); the Noise layer checks the exact length.
 pub const MIN_NOISE_LEN: usize = 32;
+/// Length of each of the two MACs ending a handshake message.
+pub const MAC_LEN: usize = 16;
+/// Bytes the MACs add to a handshake message (mac1, mac2).
+pub const MACS_LEN: usize = 2 * MAC_LEN;
+/// Length of the cookie reply's XChaCha20-Poly1305 nonce.
+pub const COOKIE_NONCE_LEN: usize = 24;
+/// Length of a sealed cookie: a 16-byte cookie and its 16-byte tag.
+pub const SEALED_COOKIE_LEN: usize = 16 + TAG_LEN;
+/// Size of a cookie reply frame: header, receiver, nonce, sealed cookie.
+pub const COOKIE_REPLY_LEN: usize = 8 + COOKIE_NONCE_LEN + SEALED_COOKIE_LEN;
 
 mod field {
     use std::ops::Range;
@@ -34,6 +46,8 @@ mod field {
     pub const INDEX: Range<usize> = 4..8;
     pub const COUNTER: Range<usize> = 8..16;
     pub const RESPONSE_RECEIVER: Range<usize> = 8..12;
+    pub const COOKIE_NONCE: Range<usize> = 8..32;
+    pub const COOKIE_SEALED: Range<usize> = 32..64;
 }
 
 /// The frame types.
@@ -44,7 +58,8 @@ pub enum MessageType {
     HandshakeInit = 1,
     /// Second handshake message (responder → initiator).
     HandshakeResponse = 2,
-    /// Reserved for a later DoS cookie; callers drop it.
+    /// A cookie for the sender's address, sent instead of a handshake
+    /// response while the responder is under load.
     CookieReply = 3,
     /// Encrypted inner packet.
     Data = 4,
@@ -228,14 +243,15 @@ pub struct HandshakeInit<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> HandshakeInit<T> {
-    /// Checks type 1, reserved bytes and a minimum length of header + 32.
+    /// Checks type 1, reserved bytes and a minimum length of header + 32 +
+    /// the two MACs.
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
         let b = buffer.as_ref();
         let ty = message_type(b)?;
         if ty != MessageType::HandshakeInit {
             return Err(WireError::WrongType(ty.as_u8()));
         }
-        if b.len() < HANDSHAKE_INIT_HEADER_LEN + MIN_NOISE_LEN {
+        if b.len() < HANDSHAKE_INIT_HEADER_LEN + MIN_NOISE_LEN + MACS_LEN {
             return Err(WireError::Truncated);
         }
         Ok(HandshakeInit { buffer })
@@ -246,9 +262,15 @@ impl<T: AsRef<[u8]>> HandshakeInit<T> {
         le32(self.buffer.as_ref(), field::INDEX)
     }
 
-    /// The Noise handshake message.
+    /// The Noise handshake message (between the header and the MACs).
     pub fn noise(&self) -> &[u8] {
-        &self.buffer.as_ref()[HANDSHAKE_INIT_HEADER_LEN..]
+        let b = self.buffer.as_ref();
+        &b[HANDSHAKE_INIT_HEADER_LEN..b.len() - MACS_LEN]
+    }
+
+    /// The whole message, MACs included (what [`crate::crypto::cookie`] checks).
+    pub fn bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
     }
 }
 
@@ -272,14 +294,15 @@ pub struct HandshakeResponse<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> HandshakeResponse<T> {
-    /// Checks type 2, reserved bytes and a minimum length of header + 32.
+    /// Checks type 2, reserved bytes and a minimum length of header + 32 +
+    /// the two MACs.
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
         let b = buffer.as_ref();
         let ty = message_type(b)?;
         if ty != MessageType::HandshakeResponse {
             return Err(WireError::WrongType(ty.as_u8()));
         }
-        if b.len() < HANDSHAKE_RESPONSE_HEADER_LEN + MIN_NOISE_LEN {
+        if b.len() < HANDSHAKE_RESPONSE_HEADER_LEN + MIN_NOISE_LEN + MACS_LEN {
             return Err(WireError::Truncated);
         }
         Ok(HandshakeResponse { buffer })
@@ -295,9 +318,71 @@ impl<T: AsRef<[u8]>> HandshakeResponse<T> {
         le32(self.buffer.as_ref(), field::RESPONSE_RECEIVER)
     }
 
-    /// The Noise handshake message.
+    /// The Noise handshake message (between the header and the MACs).
     pub fn noise(&self) -> &[u8] {
-        &self.buffer.as_ref()[HANDSHAKE_RESPONSE_HEADER_LEN..]
+        let b = self.buffer.as_ref();
+        &b[HANDSHAKE_RESPONSE_HEADER_LEN..b.len() - MACS_LEN]
+    }
+
+    /// The whole message, MACs included (what [`crate::crypto::cookie`] checks).
+    pub fn bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+}
+
+/// A view of a cookie reply.
+#[derive(Debug, Clone)]
+pub struct CookieReply<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> CookieReply<T> {
+    /// Checks type 3, reserved bytes and the exact length.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        let ty = message_type(b)?;
+        if ty != MessageType::CookieReply {
+            return Err(WireError::WrongType(ty.as_u8()));
+        }
+        match b.len() {
+            COOKIE_REPLY_LEN => Ok(CookieReply { buffer }),
+            n if n < COOKIE_REPLY_LEN => Err(WireError::Truncated),
+            _ => Err(WireError::BadLength),
+        }
+    }
+
+    /// The index of the handshake message this reply answers (its sender's).
+    pub fn receiver_index(&self) -> u32 {
+        le32(self.buffer.as_ref(), field::INDEX)
+    }
+
+    /// The XChaCha20-Poly1305 nonce.
+    pub fn nonce(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::COOKIE_NONCE]
+    }
+
+    /// The sealed cookie (16 bytes and the tag).
+    pub fn sealed_cookie(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::COOKIE_SEALED]
+    }
+}
+
+impl CookieReply<&[u8]> {
+    /// Writes a whole cookie reply into `buf[..COOKIE_REPLY_LEN]`.
+    pub fn emit(
+        buf: &mut [u8],
+        receiver_index: u32,
+        nonce: &[u8; COOKIE_NONCE_LEN],
+        sealed: &[u8; SEALED_COOKIE_LEN],
+    ) -> Result<(), WireError> {
+        let Some(h) = buf.get_mut(..COOKIE_REPLY_LEN) else {
+            return Err(WireError::BufferTooSmall);
+        };
+        write_common(h, MessageType::CookieReply);
+        h[field::INDEX].copy_from_slice(&receiver_index.to_le_bytes());
+        h[field::COOKIE_NONCE].copy_from_slice(nonce);
+        h[field::COOKIE_SEALED].copy_from_slice(sealed);
+        Ok(())
     }
 }
 
@@ -407,26 +492,28 @@ mod tests {
 
     #[test]
     fn handshake_views() {
-        let mut init = [0u8; HANDSHAKE_INIT_HEADER_LEN + 48];
+        let mut init = [0u8; HANDSHAKE_INIT_HEADER_LEN + 48 + MACS_LEN];
         HandshakeInit::emit_header(&mut init, 0xdead_beef).expect("fits");
-        init[8..].fill(0x5a);
+        init[8..56].fill(0x5a);
+        init[56..].fill(0x77);
         assert_eq!(&init[..8], &[1, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde]);
         let v = HandshakeInit::new_checked(&init[..]).expect("valid");
         assert_eq!(v.sender_index(), 0xdead_beef);
         assert_eq!(v.noise(), &[0x5a; 48]);
+        assert_eq!(v.bytes().len(), 88);
         assert_eq!(
-            HandshakeInit::new_checked(&init[..39]).err(),
+            HandshakeInit::new_checked(&init[..71]).err(),
             Some(WireError::Truncated)
         );
-        assert!(HandshakeInit::new_checked(&init[..40]).is_ok());
+        assert!(HandshakeInit::new_checked(&init[..72]).is_ok());
 
-        let mut resp = [0u8; HANDSHAKE_RESPONSE_HEADER_LEN + 32];
+        let mut resp = [0u8; HANDSHAKE_RESPONSE_HEADER_LEN + 32 + MACS_LEN];
         HandshakeResponse::emit_header(&mut resp, 11, 22).expect("fits");
         let v = HandshakeResponse::new_checked(&resp[..]).expect("valid");
         assert_eq!((v.sender_index(), v.receiver_index()), (11, 22));
         assert_eq!(v.noise().len(), 32);
         assert_eq!(
-            HandshakeResponse::new_checked(&resp[..43]).err(),
+            HandshakeResponse::new_checked(&resp[..75]).err(),
             Some(WireError::Truncated)
         );
         assert_eq!(
@@ -436,6 +523,33 @@ mod tests {
         assert_eq!(
             HandshakeResponse::emit_header(&mut [0u8; 11], 1, 2),
             Err(WireError::BufferTooSmall)
+        );
+    }
+
+    #[test]
+    fn cookie_reply_view() {
+        let mut buf = [0u8; COOKIE_REPLY_LEN + 1];
+        CookieReply::emit(&mut buf, 0x0a0b_0c0d, &[3; 24], &[9; 32]).expect("fits");
+        assert_eq!(&buf[..8], &[3, 0, 0, 0, 0x0d, 0x0c, 0x0b, 0x0a]);
+        let v = CookieReply::new_checked(&buf[..COOKIE_REPLY_LEN]).expect("valid");
+        assert_eq!(v.receiver_index(), 0x0a0b_0c0d);
+        assert_eq!(v.nonce(), &[3; 24]);
+        assert_eq!(v.sealed_cookie(), &[9; 32]);
+        assert_eq!(
+            CookieReply::new_checked(&buf[..]).err(),
+            Some(WireError::BadLength)
+        );
+        assert_eq!(
+            CookieReply::new_checked(&buf[..63]).err(),
+            Some(WireError::Truncated)
+        );
+        assert_eq!(
+            CookieReply::emit(&mut [0u8; 63], 1, &[0; 24], &[0; 32]),
+            Err(WireError::BufferTooSmall)
+        );
+        assert_eq!(
+            CookieReply::new_checked(&DATA[..]).err(),
+            Some(WireError::WrongType(4))
         );
     }
 
@@ -454,6 +568,22 @@ mod tests {
             }
             if let Ok(h) = HandshakeInit::new_checked(&v[..]) {
                 let _ = (h.sender_index(), h.noise());
+            }
+            if let Ok(h) = HandshakeResponse::new_checked(&v[..]) {
+                let _ = (h.sender_index(), h.receiver_index(), h.noise());
+            }
+            if let Ok(c) = CookieReply::new_checked(&v[..]) {
+                let _ = (c.receiver_index(), c.nonce(), c.sealed_cookie());
+            }
+        });
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        CookieReply::emit(&mut cookie, 7, &[1; 24], &[2; 32]).expect("fits");
+        mutations(&cookie, 20_000, |v| {
+            if let Ok(c) = CookieReply::new_checked(&v[..]) {
+                let _ = (c.receiver_index(), c.nonce(), c.sealed_cookie());
+            }
+            if let Ok(h) = HandshakeInit::new_checked(&v[..]) {
+                let _ = (h.sender_index(), h.noise(), h.bytes());
             }
             if let Ok(h) = HandshakeResponse::new_checked(&v[..]) {
                 let _ = (h.sender_index(), h.receiver_index(), h.noise());

@@ -7,7 +7,7 @@
 //! - [`tcp`]: [`clamp_tcp_mss`], rewriting the MSS option of SYNs.
 //! - [`icmp`]: [`icmp_too_big`], building ICMP "fragmentation needed" /
 //!   ICMPv6 "packet too big" replies.
-//! - [`frame`]: the tunnel's own frames (handshake, data, keepalive).
+//! - [`frame`]: the tunnel's own frames (handshake, cookie reply, data, keepalive).
 //! - [`flow`]: [`flow_index`], the inner 5-tuple hash that picks a packet's
 //!   outer UDP flow (`dataplane.flows`).
 //!
@@ -24,9 +24,10 @@ pub mod tcp;
 
 pub use flow::{flow_hash, flow_index};
 pub use frame::{
-    message_type, DataFrame, HandshakeInit, HandshakeResponse, MessageType, DATA_HEADER_LEN,
-    HANDSHAKE_INIT_HEADER_LEN, HANDSHAKE_RESPONSE_HEADER_LEN, KEEPALIVE_LEN, MIN_NOISE_LEN,
-    TAG_LEN,
+    message_type, CookieReply, DataFrame, HandshakeInit, HandshakeResponse, MessageType,
+    COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, DATA_HEADER_LEN, HANDSHAKE_INIT_HEADER_LEN,
+    HANDSHAKE_RESPONSE_HEADER_LEN, KEEPALIVE_LEN, MACS_LEN, MAC_LEN, MIN_NOISE_LEN,
+    SEALED_COOKIE_LEN, TAG_LEN,
 };
 pub use icmp::icmp_too_big;
 pub use ip::{inner_ip_info, IpInfo, IpVersion, Ipv4Packet, Ipv6Packet};

@@ -167,6 +167,7 @@ fn gateway_file(
         rekey: RekeyFile::default(),
         dataplane: opts.dataplane.clone(),
         quic: None,
+        metrics: None,
         health: Some(opts.health),
         routes: RoutesFile {
             install: RouteInstall::OnSession,

@@ -124,6 +124,7 @@ pub fn tunnel_file(
         mss_clamp: s.mss_clamp,
         dataplane: s.dataplane.clone(),
         quic: None,
+        metrics: None,
         health: None,
         routes: Default::default(),
         rekey: RekeyFile::default(),

@@ -10,12 +10,17 @@
 //! 3. sendmmsg every frame whose time has come on the other socket.
 //!
 //! Counters per direction come back from [`run`] when the stop flag is set.
+//!
+//! Fault injection for tests: `mtu` drops (silently, as a black hole does)
+//! IP packets longer than it, GSO super-frames judged by their segments; an
+//! `outage` flag, while set, drops every frame arriving (frames already on
+//! the delay line still leave, as if in flight).
 
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +55,11 @@ pub struct EmuArgs {
     pub params: LinkParams,
     /// RNG seed (direction b→a uses seed + 1).
     pub seed: u64,
+    /// Longest IP packet carried, bytes; longer ones vanish (a path MTU
+    /// black hole). `None`: no limit.
+    pub mtu: Option<u64>,
+    /// Non-zero while the link is down (every arriving frame dropped).
+    pub outage: Arc<AtomicUsize>,
 }
 
 /// Counters of one direction.
@@ -75,6 +85,12 @@ pub struct DirStats {
     pub delivered: u64,
     /// Most frames waiting in the delay line at once.
     pub max_backlog: u64,
+    /// IP packets dropped for exceeding `mtu`.
+    #[serde(default)]
+    pub mtu_drops: u64,
+    /// Frames dropped while the link was down.
+    #[serde(default)]
+    pub outage_drops: u64,
 }
 
 /// Counters of both directions.
@@ -191,6 +207,9 @@ pub struct FrameInfo {
     pub lossy: bool,
     /// A GSO super-frame.
     pub gso: bool,
+    /// Length of the (largest) IP packet it carries: the frame less its
+    /// Ethernet header, or one segment of a super-frame.
+    pub ip_len: u64,
 }
 
 /// Reads the vnet header and Ethernet type of `data` (vnet header first).
@@ -200,6 +219,7 @@ pub fn frame_info(data: &[u8]) -> Option<FrameInfo> {
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let lossy = matches!(ethertype, 0x0800 | 0x86DD | 0x8100);
     let flen = frame.len() as u64;
+    let l2 = if ethertype == 0x8100 { 18 } else { 14 };
     let gso_type = data[1] & 0x7f;
     let hdr_len = u64::from(u16::from_ne_bytes([data[2], data[3]]));
     let gso_size = u64::from(u16::from_ne_bytes([data[4], data[5]]));
@@ -209,6 +229,7 @@ pub fn frame_info(data: &[u8]) -> Option<FrameInfo> {
             segments: 1,
             lossy,
             gso: false,
+            ip_len: flen.saturating_sub(l2),
         });
     }
     // hdr_len is a hint some paths leave at 0: assume Ethernet + IPv4 + TCP.
@@ -224,6 +245,7 @@ pub fn frame_info(data: &[u8]) -> Option<FrameInfo> {
         segments: u32::try_from(segs).unwrap_or(u32::MAX),
         lossy,
         gso: true,
+        ip_len: (hdr + gso_size.min(payload)).saturating_sub(l2),
     })
 }
 
@@ -234,6 +256,7 @@ fn pump(
     mut link: Link,
     start: Instant,
     stop: &AtomicBool,
+    (mtu, outage): (Option<u64>, &AtomicUsize),
 ) -> io::Result<DirStats> {
     // Wake-ups at the requested nanosecond, not 50 µs later.
     // SAFETY: prctl with PR_SET_TIMERSLACK takes a plain integer.
@@ -323,6 +346,14 @@ fn pump(
             };
             st.wire_bytes += info.wire_bytes;
             st.gso_frames += u64::from(info.gso);
+            if outage.load(Ordering::Relaxed) != 0 {
+                st.outage_drops += 1;
+                continue;
+            }
+            if info.lossy && mtu.is_some_and(|m| info.ip_len > m) {
+                st.mtu_drops += 1;
+                continue;
+            }
             match link.admit(t, info.wire_bytes, info.segments, info.lossy) {
                 Err(Drop::Loss) => st.lost += 1,
                 Err(Drop::Queue) => st.queue_drops += 1,
@@ -435,12 +466,12 @@ pub fn run(args: &EmuArgs, stop: Arc<AtomicBool>, ready: impl FnOnce()) -> io::R
     let ba = Link::new(args.params.clone(), args.seed.wrapping_add(1));
     std::thread::scope(|s| {
         let t1 = s.spawn(|| {
-            let r = pump(&a, &b, ab, start, &stop);
+            let r = pump(&a, &b, ab, start, &stop, (args.mtu, &args.outage));
             stop.store(true, Ordering::Relaxed);
             r
         });
         let t2 = s.spawn(|| {
-            let r = pump(&b, &a, ba, start, &stop);
+            let r = pump(&b, &a, ba, start, &stop, (args.mtu, &args.outage));
             stop.store(true, Ordering::Relaxed);
             r
         });
@@ -470,8 +501,8 @@ mod tests {
     fn plain_and_arp_frames() {
         let i = frame_info(&frame([0; 10], 0x0800, 1514)).expect("frame");
         assert_eq!(
-            (i.wire_bytes, i.segments, i.lossy, i.gso),
-            (1514, 1, true, false)
+            (i.wire_bytes, i.segments, i.lossy, i.gso, i.ip_len),
+            (1514, 1, true, false, 1500)
         );
         let i = frame_info(&frame([0; 10], 0x0806, 60)).expect("frame");
         assert!(!i.lossy);
@@ -490,5 +521,7 @@ mod tests {
         assert!(i.gso);
         assert_eq!(i.segments, 10);
         assert_eq!(i.wire_bytes, 10 * (66 + 1448));
+        // Each segment is a 1500-byte IP packet (52 bytes of IP + TCP headers).
+        assert_eq!(i.ip_len, 66 + 1448 - 14);
     }
 }
