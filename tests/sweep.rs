@@ -1,9 +1,14 @@
-//! End-to-end `tunbench sweep` in the lab: the 4-cell CI profile is killed
-//! by PID after its 2nd cell line, resumed with `--resume` (exactly 4
-//! distinct cells, none twice), tuned into a tunneld profile that tunneld
-//! accepts, and rendered as Markdown and HTML; the HTML is loaded in
-//! headless Chromium (screenshot not a single colour, no console errors).
-//! Malformed profiles are refused with the field named.
+//! End-to-end `tunbench sweep` in the lab: the 4-cell CI profile (two short
+//! repeats per cell on a link-limited 200 Mbit/s path) is killed by PID
+//! after its 2nd cell line, resumed with `--resume` (exactly 4 distinct
+//! cells, none twice), tuned into a tunneld profile in human units that
+//! `tunneld check` accepts, and rendered as Markdown and HTML: the report
+//! states the streams, duration and repeats that really ran and the CPU
+//! model, and shows the reference appliance in both formats; the HTML is
+//! loaded in headless Chromium (no console errors, screenshot not a single
+//! colour, every chart an SVG with its title in the loaded DOM).
+//! Malformed profiles (a unitless rate among them) are refused with the
+//! field named, and negative tuner limits are refused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -129,7 +134,8 @@ fn sweep_resume_tune_and_report() {
         assert!(v["cpu_s_per_gb"].as_f64().is_some(), "{line}");
     }
 
-    // 3. Tune: a lax limit picks a cell, tunneld accepts the profile.
+    // 3. Tune: a lax limit picks a cell; `tunneld check` accepts the profile
+    //    as written, in human units.
     let tuned = dir.path().join("tuned.yaml");
     let t = Command::new(bin("tunbench"))
         .args([
@@ -151,6 +157,48 @@ fn sweep_resume_tune_and_report() {
     e2e::write_key(&dir.path().join("gw-a.key"), &e2e::genkey().expect("key")).expect("key file");
     tunneld::config::parse_str(&text, dir.path())
         .unwrap_or_else(|e| panic!("tunneld rejects the tuned profile: {e}\n{text}"));
+    let check = Command::new(bin("tunneld"))
+        .arg("check")
+        .arg("--config")
+        .arg(&tuned)
+        .output()
+        .expect("tunneld check");
+    assert!(
+        check.status.success(),
+        "tunneld check: {}\n{text}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for human in [
+        "socket_buffer: 4M",
+        "after_time: 120s",
+        "after_bytes: 64G",
+        "  # batch: ",
+        "  # workers: ",
+    ] {
+        assert!(text.contains(human), "tuned.yaml lacks {human:?}:\n{text}");
+    }
+    assert!(
+        !text.contains("000ms") && !text.contains("4194304") && !text.contains("68719476736"),
+        "machine units in tuned.yaml:\n{text}"
+    );
+    let negative = Command::new(bin("tunbench"))
+        .args([
+            "tune",
+            "--max-p99-ms",
+            "10",
+            "--max-cores",
+            "-1",
+            "--results",
+        ])
+        .arg(&cells)
+        .output()
+        .expect("tune");
+    assert!(!negative.status.success());
+    assert!(
+        String::from_utf8_lossy(&negative.stderr).contains("positive"),
+        "{}",
+        String::from_utf8_lossy(&negative.stderr)
+    );
     let strict = Command::new(bin("tunbench"))
         .args([
             "tune",
@@ -179,15 +227,75 @@ fn sweep_resume_tune_and_report() {
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     }
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    let cpu_model = tunbench::sweep::runner::cpu_model().expect("CPU model in /proc/cpuinfo");
     for s in [
-        "## Scenario",
-        "## Best setting",
+        "## Conditions as run",
+        // What ran (profiles/sweep-ci.yaml), not a scenario's description.
+        "2 stream(s); 1s measured after 300ms of warm-up per repeat; 2 repeat(s) per cell",
+        cpu_model.as_str(),
+        "checked before the first cell: RTT min",
+        "**Run-to-run spread**: ",
+        "## Chosen setting",
         "## Against `batch`",
         "## Capacity planning",
+        "gateway pairs (N + spare)",
+        "vendor-appliance (reference)",
+        "vendor-appliance units (N + spare)",
     ] {
-        assert!(md.contains(s), "report.md lacks {s}");
+        assert!(md.contains(s), "report.md lacks {s}:\n{md}");
     }
-    check_in_chromium(&out.join("report.html"), dir.path());
+    assert!(
+        md.contains("any setting carries this link") || md.contains("limited the fastest cells"),
+        "a 200 Mbit/s link with every cell near it, and no word of the link:\n{md}"
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert!(
+        html.contains("vendor-appliance"),
+        "no reference in the HTML"
+    );
+    let dom = check_in_chromium(&out.join("report.html"), dir.path());
+    if let Some(dom) = dom {
+        let titles = svg_titles(&dom);
+        // systems, over time, CDF, 3 per knob × 2 knobs, plan.
+        assert_eq!(
+            titles.len(),
+            10,
+            "SVG titles in the loaded page: {titles:?}"
+        );
+        for t in [
+            "Systems: throughput and CPU cost",
+            "Throughput and RTT over time (chosen setting)",
+            "RTT under load: distribution (CDF)",
+            "Throughput vs batch",
+            "CPU cost vs workers",
+        ] {
+            assert!(
+                titles.iter().any(|x| x == t),
+                "no chart {t:?} in {titles:?}"
+            );
+        }
+        assert!(
+            titles
+                .iter()
+                .any(|x| x.starts_with("Plan: gateway pairs (N+1)")),
+            "{titles:?}"
+        );
+    }
+}
+
+/// The `<title>` of every `<svg>` in a serialized DOM (an SVG without a
+/// title yields an empty string, which the caller's count catches).
+fn svg_titles(dom: &str) -> Vec<String> {
+    dom.split("<svg")
+        .skip(1)
+        .map(|rest| {
+            let body = rest.split_once('>').map_or("", |x| x.1);
+            body.strip_prefix("<title>")
+                .and_then(|t| t.split_once("</title>"))
+                .map(|(t, _)| t.replace("&amp;", "&"))
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Finds the chromium binary (None: not installed).
@@ -235,13 +343,15 @@ fn screenshot(chromium: &str, url: &str, tmp: &Path, name: &str) -> (Vec<u8>, St
 /// screenshot is not one colour. Without a PNG decoder, "one colour" is
 /// judged against a blank page of the same size rendered the same way: it
 /// compresses to a small fraction of a page with text, tables and charts.
-fn check_in_chromium(html: &Path, tmp: &Path) {
+/// Returns the DOM as Chromium loaded it (`--dump-dom`), None where
+/// Chromium is missing outside CI.
+fn check_in_chromium(html: &Path, tmp: &Path) -> Option<String> {
     let Some(chromium) = chromium() else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("CI=true and chromium is not installed (Debian package `chromium`)");
         }
         eprintln!("SKIPPED HTML check: chromium not installed");
-        return;
+        return None;
     };
     let url = format!(
         "file://{}",
@@ -267,6 +377,34 @@ fn check_in_chromium(html: &Path, tmp: &Path) {
         png.len(),
         blank_png.len()
     );
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            tmp.join("dom-profile").display()
+        ))
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("run chromium --dump-dom");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium --dump-dom failed: {log}");
+    let console: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught") || l.contains("ERR_"))
+        .collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]
@@ -280,12 +418,24 @@ fn malformed_profiles_name_the_field() {
             "empty grid",
         ),
         (
-            base.replace("duration: 2s", "duration: -2s"),
+            base.replace("duration: 1s", "duration: -1s"),
             "test.duration",
         ),
         (
             base.replace("workers: [1, 2]", "transport: [udp, sctp]"),
             "grid.transport",
+        ),
+        (
+            base.replace("rate: 200M", "rate: 200"),
+            "wan.rate: `200` has no unit and would mean 200 bit/s: did you mean 200M?",
+        ),
+        (
+            base.replace("rate: 200M", "rate: 25MBps"),
+            "is bytes per second; rates here are bits per second: write 200M",
+        ),
+        (
+            base.replace("rate: 350M}", "rate: 350}"),
+            "reference.rate: `350` has no unit",
         ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {

@@ -34,11 +34,24 @@ pub struct SweepArgs {
     #[arg(long, requires_all = ["max_p99_ms", "max_cores"])]
     tune: bool,
     /// With --tune: highest p99 RTT under load, ms.
-    #[arg(long)]
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     max_p99_ms: Option<f64>,
-    /// With --tune: most CPU cores for the tunnel processes.
-    #[arg(long)]
+    /// With --tune: most CPU cores per gateway (carrying the rate each way).
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     max_cores: Option<f64>,
+}
+
+/// A positive number (limits: a negative or zero limit would refuse
+/// every cell without saying why).
+fn positive(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(format!("must be a positive number, not {s}"));
+    }
+    Ok(v)
 }
 
 /// `tunbench tune`.
@@ -48,10 +61,11 @@ pub struct TuneArgs {
     #[arg(long)]
     results: PathBuf,
     /// Highest p99 RTT under load, ms.
-    #[arg(long)]
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     max_p99_ms: f64,
-    /// Most CPU cores the tunnel processes may use (both gateways together).
-    #[arg(long)]
+    /// Most CPU cores per gateway, for a gateway carrying the cell's rate in
+    /// each direction (the unit of the report's plan).
+    #[arg(long, value_parser = positive, allow_hyphen_values = true)]
     max_cores: f64,
     /// Where to write the tunneld profile.
     #[arg(long, default_value = "profiles/tuned.yaml")]
@@ -78,6 +92,35 @@ pub struct ReportArgs {
     /// Output file (default DIR/report.md or DIR/report.html).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// A per-pair throughput measured elsewhere (e.g. `4.2G` on the
+    /// production gateways): the plan uses it instead of the sweep's own.
+    #[arg(long, value_parser = rate_arg)]
+    pair_rate: Option<u64>,
+    /// Where --pair-rate was measured (shown beside it).
+    #[arg(long, requires = "pair_rate")]
+    pair_rate_source: Option<String>,
+    /// Instead of a whole report, refill the generated blocks of this
+    /// Markdown file (`<!-- tunbench:NAME -->` … `<!-- /tunbench:NAME -->`,
+    /// NAME one of conditions, systems, decision, knob:KNOB, timeline,
+    /// latency, plan, cells) in place.
+    #[arg(long, conflicts_with_all = ["out", "format"])]
+    fill: Option<PathBuf>,
+}
+
+fn rate_arg(s: &str) -> Result<u64, String> {
+    tunbench::profile_units::check(
+        &format!(
+            "wan: {{rate: {}}}",
+            serde_json::to_string(s).map_err(|e| e.to_string())?
+        ),
+        tunbench::profile_units::SCENARIO_FIELDS,
+    )
+    .map_err(|p| p.message)?;
+    match tunneld::units::parse_rate(s) {
+        Ok(0) => Err("must be greater than zero".into()),
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// indicatif display: cells done/total, ETA, the current cell and its live rate.
@@ -117,7 +160,7 @@ impl sweep::Progress for Bar {
     fn done(&self, rec: &CellRecord) {
         self.bar.inc(1);
         self.line(format!(
-            "  cell {:>3} {:<40} {:>12}  p99 {:>7}  {} cores{}",
+            "  cell {:>3} {:<40} {:>12}  p99 {:>7}  {} cores per gateway{}",
             rec.index + 1,
             rec.key,
             format_rate(rec.bits_per_second),
@@ -185,10 +228,10 @@ pub fn sweep_cmd(a: &SweepArgs) -> anyhow::Result<ExitCode> {
         out.join(results::CELLS_FILE).display()
     );
     if a.tune {
-        let c = Constraints {
-            max_p99_ms: a.max_p99_ms.unwrap_or(f64::INFINITY),
-            max_cores: a.max_cores.unwrap_or(f64::INFINITY),
-        };
+        let c = Constraints::new(
+            a.max_p99_ms.unwrap_or(f64::INFINITY),
+            a.max_cores.unwrap_or(f64::INFINITY),
+        )?;
         let res = results::load(&out)?;
         write_tuned(&res, &c, &out.join("tuned.yaml"))?;
     }
@@ -200,18 +243,22 @@ pub fn sweep_cmd(a: &SweepArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn write_tuned(res: &sweep::SweepResults, c: &Constraints, out: &Path) -> anyhow::Result<()> {
-    let best = tune::pick(&res.cells, c)?;
-    let text = tune::render(&res.meta, best, c)?;
+    let noise = sweep::choose::noise(&res.cells, res.meta.noise_percent);
+    let ch = tune::pick(&res.meta, &res.cells, c, &noise)?;
+    let text = tune::render(&res.meta, &res.cells, &ch, c, &noise)?;
     if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
     println!(
         "picked {} ({}); tunneld profile written to {}",
-        best.key,
-        format_rate(best.bits_per_second),
+        ch.pick.key,
+        format_rate(ch.pick.bits_per_second),
         out.display()
     );
+    for line in tune::decision(&res.meta, &res.cells, &ch, &noise) {
+        println!("  {line}");
+    }
     Ok(())
 }
 
@@ -226,17 +273,32 @@ pub fn tune_cmd(a: &TuneArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| PathBuf::from("."))
     };
     let res = results::load(&dir)?;
-    let c = Constraints {
-        max_p99_ms: a.max_p99_ms,
-        max_cores: a.max_cores,
-    };
+    let c = Constraints::new(a.max_p99_ms, a.max_cores)?;
     write_tuned(&res, &c, &a.out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `tunbench report`.
 pub fn report_cmd(a: &ReportArgs) -> anyhow::Result<ExitCode> {
-    let model = report::load(&a.dir)?;
+    let opts = report::Options {
+        pair_rate: a.pair_rate.map(|r| {
+            (
+                r as f64,
+                a.pair_rate_source
+                    .clone()
+                    .unwrap_or_else(|| "given with --pair-rate".into()),
+            )
+        }),
+    };
+    let model = report::load(&a.dir, &opts)?;
+    if let Some(f) = &a.fill {
+        let template =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = report::markdown::fill(&template, &model, &f.display().to_string())?;
+        std::fs::write(f, text).with_context(|| format!("writing {}", f.display()))?;
+        println!("{}", f.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let (text, name) = match a.format {
         Format::Md => (report::markdown::render(&model), "report.md"),
         Format::Html => (report::html::render(&model), "report.html"),

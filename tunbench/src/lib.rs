@@ -4,5 +4,6 @@
 //! - [`topo`]: network-namespace topologies.
 pub mod engine;
 pub mod lab;
+pub mod profile_units;
 pub mod sweep;
 pub mod topo;

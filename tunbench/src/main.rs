@@ -120,8 +120,9 @@ struct ClientArgs {
     /// TCP write size, or UDP datagram payload size (default 128K for TCP, 1400 for UDP).
     #[arg(short = 'l', long, alias = "size", value_parser = size)]
     write_size: Option<u64>,
-    /// UDP target rate per stream in bit/s (e.g. 100M, 1G).
-    #[arg(short, long, value_parser = rate)]
+    /// UDP target rate per stream in bit/s (e.g. 100M, 1G); iperf3's
+    /// `-b`/`--bitrate` are accepted too.
+    #[arg(short, long, short_alias = 'b', alias = "bitrate", value_parser = rate)]
     rate: Option<u64>,
     /// TCP congestion control (e.g. cubic, bbr).
     #[arg(short = 'C', long)]
@@ -138,8 +139,9 @@ struct ClientArgs {
     /// Gap between latency probes.
     #[arg(long, default_value = "10ms", value_parser = dur)]
     latency_interval: Duration,
-    /// Print the result as JSON (schema tunbench.result/1, see docs/tunbench-json.md).
-    #[arg(long)]
+    /// Print the result as JSON (schema tunbench.result/1, see docs/tunbench-json.md);
+    /// iperf3's `-J` is accepted too.
+    #[arg(long, short_alias = 'J')]
     json: bool,
     /// Give up connecting to the server after this long.
     #[arg(long, default_value = "5s", value_parser = dur)]
@@ -158,7 +160,7 @@ struct ClientArgs {
 fn spec_from(a: &ClientArgs) -> anyhow::Result<TestSpec> {
     let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
     if !a.udp && a.rate.is_some() {
-        anyhow::bail!("--rate applies to --udp only (TCP runs as fast as the path allows)");
+        anyhow::bail!("--rate (-b) applies to --udp only (TCP runs as fast as the path allows)");
     }
     let direction = if a.bidir {
         Direction::Bidir
@@ -298,8 +300,72 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tunbench: error: {e:#}");
+            eprintln!("tunbench: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, each cause once: errors whose message already
+/// quotes their source (`"{path}: {source}"`) would otherwise print it
+/// twice in anyhow's `{:#}` chain.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("profile.yaml: cannot read: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(Quoting(io)).context("loading the sweep");
+        assert_eq!(
+            error_chain(&e),
+            "loading the sweep: profile.yaml: cannot read: No such file"
+        );
+    }
+
+    #[test]
+    fn iperf3_spellings_are_accepted() {
+        let cli = Cli::try_parse_from([
+            "tunbench",
+            "client",
+            "198.18.2.2",
+            "-u",
+            "-b",
+            "200M",
+            "-J",
+            "-t",
+            "1s",
+        ])
+        .expect("iperf3 flags");
+        let Command::Client(a) = cli.command else {
+            panic!("not a client command")
+        };
+        assert_eq!(a.rate, Some(200_000_000));
+        assert!(a.json);
+        let cli = Cli::try_parse_from(["tunbench", "client", "h", "-u", "--bitrate", "1G"])
+            .expect("--bitrate");
+        let Command::Client(a) = cli.command else {
+            panic!("not a client command")
+        };
+        assert_eq!(a.rate, Some(1_000_000_000));
     }
 }

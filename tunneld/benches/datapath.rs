@@ -2,7 +2,8 @@
 //! packet per cipher, tun-rs's split of a 64 KiB TCP super-packet, our
 //! coalescing of 46 segments (and tun-rs's, for comparison), and `Device` encapsulate + decapsulate of 64
 //! packets after an in-memory handshake. Every bench counts bytes, so divan
-//! reports throughput per core.
+//! reports throughput per core. `handshake_cost`: what a handshake message
+//! costs the responder (mac1 check, cookie reply, reading the initiation).
 //!
 //! Full run: `cargo bench -p tunneld --bench datapath`.
 //! CI smoke run (a few seconds): add `-- --sample-count 3 --sample-size 3`.
@@ -311,4 +312,69 @@ fn device_roundtrip_64(bencher: Bencher, cipher: CipherKind) {
             }
             control.clear();
         });
+}
+
+// ------------------------------------------------ handshake admission costs
+
+/// What a handshake initiation costs the responder at each stage: the mac1
+/// check every message gets, the cookie reply a message gets under load,
+/// and the public-key work (reading the initiation) only admitted messages
+/// get. The ratio is what the cookie mechanism saves per flood packet.
+mod handshake_cost {
+    use super::*;
+    use tunneld::crypto::cookie::{CookieChecker, CookieJar};
+    use tunneld::crypto::handshake::{self, Identity};
+
+    fn identity(seed: u8) -> Identity {
+        let k = PrivateKey::from_bytes([seed; 32]);
+        Identity::new(*k.as_bytes(), *k.public().as_bytes())
+    }
+
+    /// A genuine 148-byte initiation frame from 1 to 2, with its MACs.
+    fn initiation() -> Vec<u8> {
+        let (a, b) = (identity(1), identity(2));
+        let mut f = vec![0u8; 148];
+        f[0] = 1;
+        let (_, n) = handshake::start_initiation(
+            &a,
+            b.public(),
+            7,
+            handshake::timestamp(1, 0),
+            &mut f[8..116],
+        )
+        .expect("initiation");
+        assert_eq!(n, 108);
+        CookieJar::new(b.public()).stamp(&mut f, Instant::now());
+        f
+    }
+
+    #[divan::bench]
+    fn mac1_check(bencher: Bencher) {
+        let checker = CookieChecker::new(identity(2).public());
+        let f = initiation();
+        bencher.bench_local(|| assert!(checker.mac1_ok(divan::black_box(&f))));
+    }
+
+    #[divan::bench]
+    fn cookie_reply(bencher: Bencher) {
+        let mut checker = CookieChecker::new(identity(2).public());
+        let f = initiation();
+        let from: SocketAddr = ([198, 18, 0, 1], 51820).into();
+        let now = Instant::now();
+        let mut out = [0u8; 64];
+        bencher.bench_local(|| {
+            checker
+                .reply(divan::black_box(&f), 7, from, now, &mut out)
+                .expect("reply")
+        });
+    }
+
+    #[divan::bench]
+    fn read_initiation(bencher: Bencher) {
+        let b = identity(2);
+        let f = initiation();
+        bencher.bench_local(|| {
+            handshake::read_initiation(&b, divan::black_box(&f[8..116]), 7).expect("read")
+        });
+    }
 }

@@ -26,8 +26,10 @@ use std::time::{Duration, Instant};
 
 /// Handshake messages per second processed without proof of address
 /// before we call it load: a gateway with a hundred peers rekeying every
-/// two minutes needs about one per second, and each costs several X25519
-/// operations (~50 µs), so this caps unverified work at ~0.25% of a core.
+/// two minutes needs about one per second, and each costs four X25519
+/// operations (reading an initiation measured ~200 µs on a loaded 2-core
+/// box, `handshake_cost` bench), so this caps unverified work at ~2% of a
+/// core.
 pub const HANDSHAKES_PER_SEC: f64 = 50.0;
 /// The load meter's burst: all gateways of a site starting together.
 pub const HANDSHAKE_BURST: f64 = 20.0;
@@ -45,11 +47,12 @@ pub const PER_SOURCE_BURST: f64 = 5.0;
 /// second, so this is only reached by an attacker holding thousands of
 /// addresses; 4096 entries are ~200 KiB.
 pub const MAX_SOURCES: usize = 4096;
-/// Cookie replies sent per second at most: each costs a BLAKE2s and an
-/// XChaCha20-Poly1305 seal (~1 µs) and 64 bytes out for 148 in (no
-/// amplification), so this bounds the reflection towards spoofed
-/// addresses at ~2.5 Mbit/s while leaving a real peer's request a
-/// generous chance even in a flood of 20,000 per second.
+/// Cookie replies sent per second at most: each costs a BLAKE2s, a random
+/// nonce and an XChaCha20-Poly1305 seal (~2.4 µs measured, ~1% of a core
+/// at this rate) and sends 64 bytes for 148 received (no amplification),
+/// so this bounds the reflection towards spoofed addresses at ~2.5 Mbit/s
+/// while leaving a real peer's request a generous chance even in a flood
+/// of 20,000 per second.
 pub const COOKIE_REPLIES_PER_SEC: f64 = 5_000.0;
 /// Burst of cookie replies.
 pub const COOKIE_REPLY_BURST: f64 = 500.0;

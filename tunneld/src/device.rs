@@ -1150,7 +1150,8 @@ impl Device {
                     let due = if s.initiator {
                         self.rekey_after_time
                     } else {
-                        self.rekey_after_time + self.rekey_after_time / 10
+                        self.rekey_after_time
+                            .saturating_add(self.rekey_after_time / 10)
                     };
                     let silent = peer
                         .unanswered_since

@@ -15,6 +15,30 @@ use std::time::{Duration, Instant};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest RTT the histogram holds (60 s, in ns); larger values are clamped.
 const MAX_RTT_NS: u64 = 60_000_000_000;
+/// Width of one slot of the RTT timeline: the sweep's throughput interval,
+/// so both series line up in a chart.
+pub const TIMELINE_SLOT: Duration = Duration::from_millis(500);
+/// Most timeline slots kept (an hour of 500 ms slots): bounded memory for
+/// any test length; later probes still count in the histogram.
+const MAX_SLOTS: usize = 7200;
+/// Quantiles of the distribution kept for a CDF chart: the body in 10%
+/// steps and the tail in more detail.
+const CDF_QUANTILES: [f64; 16] = [
+    0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0,
+];
+
+/// RTTs of one timeline slot.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LatencySlot {
+    /// Start of the slot, seconds from the start of the phase.
+    pub t_s: f64,
+    /// Mean RTT of the probes answered in it, microseconds.
+    pub mean_us: f64,
+    /// Largest RTT in it, microseconds.
+    pub max_us: f64,
+    /// Probes answered in it.
+    pub samples: u64,
+}
 
 /// Percentiles of one probe phase, microseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +61,12 @@ pub struct LatencySummary {
     pub p999_us: f64,
     /// Maximum RTT.
     pub max_us: f64,
+    /// The distribution as (quantile, RTT µs) pairs, for a CDF.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdf: Vec<[f64; 2]>,
+    /// RTT over time, one entry per 500 ms slot with answered probes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<LatencySlot>,
 }
 
 /// Idle and loaded latency.
@@ -55,6 +85,8 @@ pub struct LatencyResult {
 pub struct Phase {
     hist: Option<Histogram<u64>>,
     lost: u64,
+    /// (sum ns, max ns, count) per [`TIMELINE_SLOT`].
+    slots: Vec<(u64, u64, u64)>,
 }
 
 impl Phase {
@@ -64,6 +96,22 @@ impl Phase {
             // 3 significant digits over 1 ns..60 s: fixed, bounded memory.
             hist: Histogram::new_with_bounds(1, MAX_RTT_NS, 3).ok(),
             lost: 0,
+            slots: Vec::new(),
+        }
+    }
+
+    /// Records one RTT of a probe sent `at` after the phase started (also
+    /// on the timeline).
+    pub fn record_at(&mut self, at: Duration, rtt: Duration) {
+        self.record(rtt);
+        let i = (at.as_nanos() / TIMELINE_SLOT.as_nanos()) as usize;
+        if i < MAX_SLOTS {
+            if self.slots.len() <= i {
+                self.slots.resize(i + 1, (0, 0, 0));
+            }
+            let ns = (rtt.as_nanos() as u64).clamp(1, MAX_RTT_NS);
+            let s = &mut self.slots[i];
+            *s = (s.0.saturating_add(ns), s.1.max(ns), s.2 + 1);
         }
     }
 
@@ -105,6 +153,23 @@ impl Phase {
             p99_us: q(0.99),
             p999_us: q(0.999),
             max_us: if empty { 0.0 } else { us(h.max()) },
+            cdf: if empty {
+                Vec::new()
+            } else {
+                CDF_QUANTILES.iter().map(|&p| [p, q(p)]).collect()
+            },
+            timeline: self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.2 > 0)
+                .map(|(i, s)| LatencySlot {
+                    t_s: i as f64 * TIMELINE_SLOT.as_secs_f64(),
+                    mean_us: s.0 as f64 / s.2 as f64 / 1000.0,
+                    max_us: us(s.1),
+                    samples: s.2,
+                })
+                .collect(),
         })
     }
 }
@@ -190,7 +255,7 @@ pub fn probe(
                         if matches!(UdpHeader::decode(&inb[..n]), Some(r) if r.seq == seq && r.test_id == test_id)
                         {
                             if counted {
-                                phase.record(now - sent_at);
+                                phase.record_at(sent_at - count_from, now - sent_at);
                             }
                             break;
                         }
@@ -237,6 +302,27 @@ mod tests {
         assert!((s.p99_us - 990.0).abs() < 1.0, "{s:?}");
         assert!((s.max_us - 1000.0).abs() < 1.0, "{s:?}");
         assert!(Phase::new().summary().is_none());
+        assert_eq!(s.cdf.first(), Some(&[0.0, s.min_us]));
+        assert_eq!(s.cdf.last(), Some(&[1.0, s.max_us]));
+        assert!(s.cdf.windows(2).all(|w| w[0][1] <= w[1][1]), "{:?}", s.cdf);
+        assert!(s.timeline.is_empty());
+    }
+
+    #[test]
+    fn timeline_slots_hold_mean_and_max() {
+        let mut p = Phase::new();
+        p.record_at(Duration::from_millis(100), Duration::from_micros(1000));
+        p.record_at(Duration::from_millis(400), Duration::from_micros(3000));
+        p.record_at(Duration::from_millis(1200), Duration::from_micros(500));
+        // Beyond the bounded timeline: counted in the histogram only.
+        p.record_at(Duration::from_secs(10_000), Duration::from_micros(700));
+        let s = p.summary().expect("samples");
+        assert_eq!(s.samples, 4);
+        assert_eq!(s.timeline.len(), 2, "{:?}", s.timeline);
+        assert_eq!(s.timeline[0].t_s, 0.0);
+        assert!((s.timeline[0].mean_us - 2000.0).abs() < 1e-6);
+        assert!((s.timeline[0].max_us - 3000.0).abs() < 1e-6);
+        assert_eq!((s.timeline[1].t_s, s.timeline[1].samples), (1.0, 1));
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct TestFigures {
     pub latency_loaded: Option<LatencySummary>,
     /// Why the test failed or was incomplete.
     pub error: Option<String>,
+    /// Receiver throughput over time in the measured window: (end of the
+    /// interval in seconds from the window's start, bit/s).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<[f64; 2]>,
 }
 
 /// The engine test the scenario asks for with `streams` streams.
@@ -108,6 +112,7 @@ pub fn figures(
         latency_idle: None,
         latency_loaded: None,
         error: None,
+        intervals: Vec::new(),
     };
     let r = match res {
         Ok(r) => r,
@@ -123,6 +128,12 @@ pub fn figures(
         f.bits_per_second = d.bits_per_second;
         f.bytes_total = d.receiver_bytes_total.unwrap_or(d.bytes);
         f.retransmits = d.retransmits;
+        f.intervals = d
+            .intervals
+            .iter()
+            .filter(|i| !i.omitted)
+            .map(|i| [i.end_s - d.window_start_s, i.bits_per_second])
+            .collect();
     }
     if let Some(l) = r.latency {
         f.latency_idle = l.idle;

@@ -206,7 +206,12 @@ pub fn write_outputs(report: &LabReport, dir: &Path) -> Result<()> {
 }
 
 /// Ping and UDP-rate checks over the raw path (routes removed afterwards).
-fn check_link(dc: &DcPair, s: &Scenario, link: &WanLink, progress: &dyn Fn(&str)) -> LinkFigures {
+pub(crate) fn check_link(
+    dc: &DcPair,
+    s: &Scenario,
+    link: &WanLink,
+    progress: &dyn Fn(&str),
+) -> LinkFigures {
     let mut f = LinkFigures {
         emulator: link.kind,
         emulator_label: link.kind.label().into(),

@@ -350,6 +350,13 @@ impl Scenario {
 
     /// Parses and checks profile text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
+        use crate::profile_units::{check, SCENARIO_FIELDS};
+        check(text, SCENARIO_FIELDS).map_err(|p| ScenarioError::Invalid {
+            file: file.to_string(),
+            line: find_line(text, &p.field),
+            field: p.field,
+            message: p.message,
+        })?;
         let s: Scenario = serde_norway::from_str(text).map_err(|e| {
             let line = e.location().map(|l| l.line());
             let mut message = e.to_string();

@@ -5,7 +5,9 @@
 //! the best cell under latency and CPU limits ([`tune`]), and turn results
 //! into a capacity-planning report ([`report`]).
 
+pub mod choose;
 pub mod knobs;
+pub mod plan;
 pub mod profile;
 pub mod remote;
 pub mod report;

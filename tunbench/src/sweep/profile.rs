@@ -142,6 +142,10 @@ pub struct SweepFile {
     /// Capacity-planning inputs for the report.
     #[serde(default)]
     pub planning: Planning,
+    /// A device the buyer already knows (`{name: vendor-appliance, rate:
+    /// 350M}`), drawn beside the measured systems in tables and charts.
+    #[serde(default)]
+    pub reference: Option<Reference>,
     /// Remote mode: the far side and how to reconfigure the local tunneld.
     #[serde(default)]
     pub remote: Option<Remote>,
@@ -188,6 +192,21 @@ pub struct Planning {
     /// Spare CPU kept on each gateway, percent (default 30).
     #[serde(default = "default_headroom", deserialize_with = "de_percent")]
     pub headroom: f64,
+    /// Spare gateway pairs for failover on top of the pairs the target
+    /// needs (default 1: N+1).
+    #[serde(default = "default_spares", deserialize_with = "de_spares")]
+    pub spares: u32,
+    /// Run-to-run spread assumed when the sweep has one repeat per cell
+    /// (cells closer than this are ties), percent (default 5).
+    #[serde(default = "default_noise", deserialize_with = "de_percent")]
+    pub noise: f64,
+    /// A per-pair throughput measured elsewhere (e.g. on the production
+    /// gateways); the plan uses it instead of the sweep's figures.
+    #[serde(default, deserialize_with = "de_opt_rate")]
+    pub pair_rate: Option<Rate>,
+    /// Where `pair_rate` was measured (shown beside it).
+    #[serde(default)]
+    pub pair_rate_source: Option<String>,
 }
 
 impl Default for Planning {
@@ -195,8 +214,23 @@ impl Default for Planning {
         Planning {
             targets: default_targets(),
             headroom: default_headroom(),
+            spares: default_spares(),
+            noise: default_noise(),
+            pair_rate: None,
+            pair_rate_source: None,
         }
     }
+}
+
+/// `reference:` — a named device and its rated throughput.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// What it is called in tables and charts.
+    pub name: String,
+    /// Its rated throughput (per direction), bit/s.
+    #[serde(deserialize_with = "de_rate")]
+    pub rate: Rate,
 }
 
 /// `remote:` — remote mode settings.
@@ -396,6 +430,38 @@ fn default_targets() -> Vec<Rate> {
 fn default_headroom() -> f64 {
     30.0
 }
+fn default_spares() -> u32 {
+    1
+}
+/// Spread assumed with one repeat: single runs of a TCP test on an idle
+/// host typically differ by a few percent.
+fn default_noise() -> f64 {
+    5.0
+}
+/// Most spare pairs (a typo guard: more spares than this is a different
+/// design, not a failover margin).
+pub const MAX_SPARES: u32 = 8;
+fn de_spares<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    d.deserialize_any(Quantity {
+        what: "a number of spare gateway pairs (0 or more)",
+        parse: |s| {
+            let n: i64 = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{s}' is not a whole number"))?;
+            if n < 0 || n > i64::from(MAX_SPARES) {
+                return Err(format!("{n} is out of range 0..={MAX_SPARES}"));
+            }
+            Ok(n as u32)
+        },
+    })
+}
+fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+    PosRate::deserialize(d).map(|r| Rate(r.0))
+}
+fn de_opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    de_rate(d).map(Some)
+}
 
 fn span(s: &str) -> Result<Span, String> {
     if s.trim_start().starts_with('-') {
@@ -525,6 +591,13 @@ impl SweepProfile {
     /// Parses and checks profile text; `file` names it in errors, `base` is
     /// where a relative `scenario:` path starts.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<SweepProfile, SweepError> {
+        use crate::profile_units::{check, SWEEP_FIELDS};
+        check(text, SWEEP_FIELDS).map_err(|p| SweepError::Invalid {
+            file: file.to_string(),
+            line: find_line(text, &p.field),
+            field: p.field,
+            message: p.message,
+        })?;
         let f: SweepFile = serde_norway::from_str(text).map_err(|e| {
             let line = e.location().map(|l| l.line());
             let mut message = e.to_string();
@@ -548,6 +621,17 @@ impl SweepProfile {
         };
         if f.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty".into()));
+        }
+        if let Some(r) = &f.reference {
+            if r.name.trim().is_empty() {
+                return Err(invalid("reference.name", "must not be empty".into()));
+            }
+        }
+        if f.planning.pair_rate_source.is_some() && f.planning.pair_rate.is_none() {
+            return Err(invalid(
+                "planning.pair_rate_source",
+                "describes `pair_rate`, which is not given".into(),
+            ));
         }
         let (cells, knobs): (Vec<Cell>, Vec<Knob>) = match (&f.grid, &f.points) {
             (Some(_), Some(_)) => {

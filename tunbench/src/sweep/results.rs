@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::knobs::{Cell, Knob};
-use super::profile::Mode;
+use super::profile::{CellTest, Mode, Reference};
 use crate::engine::LatencySummary;
 use crate::lab::measure::TestFigures;
 use crate::lab::scenario::{Scenario, SystemKind};
@@ -98,6 +98,84 @@ pub struct SweepMeta {
     /// Baseline systems measured before the grid (lab mode).
     #[serde(default)]
     pub baselines: Vec<Baseline>,
+    /// The test each cell ran (as configured; the cells' repeats record
+    /// what actually ran).
+    #[serde(default)]
+    pub test: Option<CellTest>,
+    /// CPU model of this host (`model name` in /proc/cpuinfo).
+    #[serde(default)]
+    pub cpu_model: Option<String>,
+    /// The check of the emulated link before the first cell (lab mode).
+    #[serde(default)]
+    pub link: Option<LinkCheck>,
+    /// A named device drawn beside the measured systems.
+    #[serde(default)]
+    pub reference: Option<Reference>,
+    /// Spare gateway pairs for failover.
+    #[serde(default = "one_spare")]
+    pub spares: u32,
+    /// Spread assumed with one repeat, percent.
+    #[serde(default = "five_percent")]
+    pub noise_percent: f64,
+    /// A per-pair throughput measured elsewhere, bit/s.
+    #[serde(default)]
+    pub pair_rate_bps: Option<u64>,
+    /// Where it was measured.
+    #[serde(default)]
+    pub pair_rate_source: Option<String>,
+}
+
+fn one_spare() -> u32 {
+    1
+}
+fn five_percent() -> f64 {
+    5.0
+}
+
+/// The emulated link as checked over the raw path before the first cell.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LinkCheck {
+    /// The emulator that carried the link.
+    pub emulator: String,
+    /// Why netem was not used, if it was not.
+    #[serde(default)]
+    pub netem_note: Option<String>,
+    /// Configured rate, bit/s (None: unlimited).
+    #[serde(default)]
+    pub configured_rate_bps: Option<u64>,
+    /// Configured RTT added by the link, ms.
+    pub configured_rtt_ms: f64,
+    /// Ping RTT measured (min, avg), ms.
+    #[serde(default)]
+    pub rtt_ms: Option<(f64, f64)>,
+    /// Rate measured on the wire, bit/s.
+    #[serde(default)]
+    pub wire_bps: Option<f64>,
+    /// How the rate was checked.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Loss seen by the UDP rate check, percent.
+    #[serde(default)]
+    pub loss_percent: Option<f64>,
+    /// Why a check failed or was skipped.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl From<&crate::lab::report::LinkFigures> for LinkCheck {
+    fn from(f: &crate::lab::report::LinkFigures) -> LinkCheck {
+        LinkCheck {
+            emulator: f.emulator_label.clone(),
+            netem_note: f.netem_note.clone(),
+            configured_rate_bps: f.configured_rate_bps,
+            configured_rtt_ms: f.configured_rtt_ms,
+            rtt_ms: f.ping.as_ref().map(|p| (p.min_ms, p.avg_ms)),
+            wire_bps: f.udp_wire_bps,
+            method: f.rate_check.clone(),
+            loss_percent: f.udp_loss_percent,
+            note: f.ping_error.clone().or_else(|| f.rate_note.clone()),
+        }
+    }
 }
 
 /// Removes null members (recursively): absent optional fields read back as
@@ -350,6 +428,36 @@ pub fn key_counts(path: &Path) -> Result<BTreeMap<String, usize>, ResultsError> 
     Ok(m)
 }
 
+/// A sweep description for unit tests: the quick scenario, `knobs`,
+/// targets 2G and 10G, no headroom, one spare.
+#[cfg(test)]
+pub(crate) fn test_meta(knobs: Vec<Knob>) -> SweepMeta {
+    SweepMeta {
+        schema: META_SCHEMA.into(),
+        name: "t".into(),
+        description: String::new(),
+        mode: Mode::Lab,
+        scenario: Scenario::quick().expect("quick scenario"),
+        knobs,
+        cells_total: 0,
+        targets_bps: vec![2_000_000_000, 10_000_000_000],
+        headroom_percent: 0.0,
+        profile: String::new(),
+        kernel: "6.1".into(),
+        cpus: 2,
+        emulator: None,
+        baselines: vec![],
+        test: None,
+        cpu_model: Some("Test CPU @ 3.0GHz".into()),
+        link: None,
+        reference: None,
+        spares: 1,
+        noise_percent: 5.0,
+        pair_rate_bps: None,
+        pair_rate_source: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +474,7 @@ mod tests {
             latency_idle: None,
             latency_loaded: None,
             error: None,
+            intervals: Vec::new(),
         }
     }
 

@@ -166,7 +166,28 @@ fn meta(p: &SweepProfile) -> SweepMeta {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         emulator: None,
         baselines: Vec::new(),
+        test: Some(p.file.test.clone()),
+        cpu_model: cpu_model(),
+        link: None,
+        reference: p.file.reference.clone(),
+        spares: p.file.planning.spares,
+        noise_percent: p.file.planning.noise,
+        pair_rate_bps: p.file.planning.pair_rate.map(|r| r.0),
+        pair_rate_source: p.file.planning.pair_rate_source.clone(),
     }
+}
+
+/// The CPU model of this host (`model name` of /proc/cpuinfo; on CPUs
+/// that lack it, e.g. some ARM kernels, `Hardware` or `CPU part`).
+pub fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    ["model name", "Hardware", "CPU part"].iter().find_map(|k| {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(a, _)| a.trim() == *k)
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|v| !v.is_empty())
+    })
 }
 
 /// Runs (or resumes) the sweep; returns every cell's record, in grid order.
@@ -181,6 +202,7 @@ pub fn run(
         if let Ok(old) = results::load(&opts.out_dir) {
             m.baselines = old.meta.baselines;
             m.emulator = old.meta.emulator;
+            m.link = old.meta.link;
         }
     }
     results::write_meta(&opts.out_dir, &m)?;
@@ -298,6 +320,12 @@ fn run_lab(
     let mut link = WanLink::setup(&dc, &p.scenario.wan, &opts.tunbench_bin, opts.seed)?;
     progress.note(&format!("WAN emulator: {}", link.kind.label()));
     meta.emulator = Some(link.kind.label().to_string());
+    if meta.link.is_none() {
+        // Once per sweep, before the first cell, as the lab does: what the
+        // emulated link really gives (RTT, rate on the wire).
+        let check = crate::lab::check_link(&dc, &p.scenario, &link, &|l: &str| progress.note(l));
+        meta.link = Some((&check).into());
+    }
     let mut instance = 0u32;
     let first = p.cells.first().cloned().unwrap_or_default();
     if meta.baselines.is_empty() && !p.file.baselines.is_empty() {
@@ -432,6 +460,7 @@ pub(crate) fn with_live(
             latency_idle: None,
             latency_loaded: None,
             error: Some("measurement thread panicked".into()),
+            intervals: Vec::new(),
         })
     })
 }
