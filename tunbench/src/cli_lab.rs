@@ -159,6 +159,16 @@ pub fn lab_cmd(a: &LabArgs) -> anyhow::Result<ExitCode> {
         scenario.name,
         scenario.estimated_time().as_secs()
     );
+    if let Some(plan) = &scenario.ha {
+        let report = lab::ha::run(&scenario, plan, &opts, &|line| eprintln!("  {line}"))?;
+        println!("{}", lab::ha::render(&report));
+        println!(
+            "results: {} and {}",
+            out_dir.join("results.json").display(),
+            out_dir.join("summary.md").display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = lab::run(&scenario, &opts, &|line| eprintln!("  {line}"))?;
     println!("{}", lab::report::render_table(&report));
     println!(

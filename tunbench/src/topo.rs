@@ -6,6 +6,8 @@
 //! - [`Lab`]: a set of namespaces named `tb<pid>x<n>-<short>`, removed on
 //!   drop (also during a panic unwind), processes first.
 //! - [`dc_pair`] / [`DcPair`]: the standard two-DC topology of DESIGN.md.
+//! - [`ha_sites`] / [`HaSites`]: two sites, each a router with N gateways
+//!   (ECMP); [`hub_spokes`] / [`HubSpokes`]: a hub gateway and N spokes.
 //! - [`cleanup_stale`]: removes namespaces of dead runs (our naming scheme,
 //!   owner PID gone); [`Lab::new`] calls it.
 //! - [`install_signal_cleanup`]: SIGINT/SIGTERM tear down all live labs.
@@ -14,6 +16,7 @@
 
 mod dc;
 mod error;
+mod ha;
 mod lab;
 mod names;
 mod process;
@@ -22,6 +25,7 @@ mod sys;
 
 pub use dc::*;
 pub use error::{Result, TopoError};
+pub use ha::{ha_sites, hub_spokes, HaSite, HaSites, HubSpokes, HUB, MAX_PAIRS};
 pub use lab::{Lab, KEEP_LOGS_ENV};
 pub use names::{parse_ns_name, OwnedNs, IFNAME_MAX};
 pub use registry::{install_signal_cleanup, live_labs, teardown_all};

@@ -233,7 +233,10 @@ fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
             keepalive: None,
             transport: tunneld::config::TransportKind::Udp,
             quic_pin: None,
+            transit: None,
         }],
+        health: None,
+        routes: Default::default(),
     }
 }
 

@@ -40,7 +40,7 @@
 
 use crate::config::{DataplaneConfig, QueueKind};
 use crate::control::{DataplaneStatus, IoCounters, Status, StatusCell};
-use crate::device::{Datagram, Device, Outcome, Time, HEADROOM, OVERHEAD, TAILROOM};
+use crate::device::{Datagram, Device, Outcome, PeerEvent, Time, HEADROOM, OVERHEAD, TAILROOM};
 use crate::fq::{FqCodel, FqParams};
 use crate::transport::{Received, Transport, MAX_RECV_BATCH};
 use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
@@ -49,6 +49,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -185,6 +186,8 @@ struct Shared<'a> {
     started: Instant,
     /// `transport.tracks_authentication()`, read once.
     track_auth: bool,
+    /// Where peer up/down events go (the route manager), if anywhere.
+    events: Option<&'a Sender<PeerEvent>>,
 }
 
 impl Shared<'_> {
@@ -229,6 +232,9 @@ pub struct Links<'a> {
     pub mailbox: &'a Mailbox,
     /// Set to stop the data path.
     pub shutdown: &'a AtomicBool,
+    /// Where peer up/down events go (taken from the device at each timer
+    /// tick; see [`crate::routes::RouteWorker`]), if anywhere.
+    pub events: Option<&'a Sender<PeerEvent>>,
 }
 
 /// Moves packets until `links.shutdown` is set. Returns an error only for
@@ -246,6 +252,7 @@ pub fn run(
         status,
         mailbox,
         shutdown,
+        events,
     } = links;
     let info = DataplaneStatus {
         workers: knobs.workers,
@@ -286,6 +293,7 @@ pub fn run(
         info,
         started: Instant::now(),
         track_auth: transport.tracks_authentication(),
+        events,
     };
     if knobs.workers <= 1 {
         if let Some((cpu, _)) = knobs.cpus {
@@ -361,7 +369,7 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                 let t = time_now();
                 let mut control = Vec::new();
                 let refresh = now.duration_since(last_path_check) >= PATH_CHECK;
-                let (snapshot, endpoints) = {
+                let (snapshot, endpoints, events) = {
                     let mut dev = shared.lock();
                     for job in shared.mailbox.take() {
                         job(&mut dev, &t);
@@ -370,9 +378,16 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
                     (
                         Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now),
                         refresh.then(|| dev.udp_endpoints()),
+                        dev.take_events(),
                     )
                 };
                 shared.send_control(&mut control);
+                if let Some(tx) = shared.events {
+                    for ev in events {
+                        // The receiver only goes away at shutdown.
+                        let _ = tx.send(ev);
+                    }
+                }
                 if let Some(e) = endpoints {
                     // Outside the device lock: a few system calls per peer.
                     shared.transport.refresh_paths(&e);

@@ -93,7 +93,10 @@ fn config() -> Config {
             keepalive: None,
             transport: TransportKind::Udp,
             quic_pin: None,
+            transit: None,
         }],
+        health: None,
+        routes: Default::default(),
     }
 }
 
@@ -115,6 +118,7 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
         mtu: 1420,
         info: DataplaneStatus::default(),
         started: Instant::now(),
+        events: None,
         track_auth: false,
     };
     let p1 = SocketAddr::from(([198, 18, 0, 2], 51820));

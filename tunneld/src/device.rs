@@ -10,7 +10,7 @@
 //! range of the same buffer.
 
 use crate::admission::{Admission, Admit};
-use crate::config::{CipherKind, Config};
+use crate::config::{CipherKind, Config, HealthConfig};
 use crate::crypto::aead::{new_aead, TAG_LEN};
 use crate::crypto::cookie::CookieChecker;
 use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
@@ -103,6 +103,24 @@ pub struct Counters {
     pub drop_no_session: u64,
     /// Handshakes completed (as initiator or responder).
     pub handshakes: u64,
+    /// Inner packets from a peer to another peer's prefixes that its
+    /// `transit` list does not allow (hub policy).
+    pub drop_transit_denied: u64,
+}
+
+/// A peer became reachable (`up`: a session is established and the peer is
+/// heard from) or stopped being so. The dataplane hands these to the route
+/// manager ([`crate::routes`]), which installs or withdraws the peer's
+/// allowed prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEvent {
+    /// The peer's position in the config's `peers` (`usize::MAX` for a
+    /// peer a reload removed).
+    pub peer: usize,
+    /// Its configured name.
+    pub name: String,
+    /// True: now up; false: now down.
+    pub up: bool,
 }
 
 /// A snapshot of one peer for `tunneld status`.
@@ -113,6 +131,13 @@ pub struct PeerStatus {
     pub transport: &'static str,
     pub endpoint: Option<String>,
     pub session: bool,
+    /// Session established and the peer heard from recently enough (see
+    /// `health:`): what `routes.install: on-session` follows.
+    pub up: bool,
+    /// Times the peer went down since start.
+    pub downs: u64,
+    /// Its packets to other peers refused by its `transit` list.
+    pub transit_denied: u64,
     pub last_handshake_secs_ago: Option<f64>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
@@ -179,6 +204,18 @@ pub struct Device {
     /// Log lines about refused handshakes (anyone can cause them).
     refused_log: crate::lograte::LogLimiter,
     dropped: Vec<u32>,
+    /// Fast dead-peer detection, when configured.
+    health: Option<HealthConfig>,
+    /// Each peer's last reported state (same order as `peers`).
+    up: Vec<bool>,
+    /// Times each peer went down.
+    downs: Vec<u64>,
+    /// Up/down changes not yet taken by the dataplane.
+    events: Vec<PeerEvent>,
+    /// Each peer's `transit` list (peer positions); `None`: any.
+    transit: Vec<Option<Vec<usize>>>,
+    /// Packets each peer had refused by its `transit` list.
+    transit_denied: Vec<u64>,
 }
 
 impl Device {
@@ -194,7 +231,7 @@ impl Device {
                     *p.public_key.as_bytes(),
                     p.endpoint,
                     p.allowed_prefixes.clone(),
-                    p.keepalive,
+                    keepalive_with_health(p.keepalive, cfg.health),
                 )
             })
             .collect();
@@ -219,6 +256,70 @@ impl Device {
             admission: Admission::new(),
             refused_log: crate::lograte::LogLimiter::new(),
             dropped: Vec::new(),
+            health: cfg.health,
+            up: vec![false; cfg.peers.len()],
+            downs: vec![0; cfg.peers.len()],
+            events: Vec::new(),
+            transit: cfg.peers.iter().map(|p| p.transit.clone()).collect(),
+            transit_denied: vec![0; cfg.peers.len()],
+        }
+    }
+
+    /// Takes the peer up/down changes since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<PeerEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether peer `i` is up (as last reported by an event).
+    pub fn peer_up(&self, i: usize) -> bool {
+        self.up.get(i).copied().unwrap_or(false)
+    }
+
+    /// Whether peer `pi` is alive at `now`: a usable session, and (with
+    /// `health:`) something authenticated from it within `dead_after`, or
+    /// (without) no data of ours unanswered for [`DEAD_PEER_AFTER`].
+    fn alive(&self, pi: usize, now: Instant) -> bool {
+        let peer = &self.peers[pi];
+        let usable = peer
+            .current
+            .as_ref()
+            .is_some_and(|s| s.can_send(now, self.reject_after_time));
+        if !usable {
+            return false;
+        }
+        match self.health {
+            Some(h) => [peer.last_received, peer.last_handshake]
+                .into_iter()
+                .flatten()
+                .max()
+                .is_some_and(|t| now.duration_since(t) < h.dead_after),
+            None => peer
+                .unanswered_since
+                .is_none_or(|since| now.duration_since(since) < DEAD_PEER_AFTER),
+        }
+    }
+
+    /// Compares each peer's liveness with what was last reported and
+    /// queues an event for every change.
+    fn update_liveness(&mut self, now: Instant) {
+        for pi in 0..self.peers.len() {
+            let alive = self.alive(pi, now);
+            if alive == self.up[pi] {
+                continue;
+            }
+            self.up[pi] = alive;
+            let name = self.peers[pi].name.clone();
+            if alive {
+                log::info!("peer {name} is up");
+            } else {
+                self.downs[pi] += 1;
+                log::warn!("peer {name} is down");
+            }
+            self.events.push(PeerEvent {
+                peer: pi,
+                name,
+                up: alive,
+            });
         }
     }
 
@@ -232,7 +333,8 @@ impl Device {
         self.peers
             .iter()
             .zip(&self.transports)
-            .map(|(p, t)| PeerStatus {
+            .enumerate()
+            .map(|(i, (p, t))| PeerStatus {
                 name: p.name.clone(),
                 transport: t,
                 endpoint: p.endpoint.map(|e| e.to_string()),
@@ -240,6 +342,9 @@ impl Device {
                     .current
                     .as_ref()
                     .is_some_and(|s| s.can_send(now, self.reject_after_time)),
+                up: self.up[i],
+                downs: self.downs[i],
+                transit_denied: self.transit_denied[i],
                 last_handshake_secs_ago: p
                     .last_handshake
                     .map(|t| now.duration_since(t).as_secs_f64()),
@@ -267,6 +372,23 @@ impl Device {
     /// on. The interface, listen address, private key and cipher are not
     /// read: the caller refuses changes to those.
     pub fn reconfigure(&mut self, cfg: &Config) -> Reconfigured {
+        // Liveness and counters of each peer, by public key, to carry over.
+        let was: HashMap<[u8; 32], (String, bool, u64, u64)> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    p.public,
+                    (
+                        p.name.clone(),
+                        self.up[i],
+                        self.downs[i],
+                        self.transit_denied[i],
+                    ),
+                )
+            })
+            .collect();
         let mut old = std::mem::take(&mut self.peers);
         let mut done = Reconfigured::default();
         let mut peers = Vec::with_capacity(cfg.peers.len());
@@ -285,7 +407,7 @@ impl Device {
                     }
                     p.name.clone_from(&pc.name);
                     p.allowed.clone_from(&pc.allowed_prefixes);
-                    p.keepalive = pc.keepalive;
+                    p.keepalive = keepalive_with_health(pc.keepalive, cfg.health);
                     if same {
                         done.unchanged.push(pc.name.clone());
                     } else {
@@ -300,14 +422,51 @@ impl Device {
                         key,
                         pc.endpoint,
                         pc.allowed_prefixes.clone(),
-                        pc.keepalive,
+                        keepalive_with_health(pc.keepalive, cfg.health),
                     )
                 }
             };
             peers.push(peer);
         }
         done.removed = old.iter().map(|p| p.name.clone()).collect();
+        // Removed peers that were up go down (their routes are withdrawn).
+        for p in &old {
+            if was.get(&p.public).is_some_and(|w| w.1) {
+                self.events.push(PeerEvent {
+                    peer: usize::MAX,
+                    name: p.name.clone(),
+                    up: false,
+                });
+            }
+        }
         self.peers = peers;
+        self.health = cfg.health;
+        self.transit = cfg.peers.iter().map(|p| p.transit.clone()).collect();
+        self.up = Vec::with_capacity(self.peers.len());
+        self.downs = Vec::with_capacity(self.peers.len());
+        self.transit_denied = Vec::with_capacity(self.peers.len());
+        for (i, p) in self.peers.iter().enumerate() {
+            let (old_name, up, downs, denied) =
+                was.get(&p.public)
+                    .cloned()
+                    .unwrap_or((p.name.clone(), false, 0, 0));
+            if up && old_name != p.name {
+                // Renamed while up: its routes move to the new name.
+                self.events.push(PeerEvent {
+                    peer: usize::MAX,
+                    name: old_name,
+                    up: false,
+                });
+                self.events.push(PeerEvent {
+                    peer: i,
+                    name: p.name.clone(),
+                    up: true,
+                });
+            }
+            self.up.push(up);
+            self.downs.push(downs);
+            self.transit_denied.push(denied);
+        }
         self.transports = cfg.peers.iter().map(|p| p.transport.as_str()).collect();
         // Positions moved: index the surviving sessions and handshakes again.
         self.indexes = self
@@ -835,11 +994,21 @@ impl Device {
                 return None;
             }
         };
-        let peer = &mut self.peers[pi];
-        if !peer.allows(info.src) {
+        if !self.peers[pi].allows(info.src) {
             self.counters.drop_spoofed_source += 1;
             return None;
         }
+        if let Some(to) = &self.transit[pi] {
+            if self
+                .route(info.dst)
+                .is_some_and(|j| j != pi && !to.contains(&j))
+            {
+                self.counters.drop_transit_denied += 1;
+                self.transit_denied[pi] += 1;
+                return None;
+            }
+        }
+        let peer = &mut self.peers[pi];
         let n = info.total_len;
         peer.rx_bytes += n as u64;
         self.counters.rx_packets += 1;
@@ -947,9 +1116,15 @@ impl Device {
         peer.diag.logged_at = Some(now);
     }
 
-    /// Runs timers: handshake retries, rekeys, keepalives, session expiry.
-    /// Call at least every 100 ms.
+    /// Runs timers: handshake retries, rekeys, keepalives, session expiry,
+    /// and peer liveness (queues [`PeerEvent`]s; see [`Device::take_events`]).
+    /// Call at least every 100 ms (every 50 ms with `health:`).
     pub fn tick(&mut self, t: &Time, out: &mut Vec<Datagram>) {
+        self.tick_timers(t, out);
+        self.update_liveness(t.now);
+    }
+
+    fn tick_timers(&mut self, t: &Time, out: &mut Vec<Datagram>) {
         let now = t.now;
         for pi in 0..self.peers.len() {
             self.log_diagnosis(pi, now);
@@ -980,7 +1155,14 @@ impl Device {
                     };
                     let silent = peer
                         .unanswered_since
-                        .is_some_and(|since| now.duration_since(since) >= DEAD_PEER_AFTER);
+                        .is_some_and(|since| now.duration_since(since) >= DEAD_PEER_AFTER)
+                        || self.health.is_some_and(|h| {
+                            [peer.last_received, peer.last_handshake]
+                                .into_iter()
+                                .flatten()
+                                .max()
+                                .is_none_or(|at| now.duration_since(at) >= h.dead_after)
+                        });
                     age >= due || s.sent_bytes >= self.rekey_after_bytes || silent
                 }
             };
@@ -1003,6 +1185,17 @@ impl Device {
                 out.push(Datagram { to, data });
             }
         }
+    }
+}
+
+/// A peer's keepalive interval with `health:`: the shorter of its own
+/// persistent keepalive and `health.interval`, so both sides of every
+/// session hear from each other at least that often.
+fn keepalive_with_health(own: Option<Duration>, health: Option<HealthConfig>) -> Option<Duration> {
+    match (own, health) {
+        (Some(k), Some(h)) => Some(k.min(h.interval)),
+        (None, Some(h)) => Some(h.interval),
+        (k, None) => k,
     }
 }
 

@@ -18,6 +18,7 @@ fn a_with_c() -> Config {
         keepalive: None,
         transport: crate::config::TransportKind::Udp,
         quic_pin: None,
+        transit: None,
     });
     cfg
 }

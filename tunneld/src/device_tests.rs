@@ -9,6 +9,9 @@ use crate::prefix::Prefix;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+#[path = "device_ha_tests.rs"]
+mod ha;
+
 const A_ADDR: &str = "198.18.0.1:51820";
 const B_ADDR: &str = "198.18.0.2:51820";
 
@@ -59,7 +62,10 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
             keepalive: None,
             transport: crate::config::TransportKind::Udp,
             quic_pin: None,
+            transit: None,
         }],
+        health: None,
+        routes: Default::default(),
     }
 }
 

@@ -195,6 +195,8 @@ fn device_config(me: u8, peer: u8, endpoint: Option<SocketAddr>, allowed: &str) 
         rekey_after_bytes: 1 << 30,
         quic: None,
         metrics_listen: None,
+        health: None,
+        routes: Default::default(),
         peers: vec![PeerConfig {
             name: format!("p{peer}"),
             public_key: PrivateKey::from_bytes([peer; 32]).public(),
@@ -203,6 +205,7 @@ fn device_config(me: u8, peer: u8, endpoint: Option<SocketAddr>, allowed: &str) 
             keepalive: Some(Duration::from_secs(5)),
             transport: crate::config::TransportKind::Udp,
             quic_pin: None,
+            transit: None,
         }],
     }
 }

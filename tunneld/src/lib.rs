@@ -11,6 +11,7 @@
 //!   [`admission`]: which handshake messages get public-key work.
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
+//! - [`routes`]: the peers' prefixes in the kernel's routing tables.
 //! - [`control`]: metrics and status over a Unix socket.
 //! - [`reload`]: applying a changed config to a running tunnel.
 //! - [`metrics`], [`http`]: the Prometheus view and its `/metrics` listener.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod peer;
 pub mod prefix;
 pub mod reload;
+pub mod routes;
 pub mod service;
 pub mod show;
 pub mod transport;

@@ -14,6 +14,7 @@ use tunneld::device::Device;
 use tunneld::http::MetricsServer;
 use tunneld::keys::PrivateKey;
 use tunneld::reload::Reloader;
+use tunneld::routes::{RouteManager, RouteWorker};
 use tunneld::service;
 use tunneld::transport::quic::{self, QuicPeer, QuicSettings};
 use tunneld::transport::{MultiTransport, QuicTransport, TcpTransport, Transport, UdpTransport};
@@ -383,12 +384,14 @@ fn run(path: &std::path::Path) -> Result<()> {
     let dp = cfg.dataplane;
     let transport = transports(&cfg)?;
     let tun = Tun::create(&cfg.interface.name, dp.offload)?;
-    let routes: Vec<_> = cfg
-        .peers
-        .iter()
-        .flat_map(|p| p.allowed_prefixes.iter().copied())
-        .collect();
-    tun.configure(cfg.interface.mtu, &cfg.interface.addresses, &routes)?;
+    tun.configure(cfg.interface.mtu, &cfg.interface.addresses, &[])?;
+    // Allowed prefixes are routed by the route manager (`routes:`), which
+    // follows peer health in `on-session` mode and restores what it replaced.
+    let routes = Arc::new(
+        RouteWorker::start(RouteManager::from_config(&cfg)?)
+            .context("starting the routes thread")?,
+    );
+    let route_events = routes.sender();
     let status = Arc::new(StatusCell::new(Status {
         interface: cfg.interface.name.clone(),
         listen: transport
@@ -400,7 +403,8 @@ fn run(path: &std::path::Path) -> Result<()> {
         ..Status::default()
     }));
     let mailbox = Arc::new(Mailbox::default());
-    let reloader = Reloader::new(path.to_path_buf(), cfg.clone(), mailbox.clone());
+    let reloader =
+        Reloader::new(path.to_path_buf(), cfg.clone(), mailbox.clone()).with_routes(routes.clone());
     let reload: Arc<ReloadFn> = {
         let status = status.clone();
         Arc::new(move || reload_now(&reloader, &status))
@@ -455,10 +459,16 @@ fn run(path: &std::path::Path) -> Result<()> {
             status: &status,
             mailbox: &mailbox,
             shutdown: &shutdown,
+            events: route_events.as_ref(),
         },
     )
     .context("data path failed");
     service::stopping();
+    // The routes thread ends once every event sender is gone.
+    drop(route_events);
+    if let Err(e) = routes.stop() {
+        log::error!("withdrawing routes: {e}");
+    }
     result?;
     log::info!("shutting down: removing {}", cfg.interface.name);
     Ok(())

@@ -126,6 +126,7 @@ pub fn render(s: &Status) -> String {
                 ("cookie_invalid", c.drop_cookie_invalid),
                 ("no_route", c.drop_no_route),
                 ("no_session", c.drop_no_session),
+                ("transit_denied", c.drop_transit_denied),
             ],
         ),
     );
@@ -240,6 +241,21 @@ pub fn render(s: &Status) -> String {
         s.peers
             .iter()
             .map(|p| (peer(&p.name), u64::from(p.session))),
+    );
+    b.gauge(
+        "tunneld_peer_up",
+        "Whether the peer is up (session established and heard from within health.dead_after); what routes.install on-session follows.",
+        s.peers.iter().map(|p| (peer(&p.name), u64::from(p.up))),
+    );
+    b.counter(
+        "tunneld_peer_downs",
+        "Times the peer went down.",
+        s.peers.iter().map(|p| (peer(&p.name), p.downs)),
+    );
+    b.counter(
+        "tunneld_peer_transit_denied",
+        "Packets from the peer to other peers refused by its transit list.",
+        s.peers.iter().map(|p| (peer(&p.name), p.transit_denied)),
     );
     b.counter(
         "tunneld_peer_bytes",

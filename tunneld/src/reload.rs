@@ -21,6 +21,7 @@ use crate::config::{self, Config, ConfigError, TransportKind};
 use crate::dataplane::Mailbox;
 use crate::device::Reconfigured;
 use crate::prefix::Prefix;
+use crate::routes::{RouteError, RouteWorker};
 use crate::tun::{self, TunError};
 use std::fmt;
 use std::path::PathBuf;
@@ -92,6 +93,9 @@ pub struct Reloader {
     path: PathBuf,
     current: Mutex<Config>,
     mailbox: Arc<Mailbox>,
+    /// The daemon's route manager; without it (tests) routes are changed
+    /// with plain `ip route` calls.
+    routes: Option<Arc<RouteWorker>>,
 }
 
 impl Reloader {
@@ -101,7 +105,16 @@ impl Reloader {
             path,
             current: Mutex::new(running),
             mailbox,
+            routes: None,
         }
+    }
+
+    /// Changes routes through the daemon's route manager: it keeps
+    /// `routes.install` (`on-session` routes only for peers that are up)
+    /// and restores routes it replaced.
+    pub fn with_routes(mut self, routes: Arc<RouteWorker>) -> Reloader {
+        self.routes = Some(routes);
+        self
     }
 
     /// The config file this daemon reloads.
@@ -130,7 +143,9 @@ impl Reloader {
             .copied()
             .collect();
         let dev = current.interface.name.clone();
-        tun::remove_routes(&dev, &removed).map_err(ReloadError::Routes)?;
+        if self.routes.is_none() {
+            tun::remove_routes(&dev, &removed).map_err(ReloadError::Routes)?;
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         let cfg = new.clone();
         self.mailbox.post(Box::new(move |device, _| {
@@ -139,8 +154,25 @@ impl Reloader {
         let peers = rx
             .recv_timeout(APPLY_TIMEOUT)
             .map_err(|_| ReloadError::NotApplied(APPLY_TIMEOUT))?;
+        match &self.routes {
+            Some(r) => r
+                .with(|m| -> Result<(), RouteError> {
+                    for p in current
+                        .peers
+                        .iter()
+                        .filter(|p| !new.peers.iter().any(|q| q.name == p.name))
+                    {
+                        m.remove_peer(&p.name)?;
+                    }
+                    for p in &new.peers {
+                        m.set_peer(&p.name, &p.allowed_prefixes)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|RouteError::Ip(e)| ReloadError::Routes(e))?,
+            None => tun::add_routes(&dev, &added).map_err(ReloadError::Routes)?,
+        }
         *current = new;
-        tun::add_routes(&dev, &added).map_err(ReloadError::Routes)?;
         Ok(ReloadReport {
             peers,
             routes_added: added,
@@ -205,6 +237,11 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         old.socket_buffer != new.socket_buffer,
         "socket_buffer",
         "socket buffers are sized at start",
+    );
+    field(
+        old.routes != new.routes,
+        "routes",
+        "the route manager installs into one table with one policy from start to exit",
     );
     field(
         old.dataplane != new.dataplane,

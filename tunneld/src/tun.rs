@@ -202,12 +202,18 @@ pub fn remove_routes(dev: &str, routes: &[Prefix]) -> Result<(), TunError> {
 }
 
 fn ip(args: &[&str]) -> Result<(), TunError> {
+    run_ip(args).map(|_| ())
+}
+
+/// Runs `ip ARGS`; returns its standard output, or an error with the
+/// arguments and what `ip` printed on standard error.
+pub(crate) fn run_ip(args: &[&str]) -> Result<String, TunError> {
     let out = Command::new("ip")
         .args(args)
         .output()
         .map_err(TunError::NoIp)?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(TunError::Ip {
             args: args.join(" "),

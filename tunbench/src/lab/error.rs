@@ -22,6 +22,9 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    /// The gateway-pair (HA) lab could not be built or a step of it failed.
+    #[error("HA lab: {0}")]
+    Ha(String),
     /// A binary the lab needs (tunbench itself, tunneld) was not found.
     #[error("{0}")]
     Missing(String),

@@ -12,6 +12,7 @@
 //! installs [`crate::topo::install_signal_cleanup`]).
 
 pub mod error;
+pub mod ha;
 pub mod measure;
 pub mod report;
 pub mod scenario;

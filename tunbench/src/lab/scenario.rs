@@ -192,6 +192,10 @@ pub struct Scenario {
     /// tunneld's settings for the `tunneld` row.
     #[serde(default)]
     pub tunneld: TunneldSettings,
+    /// Several gateway pairs with BGP and ECMP instead of the comparison
+    /// (docs/ha.md): throughput per pair count, failover, drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::lab::ha::HaPlan>,
 }
 
 /// `wan:` — the emulated link between the gateways.
@@ -449,6 +453,24 @@ impl Scenario {
                 ),
             ));
         }
+        if let Some(ha) = &s.ha {
+            if s.systems != [SystemKind::Tunneld] {
+                return Err(invalid(
+                    "systems",
+                    "an `ha:` scenario measures tunneld gateway pairs: systems must be [tunneld]"
+                        .into(),
+                ));
+            }
+            if s.wan.emulates() {
+                return Err(invalid(
+                    "wan",
+                    "the gateway-pair lab has no WAN emulation yet; use `wan: {}`".into(),
+                ));
+            }
+            if let Err((field, message)) = ha.check() {
+                return Err(invalid(&field, message));
+            }
+        }
         if let Some(cc) = &s.test.congestion {
             if cc.is_empty() || !cc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(invalid(
@@ -462,6 +484,17 @@ impl Scenario {
 
     /// Rough wall time of one run (for progress messages).
     pub fn estimated_time(&self) -> Duration {
+        if let Some(ha) = &self.ha {
+            let per_test = self.test.duration.0 + self.test.omit.0 + Duration::from_secs(3);
+            let drain = ha
+                .drain
+                .as_ref()
+                .map_or(Duration::ZERO, |d| d.duration.0 * 2);
+            return per_test * (ha.pairs as u32 * self.test.repeats)
+                + ha.failover.duration.0
+                + drain
+                + Duration::from_secs(15);
+        }
         let per_test = self.test.duration.0 + self.test.omit.0 + Duration::from_secs(1);
         let per_system = per_test * self.test.streams.len() as u32
             + self.test.latency_idle.0

@@ -218,3 +218,37 @@ fn tunneld_flows_setting() {
     let e = err(&format!("{BASE}tunneld:\n  dataplane:\n    flows: many\n"));
     assert!(e.contains("flows") && e.contains("t.yaml:13:"), "{e}");
 }
+
+#[test]
+fn ha_section_rules_name_the_field() {
+    let base = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lab-ha.yaml"),
+    )
+    .expect("lab-ha profile");
+    let s = Scenario::parse(&base, "ha.yaml").expect("shipped HA profile parses");
+    let ha = s.ha.expect("ha section");
+    assert_eq!(ha.pairs, 2);
+    assert_eq!(ha.failover.kill_at.0, Duration::from_secs(5));
+    let bad = |from: &str, to: &str, field: &str| {
+        let text = base.replacen(from, to, 1);
+        assert_ne!(text, base, "{from} is in the profile");
+        let e = Scenario::parse(&text, "ha.yaml")
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains(field), "{field} missing in: {e}");
+    };
+    bad("  pairs: 2", "  pairs: 1", "ha.pairs");
+    bad("  pairs: 2", "  pairs: 9", "ha.pairs");
+    bad("    return_at: 11s", "    return_at: 30s", "ha.failover");
+    bad("    kill_at: 5s", "    kill_at: 12s", "ha.failover");
+    bad("    bin: 10ms", "    bin: 1ms", "ha.failover.bin");
+    bad("    dead_after: 1s", "    dead_after: 300ms", "ha.health");
+    bad("    at: 4s", "    at: 10s", "ha.drain.at");
+    bad("systems: [tunneld]", "systems: [tunneld, raw]", "systems");
+    bad("wan: {}", "wan: { rate: 1G }", "wan");
+    bad(
+        "    settle: 1s",
+        "    settle: 1s\n    colour: red",
+        "colour",
+    );
+}

@@ -284,6 +284,24 @@ impl Lab {
         }
     }
 
+    /// Kills one spawned process at once (SIGKILL, no grace: a crash, as
+    /// failover tests need), reaps it and returns its exit status.
+    pub fn kill(&self, pid: u32) -> Result<ExitStatus> {
+        let mut child = self
+            .shared
+            .lock()
+            .procs
+            .remove(&pid)
+            .ok_or(TopoError::UnknownProcess(pid))?;
+        // A zombie keeps its PID until waited for, so this cannot hit a reused PID.
+        child
+            .kill()
+            .map_err(|e| TopoError::io(format!("killing process {pid}"), e))?;
+        child
+            .wait()
+            .map_err(|e| TopoError::io(format!("reaping process {pid}"), e))
+    }
+
     /// `Some(status)` if a spawned process has exited (it stays known to
     /// [`Lab::log`]), `None` while it runs.
     pub fn try_wait(&self, pid: u32) -> Result<Option<ExitStatus>> {

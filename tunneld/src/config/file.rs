@@ -85,6 +85,22 @@ pub const DEFAULT_FLOWS: u64 = 1;
 pub const FLOWS_RANGE: std::ops::RangeInclusive<u64> = 1..=16;
 /// CPU numbers `dataplane.cpus` accepts (glibc's CPU_SETSIZE is 1024).
 pub const MAX_CPU: u64 = 1023;
+/// `health.interval` bounds: the data path runs timers every 50 ms, so a
+/// shorter interval would not be honoured; above a minute it is no faster
+/// than the default dead-peer detection.
+pub const HEALTH_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(50)..=Duration::from_secs(60);
+/// `health.dead_after` bounds: at least two timer ticks, at most an hour.
+pub const HEALTH_DEAD_AFTER_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+/// `dead_after` must cover at least this many keepalive intervals, so one
+/// lost keepalive never marks a live peer down.
+pub const HEALTH_MIN_INTERVALS: u32 = 2;
+/// Kernel routing table numbers `routes.table` refuses: 0 (unspecified),
+/// 253 (default) and 255 (local) belong to the kernel.
+pub const RESERVED_ROUTE_TABLES: [u32; 3] = [0, 253, 255];
+/// The kernel's main routing table.
+pub const MAIN_ROUTE_TABLE: u32 = 254;
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Peer names appear in metrics labels and logs; keep them short.
@@ -162,6 +178,14 @@ pub struct TunnelFile {
     /// The QUIC endpoint (required when a peer uses `transport: quic`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicFile>,
+    /// Fast dead-peer detection (keepalive interval and dead time) for
+    /// gateways whose routes follow the tunnel's health; absent: the
+    /// defaults (peer presumed dead after 15 s without an answer to data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthFile>,
+    /// How the peers' allowed prefixes are routed into the TUN device.
+    #[serde(default, skip_serializing_if = "RoutesFile::is_default")]
+    pub routes: RoutesFile,
     /// The Prometheus `/metrics` HTTP endpoint; none without this section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsFile>,
@@ -271,6 +295,175 @@ impl Default for DataplaneFile {
             cpus: None,
         }
     }
+}
+
+/// `health:` — how fast a dead peer is noticed (docs/ha.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// Keepalive sent on every established session that has sent nothing
+    /// for this long (50ms..=60s); replaces a longer `peers[].keepalive`.
+    #[serde(deserialize_with = "de_span")]
+    pub interval: Span,
+    /// A peer from which nothing authenticated arrived for this long is down
+    /// (its `on-session` routes are withdrawn and a handshake starts);
+    /// 100ms..=1h, at least twice `interval`.
+    #[serde(deserialize_with = "de_span")]
+    pub dead_after: Span,
+}
+
+/// When the peers' allowed prefixes are routed into the TUN device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
+pub enum RouteInstall {
+    /// At start, for every peer, until exit (a static gateway).
+    #[default]
+    #[serde(rename = "always")]
+    Always,
+    /// A peer's prefixes only while a session with it is established and
+    /// alive: what a routing daemon reads to announce the remote site.
+    #[serde(rename = "on-session")]
+    OnSession,
+    /// Never: the operator or a routing daemon routes into the device.
+    #[serde(rename = "off")]
+    Off,
+}
+
+impl RouteInstall {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteInstall::Always => "always",
+            RouteInstall::OnSession => "on-session",
+            RouteInstall::Off => "off",
+        }
+    }
+}
+
+/// `routes:` — how allowed prefixes reach the kernel's routing tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    /// `always` (default), `on-session` or `off`.
+    #[serde(default)]
+    pub install: RouteInstall,
+    /// Kernel routing table: `main` (default) or a number (not 0, 253, 255).
+    #[serde(
+        default = "default_route_table",
+        deserialize_with = "de_route_table",
+        serialize_with = "ser_route_table"
+    )]
+    pub table: u32,
+    /// Route metric (priority); absent: the kernel default 0. A route of
+    /// another metric for the same prefix is left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+impl Default for RoutesFile {
+    fn default() -> Self {
+        RoutesFile {
+            install: RouteInstall::Always,
+            table: MAIN_ROUTE_TABLE,
+            metric: None,
+        }
+    }
+}
+
+impl RoutesFile {
+    /// True for the defaults (kept out of generated YAML).
+    pub fn is_default(&self) -> bool {
+        *self == RoutesFile::default()
+    }
+}
+
+fn default_route_table() -> u32 {
+    MAIN_ROUTE_TABLE
+}
+
+fn ser_route_table<S: serde::Serializer>(t: &u32, s: S) -> Result<S::Ok, S::Error> {
+    if *t == MAIN_ROUTE_TABLE {
+        s.serialize_str("main")
+    } else {
+        s.serialize_u32(*t)
+    }
+}
+
+pub(crate) fn check_route_table(t: u64) -> Result<u32, String> {
+    let t = u32::try_from(t).map_err(|_| format!("{t} is not a routing table number"))?;
+    if RESERVED_ROUTE_TABLES.contains(&t) {
+        return Err(format!(
+            "table {t} is reserved by the kernel (0 unspecified, 253 default, 255 local); \
+             use main or another number"
+        ));
+    }
+    Ok(t)
+}
+
+/// Checks `health:`; an error names the field (`interval` or `dead_after`).
+pub(crate) fn check_health(
+    interval: Duration,
+    dead_after: Duration,
+) -> Result<(), (&'static str, String)> {
+    let fmt_range =
+        |r: &std::ops::RangeInclusive<Duration>| format!("{:?}..={:?}", r.start(), r.end());
+    if !HEALTH_INTERVAL_RANGE.contains(&interval) {
+        return Err((
+            "interval",
+            format!(
+                "{interval:?} is out of range {}",
+                fmt_range(&HEALTH_INTERVAL_RANGE)
+            ),
+        ));
+    }
+    if !HEALTH_DEAD_AFTER_RANGE.contains(&dead_after) {
+        return Err((
+            "dead_after",
+            format!(
+                "{dead_after:?} is out of range {}",
+                fmt_range(&HEALTH_DEAD_AFTER_RANGE)
+            ),
+        ));
+    }
+    if dead_after < interval * HEALTH_MIN_INTERVALS {
+        return Err((
+            "dead_after",
+            format!(
+                "{dead_after:?} must be at least {HEALTH_MIN_INTERVALS} x health.interval \
+                 ({interval:?}), or one lost keepalive marks a live peer down"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn de_route_table<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u32;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a routing table: main or a number")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+            check_route_table(v).map_err(E::custom)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+            let v = u64::try_from(v)
+                .map_err(|_| E::custom(format!("{v} is not a routing table number")))?;
+            self.visit_u64(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u32, E> {
+            match v.trim() {
+                "main" => Ok(MAIN_ROUTE_TABLE),
+                t => match t.parse::<u64>() {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "\"{v}\" is not a routing table (main or a number)"
+                    ))),
+                },
+            }
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// `quic:` — this daemon's QUIC endpoint.
@@ -386,6 +579,12 @@ pub struct PeerFile {
     /// QUIC authentication of this peer (with `transport: quic`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<PeerQuicFile>,
+    /// Hub policy: the names of the other peers this peer may reach through
+    /// this gateway (packets from it to their prefixes). Absent: any peer
+    /// (the kernel forwards between them); `[]`: none. Refused transit is
+    /// dropped and counted (`drop_transit_denied`, per peer `transit_denied`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit: Option<Vec<String>>,
 }
 
 fn default_true() -> bool {

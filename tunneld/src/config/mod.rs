@@ -21,12 +21,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{
-    DataplaneFile, InterfaceFile, Kind, MetricsFile, PeerFile, PeerQuicFile, QuicFile, RekeyFile,
-    TunnelFile, BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS, DEFAULT_METRICS_LISTEN, DEFAULT_MTU,
-    DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE, DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME,
-    DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, FLOWS_RANGE, IPV6_MIN_MTU, KEEPALIVE_RANGE,
-    MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES, MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE,
-    SOCKET_BUFFER_RANGE, WORKERS_RANGE,
+    DataplaneFile, HealthFile, InterfaceFile, Kind, MetricsFile, PeerFile, PeerQuicFile, QuicFile,
+    RekeyFile, RouteInstall, RoutesFile, TunnelFile, BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS,
+    DEFAULT_METRICS_LISTEN, DEFAULT_MTU, DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE,
+    DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, FLOWS_RANGE,
+    IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES,
+    MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE, WORKERS_RANGE,
+};
+pub use file::{
+    HEALTH_DEAD_AFTER_RANGE, HEALTH_INTERVAL_RANGE, HEALTH_MIN_INTERVALS, MAIN_ROUTE_TABLE,
 };
 
 use crate::keys::{KeyError, PrivateKey, PublicKey};
@@ -194,7 +197,24 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Remote gateways (none yet is allowed: a reload adds them).
     pub peers: Vec<PeerConfig>,
+    /// Fast dead-peer detection; `None`: the default timers.
+    pub health: Option<HealthConfig>,
+    /// How allowed prefixes are routed into the TUN device.
+    pub routes: RoutesConfig,
 }
+
+/// Checked `health:` (see [`file::HealthFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Keepalive interval on established sessions.
+    pub interval: Duration,
+    /// Nothing authenticated from a peer for this long: it is down.
+    pub dead_after: Duration,
+}
+
+/// Checked `routes:` (every rule is a single-field one, so the file form is
+/// the checked form).
+pub type RoutesConfig = RoutesFile;
 
 /// Checked data-path knobs (see [`file::DataplaneFile`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +288,8 @@ pub struct PeerConfig {
     pub transport: TransportKind,
     /// Its QUIC certificate pin (SHA-256 of the SPKI), for `transport: quic`.
     pub quic_pin: Option<[u8; 32]>,
+    /// Positions (in `peers`) of the peers it may reach through us; `None`: any.
+    pub transit: Option<Vec<usize>>,
 }
 
 /// Why a config could not be loaded. `Display` reads
@@ -579,6 +601,7 @@ pub fn check(
     }
 
     let quic = check_transports(raw, base_dir, &cx)?;
+    let transit = check_transit(raw, &cx)?;
 
     let key_path = base_dir.join(&raw.private_key_file);
     let private_key = PrivateKey::load_file(&key_path).map_err(|source| {
@@ -668,6 +691,19 @@ pub fn check(
         flows: dp.flows as usize,
         cpus,
     };
+    let health = match raw.health {
+        Some(h) => {
+            file::check_health(h.interval.0, h.dead_after.0)
+                .map_err(|(f, m)| cx.invalid(format!("health.{f}"), m))?;
+            Some(HealthConfig {
+                interval: h.interval.0,
+                dead_after: h.dead_after.0,
+            })
+        }
+        None => None,
+    };
+    file::check_route_table(u64::from(raw.routes.table))
+        .map_err(|m| cx.invalid("routes.table".into(), m))?;
     let socket_buffer = usize::try_from(raw.socket_buffer.0)
         .map_err(|_| cx.invalid("socket_buffer".into(), "too large for this platform".into()))?;
 
@@ -693,7 +729,8 @@ pub fn check(
         peers: raw
             .peers
             .iter()
-            .map(|p| PeerConfig {
+            .enumerate()
+            .map(|(i, p)| PeerConfig {
                 name: p.name.clone(),
                 public_key: p.public_key,
                 endpoint: p.endpoint,
@@ -704,9 +741,43 @@ pub fn check(
                     .quic
                     .as_ref()
                     .and_then(|q| crate::transport::quic::parse_pin(&q.spki_sha256).ok()),
+                transit: transit[i].clone(),
             })
             .collect(),
+        health,
+        routes: raw.routes,
     })
+}
+
+/// Resolves `peers[].transit` names to positions: each must name another
+/// configured peer, once.
+fn check_transit(raw: &TunnelFile, cx: &Ctx<'_>) -> Result<Vec<Option<Vec<usize>>>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, p) in raw.peers.iter().enumerate() {
+        let Some(names) = &p.transit else {
+            out.push(None);
+            continue;
+        };
+        let mut to = Vec::new();
+        for (k, name) in names.iter().enumerate() {
+            let field = format!("peers[{i}].transit[{k}]");
+            let Some(j) = raw.peers.iter().position(|q| &q.name == name) else {
+                return Err(cx.invalid(field, format!("\"{name}\" is not the name of a peer")));
+            };
+            if j == i {
+                return Err(cx.invalid(
+                    field,
+                    format!("\"{name}\" is this peer itself; list the other peers it may reach"),
+                ));
+            }
+            if to.contains(&j) {
+                return Err(cx.invalid(field, format!("\"{name}\" is listed twice")));
+            }
+            to.push(j);
+        }
+        out.push(Some(to));
+    }
+    Ok(out)
 }
 
 /// The rules tying `peers[].transport`, `peers[].quic` and `quic:` together;

@@ -733,6 +733,15 @@ fn round_trip_generated_config() {
             flows: 3,
         },
         quic: None,
+        health: Some(crate::config::HealthFile {
+            interval: Span(Duration::from_millis(200)),
+            dead_after: Span(Duration::from_secs(1)),
+        }),
+        routes: crate::config::RoutesFile {
+            install: crate::config::RouteInstall::OnSession,
+            table: 100,
+            metric: Some(50),
+        },
         metrics: None,
         rekey: RekeyFile {
             after_time: Span(Duration::from_millis(1500)),
@@ -747,6 +756,7 @@ fn round_trip_generated_config() {
                 keepalive: Some(Span(Duration::from_secs(25))),
                 transport: TransportKind::Tcp,
                 quic: None,
+                transit: Some(vec!["dc-c".into()]),
             },
             PeerFile {
                 name: "dc-c".into(),
@@ -756,6 +766,7 @@ fn round_trip_generated_config() {
                 keepalive: None,
                 transport: TransportKind::Udp,
                 quic: None,
+                transit: None,
             },
         ],
     };
@@ -943,4 +954,107 @@ fn transport_example_profiles_parse() {
         .expect("quic profile");
     assert_eq!(quic.peers[0].transport, TransportKind::Quic);
     assert!(quic.quic.is_some());
+}
+
+#[test]
+fn health_and_routes_sections() {
+    let f = fixture();
+    let base = f.yaml();
+    // Defaults: no fast detection, routes always in main.
+    let c = f.parse(&base).expect("base parses");
+    assert_eq!(c.health, None);
+    assert_eq!(c.routes.install, RouteInstall::Always);
+    assert_eq!(c.routes.table, MAIN_ROUTE_TABLE);
+    assert_eq!(c.routes.metric, None);
+
+    let text = format!(
+        "{base}health:\n  interval: 200ms\n  dead_after: 1s\nroutes:\n  install: on-session\n  table: 100\n  metric: 20\n"
+    );
+    let c = f.parse(&text).expect("health and routes parse");
+    assert_eq!(
+        c.health,
+        Some(HealthConfig {
+            interval: Duration::from_millis(200),
+            dead_after: Duration::from_secs(1)
+        })
+    );
+    assert_eq!(c.routes.install, RouteInstall::OnSession);
+    assert_eq!((c.routes.table, c.routes.metric), (100, Some(20)));
+    let c = f
+        .parse(&format!("{base}routes:\n  table: main\n  install: off\n"))
+        .expect("table main parses");
+    assert_eq!((c.routes.table, c.routes.install), (254, RouteInstall::Off));
+
+    // Bad values name the field and the line.
+    f.expect_err(
+        &format!("{base}routes:\n  table: 255\n"),
+        "reserved",
+        "table: 255",
+    );
+    f.expect_err(
+        &format!("{base}routes:\n  table: loopy\n"),
+        "not a routing table",
+        "table: loopy",
+    );
+    f.expect_err(
+        &format!("{base}routes:\n  table: 4294967296\n"),
+        "not a routing table",
+        "table: 4294967296",
+    );
+    f.expect_err(
+        &format!("{base}routes:\n  install: sometimes\n"),
+        "install",
+        "install: sometimes",
+    );
+    f.expect_err(
+        &format!("{base}routes:\n  colour: red\n"),
+        "colour",
+        "colour: red",
+    );
+    let msg = f.expect_err(
+        &format!("{base}health:\n  interval: 10ms\n  dead_after: 1s\n"),
+        "health.interval",
+        "interval: 10ms",
+    );
+    assert!(msg.contains("out of range"), "{msg}");
+    let msg = f.expect_err(
+        &format!("{base}health:\n  interval: 600ms\n  dead_after: 1s\n"),
+        "health.dead_after",
+        "dead_after: 1s",
+    );
+    assert!(msg.contains("2 x health.interval"), "{msg}");
+    f.expect_err(
+        &format!("{base}health:\n  interval: 200ms\n"),
+        "dead_after",
+        "interval: 200ms",
+    );
+}
+
+#[test]
+fn transit_names_other_peers() {
+    let f = fixture();
+    let base = f.yaml();
+    let with = |list: &str| {
+        base.replace(
+            "    keepalive: 10s\n",
+            &format!("    keepalive: 10s\n    transit: {list}\n"),
+        )
+    };
+    let c = f.parse(&with("[dc-c]")).expect("transit parses");
+    assert_eq!(c.peers[0].transit, Some(vec![1]));
+    assert_eq!(c.peers[1].transit, None);
+    assert_eq!(
+        f.parse(&with("[]")).expect("empty").peers[0].transit,
+        Some(vec![])
+    );
+    let msg = f.expect_err(&with("[dc-x]"), "peers[0].transit[0]", "transit: [dc-x]");
+    assert!(msg.contains("not the name of a peer"), "{msg}");
+    let msg = f.expect_err(&with("[dc-b]"), "peers[0].transit[0]", "transit: [dc-b]");
+    assert!(msg.contains("itself"), "{msg}");
+    let msg = f.expect_err(
+        &with("[dc-c, dc-c]"),
+        "peers[0].transit[1]",
+        "transit: [dc-c, dc-c]",
+    );
+    assert!(msg.contains("twice"), "{msg}");
 }

@@ -125,6 +125,8 @@ pub fn tunnel_file(
         dataplane: s.dataplane.clone(),
         quic: None,
         metrics: None,
+        health: None,
+        routes: Default::default(),
         rekey: RekeyFile::default(),
         peers: vec![PeerFile {
             name: side.peer().letter().to_string(),
@@ -139,6 +141,7 @@ pub fn tunnel_file(
             keepalive: Some(Span(Duration::from_secs(5))),
             transport: Default::default(),
             quic: None,
+            transit: None,
         }],
     }
 }
