@@ -266,6 +266,26 @@ pub struct HaReport {
     pub elapsed_s: f64,
 }
 
+impl HaReport {
+    /// Reads `results.json` of an HA lab run from `dir` (what `tunbench
+    /// report` uses for the per-pair rate and the failover figures).
+    pub fn load(dir: &Path) -> Result<HaReport> {
+        let path = dir.join("results.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
+        let r: HaReport = serde_json::from_str(&text)
+            .map_err(|e| LabError::Ha(format!("{}: not HA lab results: {e}", path.display())))?;
+        if r.schema != SCHEMA {
+            return Err(LabError::Ha(format!(
+                "{}: schema {:?}, expected {SCHEMA:?}",
+                path.display(),
+                r.schema
+            )));
+        }
+        Ok(r)
+    }
+}
+
 fn lab_err(e: impl std::fmt::Display) -> LabError {
     LabError::Ha(e.to_string())
 }
@@ -751,4 +771,58 @@ fn write(dir: &Path, r: &HaReport) -> Result<()> {
     std::fs::write(&path, render(r))
         .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> HaReport {
+        HaReport {
+            schema: SCHEMA.into(),
+            scenario: "lab-ha".into(),
+            pairs: 2,
+            host_cpus: 2,
+            throughput: Vec::new(),
+            per_pair_bits_per_second: 2.95e9,
+            scaling: 0.98,
+            failover: FailoverFigures {
+                streams: 8,
+                rate_bits_per_second: Some(1_000_000_000),
+                intact: true,
+                longest_gap_s: 1.45,
+                bin_s: 0.01,
+                all_flows_on_survivor_s: Some(1.48),
+                withdrawn_site_a_s: Some(0.04),
+                withdrawn_site_b_s: Some(1.01),
+                reannounced_s: Some(0.16),
+                rebalanced_s: Some(0.16),
+                retransmits: 291,
+                bytes: 1,
+                failures: String::new(),
+            },
+            drain: None,
+            elapsed_s: 100.0,
+        }
+    }
+
+    #[test]
+    fn results_round_trip_and_wrong_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("ha-results-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        write(&dir, &report()).expect("write");
+        let back = HaReport::load(&dir).expect("load");
+        assert_eq!(back.per_pair_bits_per_second, 2.95e9);
+        assert_eq!(back.failover.longest_gap_s, 1.45);
+        let md = std::fs::read_to_string(dir.join("summary.md")).expect("summary");
+        assert!(md.contains("longest gap 1.45 s"), "{md}");
+        let mut other = serde_json::to_value(report()).expect("json");
+        other["schema"] = "tunbench-lab/1".into();
+        std::fs::write(dir.join("results.json"), other.to_string()).expect("write");
+        let e = HaReport::load(&dir).expect_err("wrong schema").to_string();
+        assert!(e.contains("schema"), "{e}");
+        std::fs::write(dir.join("results.json"), "{not json").expect("write");
+        assert!(HaReport::load(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
