@@ -99,6 +99,12 @@ pub struct ReportArgs {
     /// Where --pair-rate was measured (shown beside it).
     #[arg(long, requires = "pair_rate")]
     pair_rate_source: Option<String>,
+    /// An HA lab run's folder (`tunbench lab` with an `ha:` scenario, e.g.
+    /// profiles/lab-ha.yaml): the plan uses its measured per-pair rate
+    /// (unless --pair-rate is given) and states its failover and drain
+    /// figures.
+    #[arg(long)]
+    ha: Option<PathBuf>,
     /// Instead of a whole report, refill the generated blocks of this
     /// Markdown file (`<!-- tunbench:NAME -->` … `<!-- /tunbench:NAME -->`,
     /// NAME one of conditions, systems, decision, knob:KNOB, timeline,
@@ -280,7 +286,7 @@ pub fn tune_cmd(a: &TuneArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `tunbench report`.
 pub fn report_cmd(a: &ReportArgs) -> anyhow::Result<ExitCode> {
-    let opts = report::Options {
+    let mut opts = report::Options {
         pair_rate: a.pair_rate.map(|r| {
             (
                 r as f64,
@@ -289,7 +295,15 @@ pub fn report_cmd(a: &ReportArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "given with --pair-rate".into()),
             )
         }),
+        failover: Vec::new(),
     };
+    if let Some(dir) = &a.ha {
+        let ha = tunbench::lab::ha::HaReport::load(dir)
+            .with_context(|| format!("--ha {}", dir.display()))?;
+        let (pair, failover) = tunbench::sweep::plan::from_ha(&ha, &dir.display().to_string());
+        opts.pair_rate.get_or_insert(pair);
+        opts.failover = failover;
+    }
     let model = report::load(&a.dir, &opts)?;
     if let Some(f) = &a.fill {
         let template =

@@ -130,6 +130,9 @@ pub struct Plan {
     pub overhead: Overhead,
     /// One row per target.
     pub rows: Vec<PlanRow>,
+    /// What a failover and a drain measured in an HA lab, in words (with
+    /// `tunbench report --ha`).
+    pub failover: Vec<String>,
 }
 
 /// Builds the plan from the chosen cell. `given` overrides the sweep's
@@ -207,10 +210,60 @@ pub fn plan(
         spares: meta.spares,
         overhead,
         rows,
+        failover: Vec::new(),
     })
 }
 
 /// The plan's assumptions, stated once for both renderers.
+/// The plan's basis from an HA lab run (`tunbench lab` with an `ha:`
+/// scenario): its per-pair rate and where it was measured, and what its
+/// failover and drain showed, one sentence each.
+pub fn from_ha(ha: &crate::lab::ha::HaReport, dir: &str) -> ((f64, String), Vec<String>) {
+    let rate = tunneld::units::format_rate;
+    let source = format!(
+        "HA lab {} in {dir}: one of {} gateway pairs in service, {} CPUs shared by all of them",
+        ha.scenario, ha.pairs, ha.host_cpus
+    );
+    let f = &ha.failover;
+    let opt = |v: Option<f64>| v.map_or("not seen".to_string(), |s| format!("{s:.2} s"));
+    let mut lines = vec![format!(
+        "Failover (HA lab, {} verified TCP flows over {} pairs{}): one gateway SIGKILLed and its \
+         WAN link cut mid-transfer; SHA-256 {}; longest gap in delivered bytes {:.2} s \
+         ({:.0} ms bins); every stalled flow moved to the surviving pairs after {}; routes \
+         withdrawn by site A after {}, site B after {}; once the gateway returned, both pairs \
+         carried data again after {}. The spares in this plan carry the load of the pair that \
+         failed.",
+        f.streams,
+        ha.pairs,
+        f.rate_bits_per_second
+            .map(|r| format!(", paced to {} in all", rate(r as f64)))
+            .unwrap_or_default(),
+        if f.intact {
+            "intact on every flow"
+        } else {
+            "NOT intact"
+        },
+        f.longest_gap_s,
+        f.bin_s * 1000.0,
+        opt(f.all_flows_on_survivor_s),
+        opt(f.withdrawn_site_a_s),
+        opt(f.withdrawn_site_b_s),
+        opt(f.rebalanced_s),
+    )];
+    if let Some(d) = &ha.drain {
+        lines.push(format!(
+            "Draining a gateway for maintenance (BGP withdrawn first, tunneld stopped after): \
+             {} retransmissions against {} in the same run without a drain, longest gap {:.2} s, \
+             SHA-256 {}.",
+            d.retransmits,
+            d.baseline_retransmits,
+            d.longest_gap_s,
+            if d.intact { "intact" } else { "NOT intact" }
+        ));
+    }
+    ((ha.per_pair_bits_per_second, source), lines)
+}
+
 pub fn assumptions(p: &Plan) -> Vec<String> {
     let rate = tunneld::units::format_rate;
     let mut v = vec![format!(
@@ -276,6 +329,7 @@ pub fn assumptions(p: &Plan) -> Vec<String> {
         p.overhead.loss_percent(),
         p.overhead.tunnel_goodput * 100.0
     ));
+    v.extend(p.failover.iter().cloned());
     v
 }
 

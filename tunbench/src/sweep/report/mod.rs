@@ -220,6 +220,9 @@ pub struct Model {
 pub struct Options {
     /// A per-pair throughput measured elsewhere (bit/s) and where.
     pub pair_rate: Option<(f64, String)>,
+    /// Failover and drain figures of an HA lab run, one sentence each,
+    /// stated with the plan.
+    pub failover: Vec<String>,
 }
 
 /// Reads DIR and builds the model.
@@ -767,6 +770,10 @@ pub fn build(sweep: Option<&results::SweepResults>, lab: Option<&LabDoc>, opts: 
             let link = decision.as_ref().and_then(|d| d.link.as_ref());
             choose::choose(&all, n, link)
                 .and_then(|ch| plan::plan(m, &ch, link, opts.pair_rate.clone()))
+                .map(|mut p| {
+                    p.failover.clone_from(&opts.failover);
+                    p
+                })
         }
         _ => None,
     };

@@ -158,6 +158,7 @@ fn given_pair_rate_overrides_and_is_labelled() {
         None,
         &Options {
             pair_rate: Some((5e9, "HA lab".into())),
+            failover: Vec::new(),
         },
     );
     let p = m.plan.expect("plan");
@@ -313,4 +314,53 @@ fn lab_results_alone_make_a_systems_table() {
     assert!(m.plan.is_none());
     let md = markdown::render(&m);
     assert!(md.contains("Lab comparison"));
+}
+
+#[test]
+fn an_ha_lab_run_gives_the_pair_rate_and_the_failover_figures() {
+    // results.json of `tunbench lab --profile profiles/lab-ha.yaml`.
+    let ha: crate::lab::ha::HaReport =
+        serde_json::from_str(include_str!("ha-lab-results.json")).expect("HA lab results");
+    let ((pair, source), failover) = plan::from_ha(&ha, "/tmp/ha");
+    assert_eq!(pair, ha.per_pair_bits_per_second);
+    assert!(
+        source.starts_with("HA lab lab-ha in /tmp/ha: one of 2 gateway pairs"),
+        "{source}"
+    );
+    assert_eq!(failover.len(), 2, "failover and drain");
+    assert!(
+        failover[0].contains("longest gap in delivered bytes 1.43 s"),
+        "{}",
+        failover[0]
+    );
+    assert!(
+        failover[0].contains("SHA-256 intact on every flow"),
+        "{}",
+        failover[0]
+    );
+    assert!(
+        failover[1].starts_with("Draining a gateway"),
+        "{}",
+        failover[1]
+    );
+    let r = results();
+    let m = build(
+        Some(&r),
+        None,
+        &Options {
+            pair_rate: Some((pair, source)),
+            failover,
+        },
+    );
+    let p = m.plan.as_ref().expect("plan");
+    assert!(matches!(p.basis, Basis::Given(ref s) if s.starts_with("HA lab")));
+    let said = plan::assumptions(p);
+    assert!(
+        said.iter().any(|l| l.starts_with("Failover (HA lab")),
+        "{said:?}"
+    );
+    let md = markdown::render(&m);
+    assert!(md.contains("longest gap in delivered bytes 1.43 s"), "{md}");
+    let html = html::render(&m);
+    assert!(html.contains("longest gap in delivered bytes 1.43 s"));
 }
