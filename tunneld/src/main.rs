@@ -66,32 +66,14 @@ enum Cmd {
     /// peers, prefixes, endpoints, keepalives and rekey limits change
     /// without dropping the sessions of unchanged peers.
     Reload {
-        /// The config of the running tunnel (its control_socket is used).
-        #[arg(
-            short,
-            long,
-            conflicts_with = "socket",
-            required_unless_present = "socket"
-        )]
-        config: Option<PathBuf>,
-        /// The control socket path, instead of --config.
-        #[arg(long)]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: Daemon,
     },
     /// Show a running tunnel for people: peers, endpoints, latest
     /// handshakes, transfer, non-zero drops, and why a peer has no session.
     Show {
-        /// The config of the running tunnel (its control_socket is used).
-        #[arg(
-            short,
-            long,
-            conflicts_with = "socket",
-            required_unless_present = "socket"
-        )]
-        config: Option<PathBuf>,
-        /// The control socket path, instead of --config.
-        #[arg(long)]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: Daemon,
     },
     /// Read a private key on stdin and print its public key (base64).
     Pubkey,
@@ -113,21 +95,28 @@ enum Cmd {
     },
     /// Ask a running tunneld for its status (JSON) or metrics (Prometheus text).
     Status {
-        /// The config of the running tunnel (its control_socket is used).
-        #[arg(
-            short,
-            long,
-            conflicts_with = "socket",
-            required_unless_present = "socket"
-        )]
-        config: Option<PathBuf>,
-        /// The control socket path, instead of --config.
-        #[arg(long)]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: Daemon,
         /// Print Prometheus metrics instead of JSON status.
         #[arg(long)]
         prometheus: bool,
     },
+}
+
+/// Which running daemon to ask: by its config, or by its socket.
+#[derive(clap::Args, Debug)]
+struct Daemon {
+    /// The config of the running tunnel (its control_socket is used).
+    #[arg(
+        short,
+        long,
+        conflicts_with = "socket",
+        required_unless_present = "socket"
+    )]
+    config: Option<PathBuf>,
+    /// The control socket path, instead of --config.
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 fn main() {
@@ -162,8 +151,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             dir,
             listen,
         } => init(&name, &address, &dir, &listen),
-        Cmd::Reload { config, socket } => {
-            let answer = control::query(&control_path(socket, config)?, "reload")?;
+        Cmd::Reload { daemon } => {
+            let answer = control::query(&control_path(daemon)?, "reload")?;
             match answer.strip_prefix("error: ") {
                 Some(why) => bail!("reload refused: {}", why.trim_end()),
                 None => {
@@ -172,11 +161,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 }
             }
         }
-        Cmd::Show { config, socket } => {
-            print!(
-                "{}",
-                control::query(&control_path(socket, config)?, "show")?
-            );
+        Cmd::Show { daemon } => {
+            print!("{}", control::query(&control_path(daemon)?, "show")?);
             Ok(())
         }
         Cmd::Genkey => {
@@ -206,12 +192,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             println!("{}", quic::pin_of_cert_file(&cert)?);
             Ok(())
         }
-        Cmd::Status {
-            config,
-            socket,
-            prometheus,
-        } => {
-            let path = control_path(socket, config)?;
+        Cmd::Status { daemon, prometheus } => {
+            let path = control_path(daemon)?;
             let answer = control::query(&path, if prometheus { "metrics" } else { "status" })?;
             print!("{answer}");
             Ok(())
@@ -221,7 +203,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
 
 /// The control socket: given, or named by the config. A config that fails
 /// its checks still names it (the daemon then says what is wrong).
-fn control_path(socket: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf> {
+fn control_path(Daemon { socket, config }: Daemon) -> Result<PathBuf> {
     Ok(match (socket, config) {
         (Some(s), _) => s,
         (None, Some(c)) => match config::load(&c) {
