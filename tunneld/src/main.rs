@@ -366,7 +366,7 @@ fn run(path: &std::path::Path) -> Result<()> {
     let dp = cfg.dataplane;
     let transport = transports(&cfg)?;
     let tun = Tun::create(&cfg.interface.name, dp.offload)?;
-    tun.configure(cfg.interface.mtu, &cfg.interface.addresses, &[])?;
+    tun.configure(cfg.interface.mtu, &cfg.interface.addresses)?;
     // Allowed prefixes are routed by the route manager (`routes:`), which
     // follows peer health in `on-session` mode and restores what it replaced.
     let routes = Arc::new(
@@ -385,8 +385,12 @@ fn run(path: &std::path::Path) -> Result<()> {
         ..Status::default()
     }));
     let mailbox = Arc::new(Mailbox::default());
-    let reloader =
-        Reloader::new(path.to_path_buf(), cfg.clone(), mailbox.clone()).with_routes(routes.clone());
+    let reloader = Reloader::new(
+        path.to_path_buf(),
+        cfg.clone(),
+        mailbox.clone(),
+        routes.clone(),
+    );
     let reload: Arc<ReloadFn> = {
         let status = status.clone();
         Arc::new(move || reload_now(&reloader, &status))

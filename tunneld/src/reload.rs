@@ -8,11 +8,12 @@
 //!    `dataplane`, sockets, the TCP and QUIC peer sets) cannot change live,
 //!    and a file that changes any of it is refused as a whole, naming each
 //!    field, so the running tunnel is untouched.
-//! 2. Routes of prefixes no peer keeps are removed from the kernel.
-//! 3. The protocol core applies the rest ([`Device::reconfigure`]) at the
+//! 2. The protocol core applies the rest ([`Device::reconfigure`]) at the
 //!    data path's next tick, through the [`Mailbox`]: peers matched by
 //!    public key keep their sessions.
-//! 4. Routes of new prefixes are added.
+//! 3. The route manager ([`crate::routes`]) forgets removed peers' routes
+//!    and takes each peer's prefixes, installing them as `routes.install`
+//!    says (at once, or while the peer is up) and restoring what it replaced.
 //!
 //! A file that does not load (broken YAML, a missing key) leaves the running
 //! config as it was and the error says why.
@@ -22,7 +23,7 @@ use crate::dataplane::Mailbox;
 use crate::device::Reconfigured;
 use crate::prefix::Prefix;
 use crate::routes::{RouteError, RouteWorker};
-use crate::tun::{self, TunError};
+use crate::tun::TunError;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
@@ -93,28 +94,26 @@ pub struct Reloader {
     path: PathBuf,
     current: Mutex<Config>,
     mailbox: Arc<Mailbox>,
-    /// The daemon's route manager; without it (tests) routes are changed
-    /// with plain `ip route` calls.
-    routes: Option<Arc<RouteWorker>>,
+    /// The daemon's route manager: it keeps `routes.install` (`on-session`
+    /// routes only for peers that are up) and restores routes it replaced.
+    routes: Arc<RouteWorker>,
 }
 
 impl Reloader {
-    /// A reloader for the daemon started from `path` with `running`.
-    pub fn new(path: PathBuf, running: Config, mailbox: Arc<Mailbox>) -> Reloader {
+    /// A reloader for the daemon started from `path` with `running`,
+    /// whose protocol core reads `mailbox` and whose routes `routes` keeps.
+    pub fn new(
+        path: PathBuf,
+        running: Config,
+        mailbox: Arc<Mailbox>,
+        routes: Arc<RouteWorker>,
+    ) -> Reloader {
         Reloader {
             path,
             current: Mutex::new(running),
             mailbox,
-            routes: None,
+            routes,
         }
-    }
-
-    /// Changes routes through the daemon's route manager: it keeps
-    /// `routes.install` (`on-session` routes only for peers that are up)
-    /// and restores routes it replaced.
-    pub fn with_routes(mut self, routes: Arc<RouteWorker>) -> Reloader {
-        self.routes = Some(routes);
-        self
     }
 
     /// The config file this daemon reloads.
@@ -142,10 +141,6 @@ impl Reloader {
             .filter(|p| !old_routes.contains(p))
             .copied()
             .collect();
-        let dev = current.interface.name.clone();
-        if self.routes.is_none() {
-            tun::remove_routes(&dev, &removed).map_err(ReloadError::Routes)?;
-        }
         let (tx, rx) = mpsc::sync_channel(1);
         let cfg = new.clone();
         self.mailbox.post(Box::new(move |device, _| {
@@ -154,24 +149,21 @@ impl Reloader {
         let peers = rx
             .recv_timeout(APPLY_TIMEOUT)
             .map_err(|_| ReloadError::NotApplied(APPLY_TIMEOUT))?;
-        match &self.routes {
-            Some(r) => r
-                .with(|m| -> Result<(), RouteError> {
-                    for p in current
-                        .peers
-                        .iter()
-                        .filter(|p| !new.peers.iter().any(|q| q.name == p.name))
-                    {
-                        m.remove_peer(&p.name)?;
-                    }
-                    for p in &new.peers {
-                        m.set_peer(&p.name, &p.allowed_prefixes)?;
-                    }
-                    Ok(())
-                })
-                .map_err(|RouteError::Ip(e)| ReloadError::Routes(e))?,
-            None => tun::add_routes(&dev, &added).map_err(ReloadError::Routes)?,
-        }
+        self.routes
+            .with(|m| -> Result<(), RouteError> {
+                for p in current
+                    .peers
+                    .iter()
+                    .filter(|p| !new.peers.iter().any(|q| q.name == p.name))
+                {
+                    m.remove_peer(&p.name)?;
+                }
+                for p in &new.peers {
+                    m.set_peer(&p.name, &p.allowed_prefixes)?;
+                }
+                Ok(())
+            })
+            .map_err(|RouteError::Ip(e)| ReloadError::Routes(e))?;
         *current = new;
         Ok(ReloadReport {
             peers,

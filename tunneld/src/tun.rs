@@ -113,14 +113,9 @@ impl Tun {
         self.offload && self.dev.udp_gso()
     }
 
-    /// Sets the MTU, brings the link up, adds `addresses`, and routes each of
-    /// `routes` through the device.
-    pub fn configure(
-        &self,
-        mtu: u16,
-        addresses: &[Prefix],
-        routes: &[Prefix],
-    ) -> Result<(), TunError> {
+    /// Sets the MTU, brings the link up and adds `addresses`. Routes through
+    /// the device are the route manager's ([`crate::routes`]).
+    pub fn configure(&self, mtu: u16, addresses: &[Prefix]) -> Result<(), TunError> {
         let mtu = mtu.to_string();
         ip(&["link", "set", "dev", &self.name, "mtu", &mtu, "up"])?;
         for a in addresses {
@@ -131,7 +126,7 @@ impl Tun {
                 ip(&["addr", "replace", &a, "dev", &self.name])?;
             }
         }
-        add_routes(&self.name, routes)
+        Ok(())
     }
 
     /// Reads what is queued: one packet, or one super-packet split into
@@ -179,26 +174,6 @@ impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.dev.as_raw_fd()
     }
-}
-
-/// Routes each of `routes` through device `dev`.
-pub fn add_routes(dev: &str, routes: &[Prefix]) -> Result<(), TunError> {
-    for r in routes {
-        ip(&["route", "replace", &r.to_string(), "dev", dev])?;
-    }
-    Ok(())
-}
-
-/// Removes the routes of `routes` through device `dev`; one already gone
-/// is not an error.
-pub fn remove_routes(dev: &str, routes: &[Prefix]) -> Result<(), TunError> {
-    for r in routes {
-        match ip(&["route", "del", &r.to_string(), "dev", dev]) {
-            Err(TunError::Ip { stderr, .. }) if stderr.contains("No such process") => {}
-            other => other?,
-        }
-    }
-    Ok(())
 }
 
 fn ip(args: &[&str]) -> Result<(), TunError> {
