@@ -12,28 +12,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use e2e::{
-    bin, genkey, require_root, tcp_transfer, wait_for, wait_ping, write_key, Side, TempDir,
-    TunnelLab,
-};
+use e2e::{bin, genkey, require_root, tcp_transfer, wait_for, write_key, Side, TempDir, TunnelLab};
 use serde_json::{json, Value};
 use tunbench::topo;
 
 const MIB: u64 = 1 << 20;
-const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A prefix no side routes, added and removed by the reloads below.
 const EXTRA_PREFIX: &str = "198.18.99.0/24";
-
-fn wait_session(tl: &TunnelLab) {
-    wait_ping(
-        tl.lab(),
-        &tl.dc.host_a,
-        &topo::HOST_B_V4.to_string(),
-        SESSION_TIMEOUT,
-    )
-    .expect("host-a reaches host-b through the tunnel");
-}
 
 fn handshakes(tl: &TunnelLab, side: Side) -> u64 {
     tl.counter(side, "handshakes").expect("handshakes counter")
@@ -73,17 +59,8 @@ fn ten_reloads_under_traffic_lose_nothing_and_keep_sessions() {
         return;
     }
     let tl = TunnelLab::start("svc-reload", false, |_, _| {}).expect("start the pair");
-    wait_session(&tl);
-    // Status snapshots lag a tick: wait until both sides count the session.
-    let (hs_a, hs_b) = wait_for(
-        Duration::from_secs(5),
-        "both sides count a handshake",
-        || {
-            let hs = (handshakes(&tl, Side::A), handshakes(&tl, Side::B));
-            Ok((hs.0 >= 1 && hs.1 >= 1).then_some(hs))
-        },
-    )
-    .expect("handshakes counted");
+    tl.wait_session();
+    let (hs_a, hs_b) = (handshakes(&tl, Side::A), handshakes(&tl, Side::B));
     let pid = tl.a.pid.expect("gw-a runs");
     let mut cfg = tl.a.config.clone();
     let transfer = std::thread::scope(|s| {
@@ -168,7 +145,7 @@ fn reload_refuses_bad_files_and_removes_and_adds_peers() {
         return;
     }
     let tl = TunnelLab::start("svc-refuse", false, |_, _| {}).expect("start the pair");
-    wait_session(&tl);
+    tl.wait_session();
     let good = tl.a.config.clone();
     let pid = tl.a.pid.expect("gw-a runs");
 
@@ -204,7 +181,7 @@ fn reload_refuses_bad_files_and_removes_and_adds_peers() {
         "{msg}"
     );
     assert_eq!(reloads(&tl, Side::A, "refused"), 2);
-    wait_session(&tl);
+    tl.wait_session();
     assert!(routed(&tl, topo::LAN_B_V4));
 
     // Remove the peer: its routes and session go; B's frames are counted.
@@ -235,15 +212,10 @@ fn reload_refuses_bad_files_and_removes_and_adds_peers() {
     write(&tl, Side::A, &good);
     let out = tl.tunneld(Side::A, "reload").expect("reload");
     assert!(text(&out).contains("added b"), "{}", text(&out));
-    wait_session(&tl);
+    tl.wait_session();
     assert!(routed(&tl, topo::LAN_B_V4));
     assert_eq!(tl.lab().try_wait(pid).expect("try_wait"), None);
     assert_eq!(reloads(&tl, Side::A, "applied"), 2);
-    // Status snapshots lag a tick behind the session.
-    wait_for(Duration::from_secs(5), "status shows the session", || {
-        Ok((tl.status(Side::A)?["peers"][0]["session"] == json!(true)).then_some(()))
-    })
-    .expect("session in status");
     let show = tl.tunneld(Side::A, "show").expect("show");
     let show = text(&show);
     for want in [
@@ -416,7 +388,7 @@ fn a_real_prometheus_scrapes_the_byte_counters() {
         }
     })
     .expect("start the pair");
-    wait_session(&tl);
+    tl.wait_session();
     let dir = tl.lab().dir().to_path_buf();
     let conf = dir.join("prometheus.yml");
     std::fs::write(

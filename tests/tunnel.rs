@@ -22,24 +22,11 @@ use e2e::{
 use tunbench::topo::{self, dc_pair, DcPair, Lab};
 
 const MIB: u64 = 1 << 20;
-/// First handshake and route set-up after both daemons answer `status`.
-const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
 /// Once a session is up, a ping must get through within this.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn start(tag: &str, with_wan: bool) -> TunnelLab {
     TunnelLab::start(tag, with_wan, |_, _| {}).expect("start the tunneld pair")
-}
-
-/// Waits for the first end-to-end ping host-a → host-b (session up).
-fn wait_session(tl: &TunnelLab) {
-    wait_ping(
-        tl.lab(),
-        &tl.dc.host_a,
-        &topo::HOST_B_V4.to_string(),
-        SESSION_TIMEOUT,
-    )
-    .expect("host-a reaches host-b through the tunnel");
 }
 
 // ---------------------------------------------------------------- 1. ping
@@ -50,7 +37,7 @@ fn ping_both_ways_v4_and_v6() {
         return;
     }
     let tl = start("e2e-ping", true);
-    wait_session(&tl);
+    tl.wait_session();
     let dc = &tl.dc;
     let (a4, a6) = Side::A.inner();
     let (b4, b6) = Side::B.inner();
@@ -92,7 +79,7 @@ fn tcp_transfer_200mib_v4_and_smaller_v6() {
         return;
     }
     let tl = start("e2e-xfer", true);
-    wait_session(&tl);
+    tl.wait_session();
     let dc = &tl.dc;
     for (dst, bytes, seed) in [
         (IpAddr::from(topo::HOST_B_V4), 200 * MIB, 0x5eed_0001),
@@ -229,7 +216,7 @@ fn no_plaintext_on_the_underlay() {
         return;
     }
     let tl = start("e2e-leak", true);
-    wait_session(&tl);
+    tl.wait_session();
     let run = canary_run(&tl.dc);
     assert!(run.udp_delivered > 0, "no UDP canary reached host-b");
     assert!(run.tcp_delivered, "the TCP canary did not reach host-b");
@@ -350,7 +337,7 @@ fn hostile_input_is_dropped_and_counted() {
         return;
     }
     let tl = start("e2e-hostile", true);
-    wait_session(&tl);
+    tl.wait_session();
     let lab = tl.lab();
     let data = capture_data_frame(&tl);
     let sock = lab
@@ -497,7 +484,7 @@ fn restart_one_side_recovers_without_touching_the_other() {
         return;
     }
     let mut tl = start("e2e-restart", true);
-    wait_session(&tl);
+    tl.wait_session();
     let gw_b = tl.dc.gw_b.clone();
     let tun = tl.b.tun.clone();
     let st = tl.stop_side(Side::B).expect("stop gw-b's tunneld");

@@ -17,6 +17,8 @@ use crate::{bin, genkey, pubkey, write_key};
 // The gateway sides, their addresses and the daemons' port are the lab's.
 pub use tunbench::lab::systems::tunneld::{Side, PORT};
 
+/// First handshake and route set-up after both daemons answer `status`.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a freshly started daemon gets to answer `status`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -295,6 +297,31 @@ impl TunnelLab {
     /// Both sides' configs and logs.
     pub fn logs(&self) -> String {
         format!("{}{}", self.describe(Side::A), self.describe(Side::B))
+    }
+
+    /// Waits until the session is up: the first end-to-end ping host-a →
+    /// host-b gets through, and both daemons' status shows the session
+    /// (status is published once per 50 ms tick, so it lags the ping).
+    pub fn wait_session(&self) {
+        crate::wait_ping(
+            self.lab(),
+            &self.dc.host_a,
+            &topo::HOST_B_V4.to_string(),
+            SESSION_TIMEOUT,
+        )
+        .expect("host-a reaches host-b through the tunnel");
+        crate::wait_for(
+            Duration::from_secs(5),
+            "both sides' status to show the session",
+            || {
+                let up = |side| {
+                    self.status(side)
+                        .map(|st| st["peers"][0]["session"] == serde_json::json!(true))
+                };
+                Ok((up(Side::A)? && up(Side::B)?).then_some(()))
+            },
+        )
+        .expect("status shows the session");
     }
 
     /// Waits until a ping from host-a reaches `dst` (after a start or restart).
