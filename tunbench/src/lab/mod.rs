@@ -26,7 +26,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use error::{LabError, Result};
 pub use report::{LabReport, Row, RowStatus};
-pub use scenario::{Scenario, ScenarioError, SystemKind};
+pub use scenario::{Scenario, ScenarioError, System, SystemKind};
 
 use crate::engine::Server;
 use crate::topo::{dc_pair, DcPair};
@@ -74,14 +74,14 @@ pub fn run(s: &Scenario, opts: &LabOptions, progress: &dyn Fn(&str)) -> Result<L
     let mut figures = check_link(&dc, s, &link, progress);
 
     let mut measurements: Vec<Measurement> = Vec::new();
-    let mut not_run: BTreeMap<SystemKind, NotRun> = BTreeMap::new();
-    let mut cpu_notes: BTreeMap<SystemKind, Option<String>> = BTreeMap::new();
+    let mut not_run: BTreeMap<System, NotRun> = BTreeMap::new();
+    let mut cpu_notes: BTreeMap<System, Option<String>> = BTreeMap::new();
     let mut instance = 0;
     let maxn = s.test.streams.iter().copied().max().unwrap_or(1);
     for repeat in 0..s.test.repeats {
         let n = s.systems.len();
         for i in 0..n {
-            let kind = s.systems[(i + repeat as usize) % n];
+            let kind = s.systems[(i + repeat as usize) % n].clone();
             if matches!(not_run.get(&kind), Some(NotRun::NotInstalled(_))) {
                 continue;
             }
@@ -97,7 +97,7 @@ pub fn run(s: &Scenario, opts: &LabOptions, progress: &dyn Fn(&str)) -> Result<L
                 repeat + 1,
                 s.test.repeats
             ));
-            let mut sys = match systems::start(kind, &ctx) {
+            let mut sys = match systems::start_system(&kind, &ctx) {
                 Ok(sys) => sys,
                 Err(e) => {
                     progress(&format!(
@@ -108,7 +108,7 @@ pub fn run(s: &Scenario, opts: &LabOptions, progress: &dyn Fn(&str)) -> Result<L
                     continue;
                 }
             };
-            cpu_notes.insert(kind, sys.cpu_note());
+            cpu_notes.insert(kind.clone(), sys.cpu_note());
             let pids = sys.pids();
             let mut tests = Vec::new();
             for &streams in &s.test.streams {
@@ -125,7 +125,7 @@ pub fn run(s: &Scenario, opts: &LabOptions, progress: &dyn Fn(&str)) -> Result<L
                 tests.push(f);
             }
             measurements.push(Measurement {
-                system: kind,
+                system: kind.clone(),
                 repeat,
                 variant: sys.variant(),
                 tests,
@@ -142,17 +142,17 @@ pub fn run(s: &Scenario, opts: &LabOptions, progress: &dyn Fn(&str)) -> Result<L
     let rows = s
         .systems
         .iter()
-        .map(|&kind| {
+        .map(|kind| {
             let rounds: Vec<&Measurement> =
-                measurements.iter().filter(|m| m.system == kind).collect();
+                measurements.iter().filter(|m| &m.system == kind).collect();
             if rounds.is_empty() {
-                let (status, reason) = match not_run.get(&kind) {
+                let (status, reason) = match not_run.get(kind) {
                     Some(NotRun::NotInstalled(r)) => (RowStatus::NotInstalled, r.clone()),
                     Some(NotRun::Failed(r)) => (RowStatus::Failed, r.clone()),
                     None => (RowStatus::Failed, "never ran".into()),
                 };
                 Row {
-                    system: kind,
+                    system: kind.clone(),
                     status,
                     reason: Some(reason),
                     variant: None,
@@ -165,10 +165,10 @@ pub fn run(s: &Scenario, opts: &LabOptions, progress: &dyn Fn(&str)) -> Result<L
                 }
             } else {
                 report::measured_row(
-                    kind,
+                    kind.clone(),
                     &rounds,
                     &s.test.streams,
-                    cpu_notes.get(&kind).cloned().flatten(),
+                    cpu_notes.get(kind).cloned().flatten(),
                 )
             }
         })

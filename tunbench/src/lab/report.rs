@@ -9,7 +9,7 @@ use serde::Serialize;
 use tunneld::units::format_rate;
 
 use super::measure::{PingFigures, TestFigures};
-use super::scenario::{Scenario, SystemKind};
+use super::scenario::{Scenario, System};
 use super::wan::EmulatorKind;
 use super::wanemu::EmuStats;
 
@@ -54,8 +54,9 @@ pub struct LinkFigures {
 /// One measurement round of one system.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
-    /// The system.
-    pub system: SystemKind,
+    /// The system (its row name in JSON).
+    #[serde(serialize_with = "super::systems::spec::serialize_name")]
+    pub system: System,
     /// Repeat number, from 0.
     pub repeat: u32,
     /// Which implementation ran.
@@ -90,8 +91,9 @@ pub struct StreamFigure {
 /// One row of the comparison.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// The system.
-    pub system: SystemKind,
+    /// The system (its row name in JSON).
+    #[serde(serialize_with = "super::systems::spec::serialize_name")]
+    pub system: System,
     /// Status.
     pub status: RowStatus,
     /// Why there are no numbers.
@@ -152,7 +154,7 @@ pub fn median(v: &[f64]) -> Option<f64> {
 
 /// Builds a measured row from its rounds.
 pub fn measured_row(
-    system: SystemKind,
+    system: System,
     rounds: &[&Measurement],
     streams: &[u32],
     cpu_note: Option<String>,
@@ -398,7 +400,7 @@ pub fn render_markdown(report: &LabReport) -> String {
     let _ = writeln!(md, "\n## Systems\n");
     let mut seen = BTreeMap::new();
     for r in &report.rows {
-        seen.insert(r.system, ());
+        seen.insert(r.system.clone(), ());
         let what = r
             .variant
             .clone()

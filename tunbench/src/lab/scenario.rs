@@ -105,6 +105,18 @@ pub enum SystemKind {
     /// boringtun (Cloudflare's userspace WireGuard, `boringtun-cli`).
     #[serde(rename = "boringtun")]
     Boringtun,
+    /// GotaTun (Mullvad's boringtun fork with UDP GRO and batching,
+    /// `gotatun` from `cargo install gotatun-cli`).
+    #[serde(rename = "gotatun")]
+    Gotatun,
+    /// Kernel WireGuard (`ip link add type wireguard`, configured with `wg`):
+    /// a reference row, the ceiling of a kernel WireGuard data path.
+    #[serde(rename = "wireguard-kernel")]
+    WireguardKernel,
+    /// Kernel ESP only (static `ip xfrm` SAs, AES-256-GCM): a reference row;
+    /// unlike `ipsec` it never falls back to userspace strongSwan.
+    #[serde(rename = "ipsec-kernel")]
+    IpsecKernel,
     /// OpenVPN 2.6 over UDP, AES-256-GCM, TLS mode (no DCO).
     #[serde(rename = "openvpn")]
     Openvpn,
@@ -128,6 +140,9 @@ impl SystemKind {
             SystemKind::Ipsec => "ipsec",
             SystemKind::WireguardGo => "wireguard-go",
             SystemKind::Boringtun => "boringtun",
+            SystemKind::Gotatun => "gotatun",
+            SystemKind::WireguardKernel => "wireguard-kernel",
+            SystemKind::IpsecKernel => "ipsec-kernel",
             SystemKind::Openvpn => "openvpn",
             SystemKind::Tunneld => "tunneld",
             SystemKind::TunneldTcp => "tunneld-tcp",
@@ -146,6 +161,9 @@ impl SystemKind {
             | SystemKind::Ipsec
             | SystemKind::WireguardGo
             | SystemKind::Boringtun
+            | SystemKind::Gotatun
+            | SystemKind::WireguardKernel
+            | SystemKind::IpsecKernel
             | SystemKind::Openvpn => None,
         }
     }
@@ -186,7 +204,7 @@ pub struct Scenario {
     pub wan: Wan,
     /// Rows of the comparison, in this order.
     #[serde(deserialize_with = "de_systems")]
-    pub systems: Vec<SystemKind>,
+    pub systems: Vec<System>,
     /// The traffic.
     pub test: TestPlan,
     /// tunneld's settings for the `tunneld` row.
@@ -471,6 +489,9 @@ impl Scenario {
                 return Err(invalid(&field, message));
             }
         }
+        if let Err(message) = check_rows(&s.systems) {
+            return Err(invalid("systems", message));
+        }
         if let Some(cc) = &s.test.congestion {
             if cc.is_empty() || !cc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(invalid(
@@ -715,14 +736,17 @@ fn de_streams<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
     Ok(v.into_iter().map(|s| s.0).collect())
 }
 
-fn de_systems<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SystemKind>, D::Error> {
-    d.deserialize_seq(UniqueList::<SystemKind> {
+fn de_systems<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<System>, D::Error> {
+    d.deserialize_seq(UniqueList::<System> {
         what: "a list of systems such as [raw, ipsec, tunneld]",
-        empty: "list at least one system: raw, ipsec, wireguard-go, boringtun, openvpn, \
-                tunneld, tunneld-tcp, tunneld-quic",
+        empty: "list at least one system: raw, ipsec, ipsec-kernel, wireguard-go, boringtun, \
+                gotatun, wireguard-kernel, openvpn, tunneld, tunneld-tcp, tunneld-quic, \
+                or {wireguard: {binary: PATH, name: NAME}}",
         _t: std::marker::PhantomData,
     })
 }
+
+pub use super::systems::spec::{check_rows, Flavour, System, UapiSpec, MAX_UAPI_ROWS};
 
 #[cfg(test)]
 #[path = "scenario_tests.rs"]

@@ -252,3 +252,96 @@ fn ha_section_rules_name_the_field() {
         "colour",
     );
 }
+
+const WG_BASE: &str = "kind: scenario\nname: x\ntest:\n  streams: [1]\n  duration: 1s\nsystems:\n";
+
+#[test]
+fn wireguard_rows_by_binary_parse() {
+    let text = format!(
+        "{WG_BASE}  - raw\n  - gotatun\n  - wireguard-kernel\n  - ipsec-kernel\n\
+         \x20 - wireguard: {{binary: /opt/wg/wireguard-go, name: wireguard-go-2025}}\n\
+         \x20 - wireguard:\n      binary: neptun-cli\n      name: neptun\n      flavour: boringtun\n\
+         \x20     args: [--threads, \"2\"]\n      env: {{WG_LOG_LEVEL: error}}\n      start_timeout: 3s\n"
+    );
+    let s = Scenario::parse(&text, "x").unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = s.systems.iter().map(System::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "raw",
+            "gotatun",
+            "wireguard-kernel",
+            "ipsec-kernel",
+            "wireguard-go-2025",
+            "neptun"
+        ]
+    );
+    let System::Wireguard(go) = &s.systems[4] else {
+        panic!("{:?}", s.systems[4])
+    };
+    assert_eq!(go.binary, std::path::PathBuf::from("/opt/wg/wireguard-go"));
+    assert_eq!(go.flavour, Flavour::Auto);
+    assert_eq!(go.start_timeout(), Duration::from_secs(10));
+    let System::Wireguard(nep) = &s.systems[5] else {
+        panic!("{:?}", s.systems[5])
+    };
+    assert_eq!(nep.flavour, Flavour::Boringtun);
+    assert_eq!(nep.args, ["--threads", "2"]);
+    assert_eq!(
+        nep.env.get("WG_LOG_LEVEL").map(String::as_str),
+        Some("error")
+    );
+    assert_eq!(nep.start_timeout(), Duration::from_secs(3));
+    assert!(s.systems.iter().all(|r| r.tunneld_transport().is_none()));
+    // The report's copy of the rows reads back as the same rows.
+    let yaml = serde_norway::to_string(&s.systems).expect("serializes");
+    assert!(yaml.contains("- wireguard:"), "{yaml}");
+    let back: Vec<System> = serde_norway::from_str(&yaml).expect("reparses");
+    assert_eq!(back, s.systems);
+}
+
+#[test]
+fn bad_wireguard_rows_name_the_problem() {
+    let row = |r: &str| err(&format!("{WG_BASE}  - raw\n  - {r}\n"));
+    let cases = [
+        // Duplicate names: two binary rows, or a binary row taking a built-in name.
+        (
+            "wireguard: {binary: /a/wireguard-go, name: wg}\n  - wireguard: {binary: /b/boringtun, name: wg}",
+            "both named \"wg\"",
+        ),
+        ("wireguard: {binary: /a/wireguard-go, name: raw}", "both named \"raw\""),
+        ("wireguard: {binary: /a/wireguard-go, name: \"\"}", "row name"),
+        ("wireguard: {binary: /a/wireguard-go, name: \"my wg\"}", "row name"),
+        ("wireguard: {binary: \"\", name: wg}", "`binary:` is empty"),
+        ("wireguard: {binary: bin/wireguard-go, name: wg}", "relative"),
+        ("wireguard: {binary: /a/wg, name: wg, flavour: rust}", "unknown variant `rust`"),
+        ("wireguard: {binary: /a/wg, name: wg, colour: red}", "unknown field `colour`"),
+        ("wireguard: {name: wg}", "missing field `binary`"),
+        ("wireguard: {binary: /a/wg}", "missing field `name`"),
+        ("wireguard: {binary: /a/wg, name: wg, start_timeout: 0s}", "start_timeout"),
+        ("wireguard: {binary: /a/wg, name: wg, start_timeout: 10min}", "start_timeout"),
+        ("wireguard: {binary: /a/wg, name: wg, env: {\"A=B\": x}}", "not a variable name"),
+        ("openvpn: {binary: /a/wg, name: wg}", "unknown system `openvpn:`"),
+        (
+            "wireguard: {binary: /a/wg, name: wg}\n    tunneld: {}",
+            "one system per list item",
+        ),
+        ("{}", "empty map"),
+        ("wireguard-rs", "unknown variant `wireguard-rs`"),
+    ];
+    for (r, says) in cases {
+        let e = row(r);
+        assert!(e.contains(says), "{r}: {e}");
+        assert!(
+            ["t.yaml:6:", "t.yaml:7:", "t.yaml:8:"]
+                .iter()
+                .any(|l| e.contains(l)),
+            "{r}: no line: {e}"
+        );
+    }
+    let many: String = (0..=MAX_UAPI_ROWS)
+        .map(|i| format!("  - wireguard: {{binary: /a/wg, name: wg{i}}}\n"))
+        .collect();
+    let e = err(&format!("{WG_BASE}{many}"));
+    assert!(e.contains("at most 16"), "{e}");
+}

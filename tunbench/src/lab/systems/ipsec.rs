@@ -23,6 +23,9 @@ const X25519_PLUGIN: &str = "/usr/lib/ipsec/plugins/libstrongswan-curve25519.so"
 /// Plugins charon loads (5.9.8 needs `kdf` listed explicitly).
 const CHARON_LOAD: &str = "random nonce openssl aesni aes gcm sha1 sha2 hmac kdf pem pkcs1 \
 x509 pubkey curve25519 kernel-libipsec kernel-netlink socket-default vici";
+/// How [`KernelEsp::start`]'s error begins when the kernel has no ESP (as
+/// opposed to a set-up that failed half-way).
+const NO_KERNEL_ESP: &str = "no kernel ESP";
 /// The routing table strongSwan installs its routes in.
 const TABLE: &str = "220";
 
@@ -36,6 +39,23 @@ pub fn start(ctx: &Ctx) -> Result<Box<dyn Running>, NotRun> {
             Ok(Box::new(s))
         }
     }
+}
+
+/// Kernel ESP only (the `ipsec-kernel` reference row): where the kernel has
+/// no ESP the row is skipped with the kernel's answer as the reason.
+pub fn start_kernel(ctx: &Ctx) -> Result<Box<dyn Running>, NotRun> {
+    KernelEsp::start(ctx)
+        .map(|k| Box::new(k) as Box<dyn Running>)
+        .map_err(|why| {
+            if why.starts_with(NO_KERNEL_ESP) {
+                NotRun::NotInstalled(format!(
+                    "{why}: a reference row where the kernel has ESP with rfc4106(gcm(aes)) \
+                     (modules esp4, xfrm_user, aesni_intel/gcm)"
+                ))
+            } else {
+                NotRun::Failed(why)
+            }
+        })
 }
 
 fn random_hex(n: usize) -> Result<String, NotRun> {
@@ -101,7 +121,10 @@ impl KernelEsp {
         };
         // The probe: the first SA. Failure = no kernel ESP.
         if let Err(e) = run(&dc.gw_a, state(&a, &b, "0x1001", "1", &k1)) {
-            return Err(format!("no kernel ESP ({e})"));
+            return Err(format!(
+                "{NO_KERNEL_ESP} (`ip xfrm state add ... aead rfc4106(gcm(aes))`: {})",
+                super::answer(&e)
+            ));
         }
         let rest = || -> Result<(), String> {
             run(&dc.gw_a, state(&b, &a, "0x1002", "2", &k2))?;

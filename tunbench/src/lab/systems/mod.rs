@@ -6,13 +6,14 @@
 pub mod ipsec;
 pub mod openvpn;
 pub mod raw;
+pub mod spec;
 pub mod tunneld;
 pub mod wireguard;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::scenario::{Scenario, SystemKind};
+use super::scenario::{Scenario, System, SystemKind};
 use crate::topo::{DcPair, HOST_B_V4};
 
 /// What a system needs to start.
@@ -60,24 +61,47 @@ pub trait Running {
     fn stop(&mut self, dc: &DcPair);
 }
 
+/// Starts a scenario row and waits until host-a reaches host-b through it.
+pub fn start_system(sys: &System, ctx: &Ctx) -> Result<Box<dyn Running>, NotRun> {
+    match sys {
+        System::Builtin(kind) => start(*kind, ctx),
+        System::Wireguard(spec) => {
+            // The row's place among the binary rows names its interfaces.
+            let index = ctx
+                .scenario
+                .systems
+                .iter()
+                .filter(|s| matches!(s, System::Wireguard(_)))
+                .position(|s| s == sys)
+                .unwrap_or(0);
+            let up = wireguard::Wireguard::start_spec(ctx, spec, index)?;
+            reachable(Box::new(up), ctx)
+        }
+    }
+}
+
 /// Starts `kind` and waits until host-a reaches host-b through it.
 pub fn start(kind: SystemKind, ctx: &Ctx) -> Result<Box<dyn Running>, NotRun> {
-    let mut sys: Box<dyn Running> = match kind {
+    let sys: Box<dyn Running> = match kind {
         SystemKind::Raw => Box::new(raw::Raw::start(ctx)?),
         SystemKind::Tunneld | SystemKind::TunneldTcp | SystemKind::TunneldQuic => {
             let transport = kind.tunneld_transport().unwrap_or_default();
             Box::new(tunneld::Tunneld::start_on(ctx, transport, &mut |_, _| {})?)
         }
         SystemKind::Ipsec => ipsec::start(ctx)?,
-        SystemKind::WireguardGo => {
-            Box::new(wireguard::Wireguard::start(ctx, wireguard::Userspace::Go)?)
-        }
-        SystemKind::Boringtun => Box::new(wireguard::Wireguard::start(
-            ctx,
-            wireguard::Userspace::Boringtun,
-        )?),
+        SystemKind::IpsecKernel => ipsec::start_kernel(ctx)?,
+        SystemKind::WireguardGo
+        | SystemKind::Boringtun
+        | SystemKind::Gotatun
+        | SystemKind::WireguardKernel => Box::new(wireguard::Wireguard::start_builtin(ctx, kind)?),
         SystemKind::Openvpn => Box::new(openvpn::Openvpn::start(ctx)?),
     };
+    reachable(sys, ctx)
+}
+
+/// Waits until host-a reaches host-b through `sys`; on failure stops it
+/// and says why, with the tail of each of its processes' logs.
+fn reachable(mut sys: Box<dyn Running>, ctx: &Ctx) -> Result<Box<dyn Running>, NotRun> {
     if let Err(e) = wait_reachable(ctx.dc, Duration::from_secs(15)) {
         let logs = sys
             .pids()
@@ -146,6 +170,12 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The program's own answer in an [`exec_ok`] or `ip` error (the text after
+/// the command line and exit status), for short reasons.
+pub fn answer(err: &str) -> &str {
+    err.rsplit_once("): ").map_or(err, |(_, a)| a).trim()
+}
+
 /// Runs `ip -n NS ARGS` and ignores failure (cleanup of what may not exist).
 pub fn ip_quiet(dc: &DcPair, ns: &str, args: &[&str]) {
     let _ = dc.lab.ip(ns, args);
@@ -167,5 +197,16 @@ pub fn exec_ok(dc: &DcPair, ns: &str, prog: &str, args: &[&str]) -> Result<Strin
             String::from_utf8_lossy(&out.stderr).trim(),
             String::from_utf8_lossy(&out.stdout).trim()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn answer_keeps_the_programs_words() {
+        let e = "`ip -n tb1x1-gw-a link add tb1x1wka type wireguard` failed (exit status: 2): \
+                 Error: Unknown device type.";
+        assert_eq!(super::answer(e), "Error: Unknown device type.");
+        assert_eq!(super::answer("plain words"), "plain words");
     }
 }
