@@ -1,16 +1,19 @@
 //! End-to-end `tunbench lab` run on a small scenario (200 Mbit/s, 10 ms RTT,
 //! 0.1% loss, short tests): the raw path measures the configured rate and
 //! RTT, every row has a number or a reason, tunneld stays close to raw at
-//! this rate, the comparison rows (boringtun, openvpn) come up and carry
-//! traffic (required with CI=true, where tests/bench/install-baselines.sh
-//! installed them; otherwise they may say "not installed"), and nothing of
-//! the lab is left afterwards.
+//! this rate, the comparison rows (boringtun, gotatun, openvpn, and
+//! wireguard-go named by its binary) come up and carry traffic (required
+//! with CI=true, where tests/bench/install-baselines.sh installed them;
+//! otherwise they may say "not installed"), a binary that never creates its
+//! UAPI socket fails its row with the reason and its log, the kernel rows
+//! run or say why not, and nothing of the lab is left afterwards.
 
 use std::process::Command;
 
 use e2e::{bin, require_root, TempDir};
 use serde_json::Value;
 
+/// `{never}` is replaced by a script that starts and never creates a socket.
 const PROFILE: &str = "\
 kind: scenario
 name: ci-small
@@ -20,7 +23,18 @@ wan:
   rtt: 10ms
   loss: 0.1%
   queue: 30ms
-systems: [raw, ipsec, wireguard-go, tunneld, boringtun, openvpn]
+systems:
+  - raw
+  - ipsec
+  - wireguard-go
+  - tunneld
+  - boringtun
+  - openvpn
+  - gotatun
+  - wireguard: {binary: wireguard-go, name: wg-by-path}
+  - wireguard: {binary: \"{never}\", name: mute, flavour: boringtun, start_timeout: 1s}
+  - wireguard-kernel
+  - ipsec-kernel
 test:
   streams: [1, 4]
   duration: 2s
@@ -57,7 +71,18 @@ fn lab_small_scenario_end_to_end() {
     }
     let dir = TempDir::new("lab").expect("temp dir");
     let profile = dir.path().join("ci-small.yaml");
-    std::fs::write(&profile, PROFILE).expect("write profile");
+    let never = dir.path().join("mute-wg");
+    std::fs::write(
+        &never,
+        "#!/bin/sh\necho mute-wg up on \"$@\"\nexec sleep 30\n",
+    )
+    .expect("write script");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&never, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let text = PROFILE.replace("{never}", &never.to_string_lossy());
+    std::fs::write(&profile, text).expect("write profile");
     let out_dir = dir.path().join("out");
     let child = Command::new(bin("tunbench"))
         .arg("lab")
@@ -105,7 +130,7 @@ fn lab_small_scenario_end_to_end() {
 
     // Every row: a number or an explicit reason.
     let rows = r["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 11);
     let mut by_name = std::collections::BTreeMap::new();
     for row in rows {
         let name = row["system"].as_str().expect("system name").to_string();
@@ -142,7 +167,12 @@ fn lab_small_scenario_end_to_end() {
 
     // The comparison rows: up and carrying traffic, with the variant that ran.
     let ci = std::env::var("CI").as_deref() == Ok("true");
-    for (name, variant_says) in [("boringtun", "boringtun"), ("openvpn", "AES-256-GCM")] {
+    for (name, variant_says) in [
+        ("boringtun", "boringtun"),
+        ("openvpn", "AES-256-GCM"),
+        ("gotatun", "gotatun"),
+        ("wg-by-path", "wireguard-go"),
+    ] {
         let row = &by_name[name];
         if row["status"] == "not-installed" && !ci {
             eprintln!("{name}: not installed here, row checked for its reason only: {row}");
@@ -159,5 +189,32 @@ fn lab_small_scenario_end_to_end() {
         // shared 2-core box).
         let got = best(name);
         assert!(got > 20e6, "{name} carried only {got} bit/s: {row}");
+    }
+
+    // A binary that never creates its socket: failed, with the wait, the
+    // socket it waited for and its own log (which shows its command line).
+    let mute = &by_name["mute"];
+    assert_eq!(mute["status"], "failed", "{mute}");
+    let why = mute["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("did not create its UAPI socket")
+            && why.contains("within 1s")
+            && why.contains("mute-wg up on --foreground --disable-drop-privileges"),
+        "{why}"
+    );
+    // Kernel rows: measured (CPU labelled kernel) or skipped with the
+    // kernel's answer.
+    for name in ["wireguard-kernel", "ipsec-kernel"] {
+        let row = &by_name[name];
+        if row["status"] == "ok" {
+            assert_eq!(row["cpu_note"], "kernel", "{row}");
+            assert!(best(name) > 20e6, "{row}");
+        } else {
+            assert_eq!(row["status"], "not-installed", "{row}");
+            assert!(
+                row["reason"].as_str().is_some_and(|r| r.contains("kernel")),
+                "{row}"
+            );
+        }
     }
 }
