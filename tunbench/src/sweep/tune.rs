@@ -13,21 +13,25 @@ use std::time::Duration;
 
 use serde_norway::Value as Yaml;
 use tunneld::config::TunnelFile;
-use tunneld::keys::PublicKey;
+use tunneld::keys::{PublicKey, SpkiPin};
 use tunneld::units::{format_rate, Span};
 
+use super::cells::apply_knobs;
 use super::choose::{choose, link_verdict, tied, Choice, LinkVerdict, Noise, LINK_BOUND};
 use super::knobs::{show, transport_of, Knob};
 use super::results::{CellRecord, SweepMeta};
-use super::runner::apply_knobs;
 use crate::lab::systems::tunneld::{set_transport, tunnel_file, QuicCerts, QuicIdentity, Side};
 use crate::profile_units::{human_duration, human_size};
 
 /// Placeholder peer key in a tuned profile (the example profile's; the
 /// header says to replace it).
 pub const PLACEHOLDER_PEER_KEY: &str = "ywiVZdqg0pcdfEV466JrS3t6omdsTlhFlUPJx6GrkoA=";
-/// Stand-in for the peer's QUIC SPKI pin in a tuned profile over QUIC.
-pub const PLACEHOLDER_PIN: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+/// Stand-in for the peer's QUIC SPKI pin in a tuned profile over QUIC
+/// (`q83vEjRW...` in base64, the example profile's).
+pub const PLACEHOLDER_PIN: SpkiPin = SpkiPin::from_bytes([
+    0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90, 0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90,
+    0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90, 0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90,
+]);
 
 /// The limits a pick must meet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -229,7 +233,7 @@ pub fn tuned_file(meta: &SweepMeta, r: &CellRecord) -> TunnelFile {
         let id = |gw: &str| QuicIdentity {
             cert_file: format!("{gw}.crt").into(),
             key_file: format!("{gw}.crt.key").into(),
-            pin: PLACEHOLDER_PIN.into(),
+            pin: PLACEHOLDER_PIN,
         };
         let placeholders = QuicCerts {
             a: id("gw-a"),

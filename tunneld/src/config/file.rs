@@ -16,7 +16,7 @@ use serde::de::{self, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{CipherKind, TransportKind};
-use crate::keys::PublicKey;
+use crate::keys::{PublicKey, SpkiPin};
 use crate::prefix::Prefix;
 use crate::units::{self, Size, Span};
 
@@ -493,8 +493,7 @@ pub struct QuicFile {
 pub struct PeerQuicFile {
     /// SHA-256 of the peer certificate's SubjectPublicKeyInfo, base64 or
     /// hex (`tunneld gencert` prints it).
-    #[serde(deserialize_with = "de_pin")]
-    pub spki_sha256: String,
+    pub spki_sha256: SpkiPin,
 }
 
 /// Default QUIC idle timeout.
@@ -516,13 +515,6 @@ fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
     d.deserialize_any(QuantityRule {
         expecting: "a duration such as 30s",
         parse: |s| Ok(Span(units::parse_duration(s).map_err(|e| e.to_string())?)),
-    })
-}
-
-fn de_pin<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    d.deserialize_str(StrRule {
-        expecting: "a SHA-256 SPKI pin (base64 or hex)",
-        parse: |s| crate::transport::quic::parse_pin(s).map(|_| s.trim().to_string()),
     })
 }
 

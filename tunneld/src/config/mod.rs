@@ -32,25 +32,9 @@ pub use file::{
     HEALTH_DEAD_AFTER_RANGE, HEALTH_INTERVAL_RANGE, HEALTH_MIN_INTERVALS, MAIN_ROUTE_TABLE,
 };
 
-use crate::keys::{KeyError, PrivateKey, PublicKey};
+pub use crate::crypto::CipherKind;
+use crate::keys::{KeyError, PrivateKey, PublicKey, SpkiPin};
 use crate::prefix::Prefix;
-
-/// The AEAD that protects data frames.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Debug, Default, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub enum CipherKind {
-    /// AES-256-GCM (ring; AES-NI/VAES). The default: fastest on x86-64 servers.
-    #[default]
-    #[serde(rename = "aes-256-gcm")]
-    Aes256Gcm,
-    /// ChaCha20-Poly1305: for CPUs without AES instructions.
-    #[serde(rename = "chacha20-poly1305")]
-    ChaCha20Poly1305,
-    /// No encryption nor authentication; lab measurements only.
-    #[serde(rename = "none")]
-    None,
-}
 
 /// The tunnel's own queue in the TUN → network direction (`dataplane.queue`).
 #[derive(
@@ -76,37 +60,6 @@ impl QueueKind {
         match self {
             QueueKind::FqCodel => "fq_codel",
             QueueKind::Fifo => "fifo",
-        }
-    }
-}
-
-impl CipherKind {
-    /// The config spelling: `aes-256-gcm`, `chacha20-poly1305` or `none`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            CipherKind::Aes256Gcm => "aes-256-gcm",
-            CipherKind::ChaCha20Poly1305 => "chacha20-poly1305",
-            CipherKind::None => "none",
-        }
-    }
-}
-
-impl fmt::Display for CipherKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for CipherKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "aes-256-gcm" => Ok(CipherKind::Aes256Gcm),
-            "chacha20-poly1305" => Ok(CipherKind::ChaCha20Poly1305),
-            "none" => Ok(CipherKind::None),
-            _ => Err(format!(
-                "unknown cipher \"{s}\" (expected aes-256-gcm, chacha20-poly1305 or none)"
-            )),
         }
     }
 }
@@ -287,7 +240,7 @@ pub struct PeerConfig {
     /// How frames reach it.
     pub transport: TransportKind,
     /// Its QUIC certificate pin (SHA-256 of the SPKI), for `transport: quic`.
-    pub quic_pin: Option<[u8; 32]>,
+    pub quic_pin: Option<SpkiPin>,
     /// Positions (in `peers`) of the peers it may reach through us; `None`: any.
     pub transit: Option<Vec<usize>>,
 }
@@ -737,10 +690,7 @@ pub fn check(
                 allowed_prefixes: p.allowed_prefixes.clone(),
                 keepalive: p.keepalive.map(|k| k.0),
                 transport: p.transport,
-                quic_pin: p
-                    .quic
-                    .as_ref()
-                    .and_then(|q| crate::transport::quic::parse_pin(&q.spki_sha256).ok()),
+                quic_pin: p.quic.as_ref().map(|q| q.spki_sha256),
                 transit: transit[i].clone(),
             })
             .collect(),
@@ -797,10 +747,7 @@ fn check_transports(
                         .into(),
                 ))
             }
-            (TransportKind::Quic, Some(q)) => {
-                if let Err(m) = crate::transport::quic::parse_pin(&q.spki_sha256) {
-                    return Err(cx.invalid(format!("peers[{i}].quic.spki_sha256"), m));
-                }
+            (TransportKind::Quic, Some(_)) => {
                 if raw.quic.is_none() {
                     return Err(cx.invalid(
                         format!("peers[{i}].transport"),

@@ -874,7 +874,7 @@ fn quic_peer_with_endpoint_section_parses() {
     assert_eq!(q.keepalive, DEFAULT_QUIC_KEEPALIVE);
     assert_eq!(c.peers[0].transport, TransportKind::Quic);
     let pin = c.peers[0].quic_pin.expect("pin");
-    assert_eq!(pin[..4], [0xab, 0xcd, 0xef, 0x12]);
+    assert_eq!(pin.as_bytes()[..4], [0xab, 0xcd, 0xef, 0x12]);
 }
 
 #[test]
