@@ -238,7 +238,7 @@ fn flows_knob_in_grid_and_applied_to_the_config() {
         .expect("cell");
     let mut f = gw_a_file(&p);
     assert_eq!(f.dataplane.flows, 1, "scenario default");
-    crate::sweep::runner::apply_knobs(&mut f, cell);
+    crate::sweep::cells::apply_knobs(&mut f, cell);
     assert_eq!((f.dataplane.batch, f.dataplane.flows), (8, 4));
     for bad in ["[0, 4]", "[1, 17]", "[two]"] {
         let e = err(&TINY.replace("workers: [1, 2]", &format!("flows: {bad}")));
@@ -257,7 +257,7 @@ fn queue_knob_in_grid_and_applied_to_the_config() {
         .expect("cell");
     let mut f = gw_a_file(&p);
     assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::Fifo);
-    crate::sweep::runner::apply_knobs(&mut f, cell);
+    crate::sweep::cells::apply_knobs(&mut f, cell);
     assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::FqCodel);
     for bad in ["[red]", "[fq_codel, 3]", "fifo"] {
         let e = err(&TINY.replace("workers: [1, 2]", &format!("queue: {bad}")));

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::cells::{apply_knobs, cell_spec, failed, with_live, LivePoll, Progress, RunError};
 use super::knobs::Cell;
 use super::profile::{Remote, SweepProfile};
 use super::results::CellRecord;
-use super::runner::{apply_knobs, cell_spec, failed, with_live, LivePoll, Progress, RunError};
 use crate::lab::measure::{self, TestFigures};
 
 /// Runs a shell command with the cell's variables; Err carries its output.
