@@ -3,7 +3,9 @@
 //! Layers, from the wire up (protocol modules do no I/O; only `tun`,
 //! `transport`, `dataplane` and `control` touch the operating system):
 //! - [`units`]: sizes, rates and durations with units.
-//! - [`config`]: the typed YAML config, validated into a checked form.
+//! - [`config`]: the typed YAML config, validated into a checked form;
+//!   [`yaml`]: the profile toolkit it shares with tunbench (errors with
+//!   file, line and field; the field locator; value visitors; `kind:`).
 //! - [`keys`], [`prefix`]: X25519 key text and IP prefixes.
 //! - [`wire`]: zero-copy views over IP headers and our frame format.
 //! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
@@ -46,6 +48,7 @@ pub mod transport;
 pub mod tun;
 pub mod units;
 pub mod wire;
+pub mod yaml;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -10,6 +10,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use tunneld::config::CipherKind;
 use tunneld::units::{parse_duration, parse_rate, parse_size, Rate, Size, Span};
+use tunneld::yaml::{check_kind, ProfileError, ProfileKind, Quantity, Text};
 
 /// The built-in quick scenario (`tunbench lab` without `--profile`).
 pub const QUICK_PROFILE: &str = include_str!("../../../profiles/lab-quick.yaml");
@@ -32,29 +33,11 @@ pub enum ScenarioError {
         #[source]
         source: std::io::Error,
     },
-    /// Broken YAML, a wrong type, an unknown or missing field, or a value
-    /// breaking a single-field rule (the message starts with the field path).
-    #[error("{file}:{}{message}", line.map(|l| format!("{l}: ")).unwrap_or_else(|| " ".into()))]
-    Yaml {
-        /// The file name.
-        file: String,
-        /// 1-based line, when known.
-        line: Option<usize>,
-        /// The parser's message with the field path.
-        message: String,
-    },
-    /// A rule across fields (e.g. both `rtt` and `delay`).
-    #[error("{file}:{}{field}: {message}", line.map(|l| format!("{l}: ")).unwrap_or_else(|| " ".into()))]
-    Invalid {
-        /// The file name.
-        file: String,
-        /// The field path, e.g. `wan.delay`.
-        field: String,
-        /// 1-based line of the field, when found.
-        line: Option<usize>,
-        /// What is wrong.
-        message: String,
-    },
+    /// Broken YAML, a wrong type, an unknown or missing field, a value
+    /// breaking a single-field rule (the message starts with the field
+    /// path), or a rule across fields (e.g. both `rtt` and `delay`).
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
 }
 
 impl ScenarioError {
@@ -62,7 +45,7 @@ impl ScenarioError {
     pub fn line(&self) -> Option<usize> {
         match self {
             ScenarioError::Io { .. } => None,
-            ScenarioError::Yaml { line, .. } | ScenarioError::Invalid { line, .. } => *line,
+            ScenarioError::Profile(p) => p.line,
         }
     }
 }
@@ -77,16 +60,10 @@ pub enum Kind {
 
 impl<'de> Deserialize<'de> for Kind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
-            "scenario" => Ok(Kind::Scenario),
-            "tunnel" | "sweep" => Err(de::Error::custom(format!(
-                "\"{s}\" profiles are not lab scenarios; `tunbench lab` reads `kind: scenario`"
-            ))),
-            _ => Err(de::Error::custom(format!(
-                "unknown profile kind \"{s}\" (expected `scenario`)"
-            ))),
-        }
+        d.deserialize_str(Text {
+            what: "the profile kind `scenario`",
+            parse: |s| check_kind(s, ProfileKind::Scenario).map(|()| Kind::Scenario),
+        })
     }
 }
 
@@ -351,33 +328,12 @@ impl Scenario {
     /// Parses and checks profile text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
         use crate::profile_units::{check, SCENARIO_FIELDS};
-        check(text, SCENARIO_FIELDS).map_err(|p| ScenarioError::Invalid {
-            file: file.to_string(),
-            line: find_line(text, &p.field),
-            field: p.field,
-            message: p.message,
-        })?;
-        let s: Scenario = serde_norway::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            let mut message = e.to_string();
-            if let Some(l) = e.location() {
-                let suffix = format!(" at line {} column {}", l.line(), l.column());
-                if let Some(m) = message.strip_suffix(&suffix) {
-                    message = m.to_string();
-                }
-            }
-            ScenarioError::Yaml {
-                file: file.to_string(),
-                line,
-                message,
-            }
-        })?;
-        let invalid = |field: &str, message: String| ScenarioError::Invalid {
-            file: file.to_string(),
-            field: field.to_string(),
-            line: find_line(text, field),
-            message,
+        let invalid = |field: &str, message: String| -> ScenarioError {
+            ProfileError::invalid(Some(text), file, field, message).into()
         };
+        check(text, SCENARIO_FIELDS).map_err(|p| invalid(&p.field, p.message))?;
+        let s: Scenario = serde_norway::from_str(text)
+            .map_err(|e| ScenarioError::from(ProfileError::from_yaml(&e, file)))?;
         if s.wan.rtt.is_some() && s.wan.delay.is_some() {
             return Err(invalid(
                 "wan.delay",
@@ -503,64 +459,8 @@ impl Scenario {
     }
 }
 
-/// Finds the line of a dotted field path (`wan.delay`) in block YAML:
-/// the first `key:` line of each segment, each deeper than its parent.
-fn find_line(text: &str, path: &str) -> Option<usize> {
-    let mut from = 0usize;
-    let mut min_indent = 0usize;
-    let mut found = None;
-    let lines: Vec<&str> = text.lines().collect();
-    for seg in path.split('.') {
-        let mut hit = None;
-        for (i, line) in lines.iter().enumerate().skip(from) {
-            let t = line.trim_start();
-            if t.is_empty() || t.starts_with('#') {
-                continue;
-            }
-            let ind = line.len() - t.len();
-            if i > from && found.is_some() && ind < min_indent {
-                break;
-            }
-            if t.starts_with(&format!("{seg}:")) && ind >= min_indent {
-                hit = Some((i, ind));
-                break;
-            }
-        }
-        let (i, ind) = hit?;
-        found = Some(i + 1);
-        from = i + 1;
-        min_indent = ind + 1;
-    }
-    found
-}
-
 // ---- deserialize_with helpers: each rule runs inside a visitor so that the
 // parser attaches the field path and line of the offending value. ----
-
-/// Visits a number or a string and applies `parse` to its text.
-struct Quantity<T> {
-    what: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-}
-
-impl<T> Visitor<'_> for Quantity<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.what)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.parse)(v).map_err(E::custom)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-}
 
 fn pos_rate(s: &str) -> Result<Rate, String> {
     match parse_rate(s) {

@@ -252,3 +252,19 @@ fn ha_section_rules_name_the_field() {
         "colour",
     );
 }
+
+#[test]
+fn block_list_items_are_named_by_their_own_line() {
+    let block =
+        |items: &str| BASE.replace("systems: [raw, tunneld]\n", &format!("systems:\n{items}"));
+    // Lines 8.. are the `- ` items of `systems`.
+    let e = err(&block("  - raw\n  - l2tp\n"));
+    assert!(
+        e.starts_with("t.yaml:9:5: systems[1]: ") && e.contains("l2tp"),
+        "{e}"
+    );
+    let e = err(&block("  - raw\n  - tunneld\n  - raw\n"));
+    assert!(e.contains("listed twice"), "{e}");
+    let e = err(&BASE.replace("  streams: [1, 4]\n", "  streams:\n    - 1\n    - 0\n"));
+    assert!(e.starts_with("t.yaml:11:7: test.streams[1]: "), "{e}");
+}

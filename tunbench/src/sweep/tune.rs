@@ -377,7 +377,7 @@ pub fn knob_reason(
 
 /// Inserts `comment` (one or more `# ` lines) above the line of `path`.
 fn comment_above(text: &str, path: &str, comment: &str) -> String {
-    let Some(line) = super::profile::find_line(text, path) else {
+    let Some((line, _)) = tunneld::yaml::locate(text, path) else {
         return text.to_string();
     };
     let mut out = String::with_capacity(text.len() + comment.len() + 16);
