@@ -14,7 +14,8 @@
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`routes`]: the peers' prefixes in the kernel's routing tables.
-//! - [`control`]: metrics and status over a Unix socket.
+//! - [`control`]: metrics and status over a Unix socket; [`io_counters`]:
+//!   the data path's I/O counters, declared once for status, metrics and docs.
 //! - [`reload`]: applying a changed config to a running tunnel.
 //! - [`metrics`], [`http`]: the Prometheus view and its `/metrics` listener.
 //! - [`show`]: the human view (`tunneld show`).
@@ -35,6 +36,7 @@ pub mod fq;
 pub mod fuzzing;
 pub mod gro;
 pub mod http;
+pub mod io_counters;
 pub mod keys;
 pub mod lograte;
 pub mod metrics;
