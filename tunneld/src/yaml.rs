@@ -2,7 +2,7 @@
 //! tunbench's profiles (`kind: scenario`, `kind: sweep`), so that the three
 //! file kinds report mistakes the same way:
 //! - [`ProfileError`]: `FILE:LINE:COLUMN: FIELD: MESSAGE`, built from a
-//!   parser error ([`ProfileError::from_yaml`]) or from a rule checked after
+//!   file that cannot be read ([`ProfileError::read`]), a parser error ([`ProfileError::from_yaml`]) or from a rule checked after
 //!   parsing ([`ProfileError::invalid`], which finds the field's line);
 //! - [`locate`]: the line and column of a field path such as
 //!   `peers[1].allowed_prefixes[0]` or `points[2].window`;
@@ -59,6 +59,17 @@ impl ProfileError {
             field: None,
             message,
         }
+    }
+
+    /// Reads a profile file; the error names it.
+    pub fn read(path: &std::path::Path) -> Result<String, ProfileError> {
+        std::fs::read_to_string(path).map_err(|e| ProfileError {
+            file: path.display().to_string(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })
     }
 
     /// A rule checked after parsing broken by `field`; its line and column
@@ -627,6 +638,12 @@ reference: {name: box, rate: 100MBps}
         assert!(e.line.is_some() && e.field.is_none(), "{e:?}");
         assert!(e.to_string().starts_with("p.yaml:"), "{e}");
         assert!(!e.message.contains(" at line "), "{e}");
+        let missing = std::path::Path::new("/nonexistent/p.yaml");
+        let e = ProfileError::read(missing).expect_err("no such file");
+        assert!(
+            e.to_string().starts_with("/nonexistent/p.yaml: cannot read: "),
+            "{e}"
+        );
     }
 
     #[test]

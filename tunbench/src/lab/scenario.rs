@@ -21,34 +21,9 @@ pub const MAX_STREAMS: u32 = 64;
 /// Most repeats (each repeat runs every system once).
 pub const MAX_REPEATS: u32 = 100;
 
-/// Why a profile was rejected. `Display` reads `FILE:LINE: FIELD: MESSAGE`.
-#[derive(Debug, thiserror::Error)]
-pub enum ScenarioError {
-    /// The profile file could not be read.
-    #[error("{file}: cannot read profile: {source}")]
-    Io {
-        /// The file.
-        file: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Broken YAML, a wrong type, an unknown or missing field, a value
-    /// breaking a single-field rule (the message starts with the field
-    /// path), or a rule across fields (e.g. both `rtt` and `delay`).
-    #[error(transparent)]
-    Profile(#[from] ProfileError),
-}
-
-impl ScenarioError {
-    /// The line the error points at, when known.
-    pub fn line(&self) -> Option<usize> {
-        match self {
-            ScenarioError::Io { .. } => None,
-            ScenarioError::Profile(p) => p.line,
-        }
-    }
-}
+/// Why a profile was rejected: the shared profile error, whose `Display`
+/// reads `FILE:LINE:COLUMN: FIELD: MESSAGE`.
+pub type ScenarioError = ProfileError;
 
 /// `kind: scenario` (the only kind tunbench lab reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -317,23 +292,18 @@ impl Scenario {
 
     /// Reads and checks a profile file.
     pub fn load(path: &std::path::Path) -> Result<Scenario, ScenarioError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        Scenario::parse(&text, &file)
+        let text = ProfileError::read(path)?;
+        Scenario::parse(&text, &path.display().to_string())
     }
 
     /// Parses and checks profile text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
         use crate::profile_units::{check, SCENARIO_FIELDS};
-        let invalid = |field: &str, message: String| -> ScenarioError {
-            ProfileError::invalid(Some(text), file, field, message).into()
-        };
+        let invalid =
+            |field: &str, message: String| ProfileError::invalid(Some(text), file, field, message);
         check(text, SCENARIO_FIELDS).map_err(|p| invalid(&p.field, p.message))?;
-        let s: Scenario = serde_norway::from_str(text)
-            .map_err(|e| ScenarioError::from(ProfileError::from_yaml(&e, file)))?;
+        let s: Scenario =
+            serde_norway::from_str(text).map_err(|e| ProfileError::from_yaml(&e, file))?;
         if s.wan.rtt.is_some() && s.wan.delay.is_some() {
             return Err(invalid(
                 "wan.delay",

@@ -28,17 +28,8 @@ pub const MAX_REPEATS: u32 = 20;
 /// Why a sweep profile was rejected. `Display` reads `FILE:LINE: FIELD: MESSAGE`.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    /// The profile (or the scenario it names) could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Io {
-        /// The file.
-        file: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Broken YAML, a wrong type, an unknown field or knob, a value out of
-    /// range (the parser's message starts with the field path), or a rule
+    /// The profile cannot be read, or: broken YAML, a wrong type, an unknown
+    /// field or knob, a value out of range (the parser's message starts with the field path), or a rule
     /// across fields (grid and points both given, remote mode without
     /// `remote:`...).
     #[error(transparent)]
@@ -531,10 +522,7 @@ impl SweepProfile {
     /// relative to the profile's directory).
     pub fn load(path: &Path) -> Result<SweepProfile, SweepError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SweepError::Io {
-            file: file.clone(),
-            source,
-        })?;
+        let text = ProfileError::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         SweepProfile::parse(&text, &file, base)
     }
