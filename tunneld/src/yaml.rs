@@ -641,7 +641,8 @@ reference: {name: box, rate: 100MBps}
         let missing = std::path::Path::new("/nonexistent/p.yaml");
         let e = ProfileError::read(missing).expect_err("no such file");
         assert!(
-            e.to_string().starts_with("/nonexistent/p.yaml: cannot read: "),
+            e.to_string()
+                .starts_with("/nonexistent/p.yaml: cannot read: "),
             "{e}"
         );
     }

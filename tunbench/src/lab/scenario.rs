@@ -440,13 +440,15 @@ fn pos_rate(s: &str) -> Result<Rate, String> {
     }
 }
 fn span(s: &str) -> Result<Span, String> {
+    if s.trim_start().starts_with('-') {
+        return Err(format!("'{s}' must not be negative"));
+    }
     parse_duration(s).map(Span).map_err(|e| e.to_string())
 }
 fn pos_span(s: &str) -> Result<Span, String> {
-    match parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
-        Ok(d) => Ok(Span(d)),
-        Err(e) => Err(e.to_string()),
+    match span(s)? {
+        Span(d) if d.is_zero() => Err("must be greater than zero".into()),
+        d => Ok(d),
     }
 }
 fn pos_size(s: &str) -> Result<Size, String> {
@@ -486,13 +488,15 @@ fn de_opt_span<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error
 fn de_opt_pos_span<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
     de_pos_span(d).map(Some)
 }
-fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+/// A duration of a profile (scenario or sweep), zero allowed.
+pub(crate) fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
     d.deserialize_any(Quantity {
         what: "a duration such as 10ms or 2s",
         parse: span,
     })
 }
-fn de_pos_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+/// A duration of a profile (scenario or sweep) above zero.
+pub(crate) fn de_pos_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
     d.deserialize_any(Quantity {
         what: "a duration such as 10ms or 2s",
         parse: pos_span,

@@ -11,14 +11,14 @@ use std::time::Duration;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use tunneld::config::{CipherKind, TransportKind};
-use tunneld::units::{parse_duration, parse_rate, Rate, Span};
+use tunneld::units::{parse_rate, Rate, Span};
 use tunneld::yaml::{check_kind, ProfileError, ProfileKind, Quantity, Text};
 
 use super::knobs::{
     cipher_value, transport_value, BatchV, Cell, FlowsV, Knob, MssV, MtuV, SockBufV, StreamsV,
     Value, WindowV, WorkersV,
 };
-use crate::lab::scenario::{Scenario, SystemKind, TunneldSettings, Wan};
+use crate::lab::scenario::{de_pos_span, de_span, Scenario, SystemKind, TunneldSettings, Wan};
 
 /// Most cells a profile may expand to (a typo guard: 1000 cells of 10 s are
 /// already about 3 hours).
@@ -433,30 +433,6 @@ fn de_opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error
     de_rate(d).map(Some)
 }
 
-fn span(s: &str) -> Result<Span, String> {
-    if s.trim_start().starts_with('-') {
-        return Err(format!("'{s}' must not be negative"));
-    }
-    parse_duration(s).map(Span).map_err(|e| e.to_string())
-}
-fn pos_span(s: &str) -> Result<Span, String> {
-    match span(s)? {
-        Span(d) if d.is_zero() => Err("must be greater than zero".into()),
-        d => Ok(d),
-    }
-}
-fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-    d.deserialize_any(Quantity {
-        what: "a duration such as 2s or 500ms",
-        parse: span,
-    })
-}
-fn de_pos_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-    d.deserialize_any(Quantity {
-        what: "a duration such as 2s or 500ms",
-        parse: pos_span,
-    })
-}
 fn de_repeats<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     d.deserialize_any(Quantity {
         what: "a number of repeats (1 or more)",
