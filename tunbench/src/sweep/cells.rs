@@ -5,7 +5,7 @@
 //! [`RunError`] types of the dispatcher ([`super::runner::run`]).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -203,6 +203,35 @@ impl Drop for LivePoll {
     }
 }
 
+/// Measures `cell` the profile's `repeats` times against the engine server
+/// at `server`, showing meanwhile the live rate of the interface named in
+/// `live_from` (a `/proc/.../net/dev` path and the interface), if any; `run`
+/// is one engine test.
+pub(crate) fn measure_cell(
+    p: &SweepProfile,
+    cell: &Cell,
+    server: (&str, u16),
+    live_from: Option<(String, String)>,
+    progress: &dyn Progress,
+    run: &(dyn Fn(&TestSpec) -> TestFigures + Sync),
+) -> Vec<TestFigures> {
+    let live = Arc::new(AtomicU64::new(0));
+    let lv = Arc::clone(&live);
+    let _poll = live_from.map(|(path, iface)| {
+        LivePoll::start(
+            path,
+            iface,
+            Arc::new(move |bps| lv.store(bps as u64, Ordering::Relaxed)),
+        )
+    });
+    (0..p.file.test.repeats)
+        .map(|_| {
+            let spec = cell_spec(p, cell, server.0, server.1);
+            with_live(&live, progress, spec.params.parallel, || run(&spec))
+        })
+        .collect()
+}
+
 /// Runs `measure` (one engine test) while forwarding the live rate in
 /// `live` to `progress` every 250 ms.
 pub(crate) fn with_live(
@@ -222,18 +251,8 @@ pub(crate) fn with_live(
             std::thread::sleep(Duration::from_millis(250));
             progress.live(live.load(Ordering::Relaxed) as f64);
         }
-        h.join().unwrap_or_else(|_| TestFigures {
-            streams,
-            bits_per_second: 0.0,
-            bytes_total: 0,
-            retransmits: None,
-            cpu_seconds: None,
-            cpu_s_per_gb: None,
-            latency_idle: None,
-            latency_loaded: None,
-            error: Some("measurement thread panicked".into()),
-            intervals: Vec::new(),
-        })
+        h.join()
+            .unwrap_or_else(|_| TestFigures::failed(streams, "measurement thread panicked".into()))
     })
 }
 

@@ -4,18 +4,16 @@
 //! restarts the lab's tunneld pair per cell through
 //! [`crate::lab::systems::tunneld::Tunneld::start_on`] with the cell's knobs.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cells::{
-    apply_knobs, cell_spec, failed, with_live, LivePoll, Progress, RunError, SweepOptions,
+    apply_knobs, cell_spec, failed, measure_cell, Progress, RunError, SweepOptions,
 };
 use super::knobs::{transport_of, Cell, Knob};
 use super::profile::SweepProfile;
 use super::results::{self, Baseline, CellRecord, SweepMeta};
 use crate::engine::Server;
-use crate::lab::measure::{self, TestFigures, ENGINE_PORT};
+use crate::lab::measure::{self, ENGINE_PORT};
 use crate::lab::systems::{self, tunneld::Side, tunneld::Tunneld, Ctx, Running};
 use crate::lab::wan::WanLink;
 use crate::lab::LabError;
@@ -91,7 +89,6 @@ pub fn run(
         }
     }
     results::write_meta(&opts.out_dir, meta)?;
-    let live_bps = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for &(index, cell) in todo {
         progress.cell(index, cell);
         let started = Instant::now();
@@ -126,23 +123,18 @@ pub fn run(
             continue;
         }
         let pids = sys.pids();
-        let mut repeats: Vec<TestFigures> = Vec::new();
-        {
-            let lb = Arc::clone(&live_bps);
-            let _poll = pids.get(1).map(|pid| {
-                LivePoll::start(
-                    format!("/proc/{pid}/net/dev"),
-                    tun_b.clone(),
-                    Arc::new(move |bps| lb.store(bps as u64, Ordering::Relaxed)),
-                )
-            });
-            for _ in 0..p.file.test.repeats {
-                let spec = cell_spec(p, cell, &HOST_B_V4.to_string(), ENGINE_PORT);
-                repeats.push(with_live(&live_bps, progress, spec.params.parallel, || {
-                    measure::run_test(&dc, &spec, &pids)
-                }));
-            }
-        }
+        let live_from = pids
+            .get(1)
+            .map(|pid| (format!("/proc/{pid}/net/dev"), tun_b.clone()));
+        let server = HOST_B_V4.to_string();
+        let repeats = measure_cell(
+            p,
+            cell,
+            (&server, ENGINE_PORT),
+            live_from,
+            progress,
+            &|spec| measure::run_test(&dc, spec, &pids),
+        );
         sys.stop(&dc);
         sink(CellRecord::new(
             index,
