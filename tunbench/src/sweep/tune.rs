@@ -510,16 +510,9 @@ mod tests {
         cell.knobs.insert(Knob::Workers, Value::Num(workers));
         cell.knobs.insert(Knob::Window, Value::Num(4 << 20));
         let f = TestFigures {
-            streams: 1,
             bits_per_second: bps,
             bytes_total: 1,
-            retransmits: None,
-            cpu_seconds: None,
-            cpu_s_per_gb: None,
-            latency_idle: None,
-            latency_loaded: None,
-            error: None,
-            intervals: Vec::new(),
+            ..TestFigures::empty(1)
         };
         let mut r = CellRecord::new(0, &cell, vec![f], 1.0);
         r.p99_loaded_ms = Some(p99);
