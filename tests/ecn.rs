@@ -1,4 +1,4 @@
-//! ECN across the tunnel (RFC 6040, project issue 5) on real packets. This
+//! ECN across the tunnel (RFC 6040) on real packets. This
 //! kernel has no marking qdisc (no netem, RED or fq_codel), so a small UDP
 //! relay in gw-b's namespace stands in for a congested path: gw-a's peer
 //! endpoint is the relay, which forwards gw-a's frames to gw-b's daemon

@@ -353,10 +353,12 @@ fn hub_and_three_spokes() {
     // Spoke 3 is back.
     wait_ping(&h.hs.lab, h.hs.host(3), &host(HUB), Duration::from_secs(10)).expect("spoke 3 back");
     // Per-peer status: the hub's session count for spoke 3 grew with its
-    // restarts (status snapshots lag the session by a tick: wait for it).
-    let handshakes = wait_for(Duration::from_secs(5), "3 handshakes with spoke 3", || {
+    // restarts: the first session and the last restart's at least (the
+    // first restart may be stopped again before its handshake completes on
+    // a loaded host; status snapshots lag the session by a tick: wait).
+    let handshakes = wait_for(Duration::from_secs(10), "2 handshakes with spoke 3", || {
         let n = h.hub_peer(3)["handshakes"].as_u64().unwrap_or(0);
-        Ok((n >= 3).then_some(n))
+        Ok((n >= 2).then_some(n))
     });
     assert!(handshakes.is_ok(), "{handshakes:?}: {}", h.hub_peer(3));
     assert_eq!(h.hub_peer(2)["session"].as_bool(), Some(true));

@@ -1,5 +1,5 @@
 //! Correctness of the data path under every knob combination a sweep can
-//! pick (project issue 5): offload on/off × batch 1 and 128 × workers 1 and 2
+//! pick: offload on/off × batch 1 and 128 × workers 1 and 2
 //! × queue fq_codel and fifo.
 //! For each: a 200 MiB TCP transfer over IPv4 and over IPv6 arrives with a
 //! matching SHA-256, and UDP datagrams of odd sizes cross intact: 1 byte and

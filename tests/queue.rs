@@ -1,4 +1,4 @@
-//! The fq_codel queue under overload (project issue 5): an unresponsive UDP
+//! The fq_codel queue under overload: an unresponsive UDP
 //! flood into the tunnel is dropped from its own flow's queue and counted,
 //! the queue never holds more than `queue_limit`, a ping (a sparse flow)
 //! still crosses during the flood, and afterwards TCP carries data intact.

@@ -1,4 +1,4 @@
-//! Pluggable transports end to end (project issue 6): for udp, tcp and quic,
+//! Pluggable transports end to end: for udp, tcp and quic,
 //! a tunneld pair in namespaces carries pings and a 100 MiB TCP transfer
 //! with a matching SHA-256, and hostile input on the listen port (garbage,
 //! truncated frames, absurd length prefixes for tcp) is dropped and counted

@@ -1,4 +1,4 @@
-//! tunneld end-to-end tests (project issue 2): real packets between two
+//! tunneld end-to-end tests: real packets between two
 //! data-centre LANs through a tunneld pair in network namespaces.
 //!
 //! Root tests build their own `dc_pair` (skip without root unless CI=true).
@@ -248,7 +248,7 @@ fn no_plaintext_on_the_underlay() {
 
 // ------------------------------------------------------ 4. hostile input
 
-/// A frame header offset (DESIGN.md "Our UDP frame"):
+/// A frame header offset (docs/protocol.md, "Frames"):
 /// type u8 | reserved [u8;3] | receiver_index u32 | counter u64 | ...
 const INDEX: std::ops::Range<usize> = 4..8;
 const COUNTER: std::ops::Range<usize> = 8..16;

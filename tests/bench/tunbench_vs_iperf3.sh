@@ -64,7 +64,7 @@ PIDS+=($!)
 sleep 0.5
 
 # Receiver-side bit/s, sender-side bit/s, loss from bytes (iperf3's lost_percent is
-# wrong with -O, see docs/baselines.md) from one JSON result.
+# wrong with -O: it can exceed 100%) from one JSON result.
 parse() { # tool file
     python3 - "$1" "$2" <<'PY'
 import json, sys

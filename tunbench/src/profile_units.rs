@@ -28,7 +28,7 @@ pub enum UnitKind {
 /// A field whose value lacks its unit or uses a misleading one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitProblem {
-    /// The dotted field path (`wan.rate`, `grid.window`).
+    /// The field path of the value (`wan.rate`, `grid.window[1]`).
     pub field: String,
     /// What is wrong and what to write instead.
     pub message: String,
@@ -56,7 +56,9 @@ pub const SWEEP_FIELDS: &[(&str, UnitKind)] = &[
 ];
 
 /// Checks `fields` of the YAML `text`. YAML that does not parse is left
-/// to the typed parser, whose error names the line.
+/// to the typed parser, whose error names the line. The problem names the
+/// exact value (`grid.window[1]`, `points[0].socket_buffer`), so its line
+/// is that of the list item.
 pub fn check(text: &str, fields: &[(&str, UnitKind)]) -> Result<(), UnitProblem> {
     let Ok(root) = serde_norway::from_str::<Value>(text) else {
         return Ok(());
@@ -64,30 +66,38 @@ pub fn check(text: &str, fields: &[(&str, UnitKind)]) -> Result<(), UnitProblem>
     for (path, kind) in fields {
         let segs: Vec<&str> = path.split('.').collect();
         let mut found = Vec::new();
-        collect(&root, &segs, &mut found);
-        for v in found {
+        collect(&root, &segs, String::new(), &mut found);
+        for (field, v) in found {
             if let Some(message) = problem(v, *kind) {
-                return Err(UnitProblem {
-                    field: path.replace(".*", ""),
-                    message,
-                });
+                return Err(UnitProblem { field, message });
             }
         }
     }
     Ok(())
 }
 
-fn collect<'a>(v: &'a Value, segs: &[&str], out: &mut Vec<&'a Value>) {
+/// The values at `segs` below `v` with their field paths (`*` = each item
+/// of a list, written `[i]`).
+fn collect<'a>(v: &'a Value, segs: &[&str], at: String, out: &mut Vec<(String, &'a Value)>) {
     let Some((first, rest)) = segs.split_first() else {
-        out.push(v);
+        out.push((at, v));
         return;
     };
     match (*first, v) {
-        ("*", Value::Sequence(items)) => items.iter().for_each(|i| collect(i, rest, out)),
-        ("*", other) => collect(other, rest, out),
+        ("*", Value::Sequence(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                collect(item, rest, format!("{at}[{i}]"), out);
+            }
+        }
+        ("*", other) => collect(other, rest, at, out),
         (key, Value::Mapping(m)) => {
             if let Some(x) = m.get(key) {
-                collect(x, rest, out);
+                let at = if at.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{at}.{key}")
+                };
+                collect(x, rest, at, out);
             }
         }
         _ => {}
@@ -256,7 +266,7 @@ mod tests {
         let e = err("wan:\n  rate: \"350000000\"\n", SCENARIO_FIELDS);
         assert!(e.message.contains("did you mean 350M?"), "{}", e.message);
         let e = err("planning:\n  targets: [2G, 10]\n", SWEEP_FIELDS);
-        assert_eq!(e.field, "planning.targets");
+        assert_eq!(e.field, "planning.targets[1]");
         assert!(e.message.contains("10M"), "{}", e.message);
         assert!(check(
             "wan: {rate: 200M}\nplanning: {targets: [2G]}\n",
@@ -280,10 +290,10 @@ mod tests {
     #[test]
     fn unitless_sizes_are_refused_in_lists_and_points() {
         let e = err("grid:\n  window: [256K, 4]\n", SWEEP_FIELDS);
-        assert_eq!(e.field, "grid.window");
+        assert_eq!(e.field, "grid.window[1]");
         assert!(e.message.contains("did you mean 4M?"), "{}", e.message);
         let e = err("points:\n  - {window: 4194304}\n", SWEEP_FIELDS);
-        assert_eq!(e.field, "points.window");
+        assert_eq!(e.field, "points[0].window");
         assert!(e.message.contains("did you mean 4M?"), "{}", e.message);
         let e = err("tunneld: {socket_buffer: 512}\n", SCENARIO_FIELDS);
         assert!(e.message.contains("512K"), "{}", e.message);

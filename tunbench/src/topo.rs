@@ -5,7 +5,7 @@
 //!
 //! - [`Lab`]: a set of namespaces named `tb<pid>x<n>-<short>`, removed on
 //!   drop (also during a panic unwind), processes first.
-//! - [`dc_pair`] / [`DcPair`]: the standard two-DC topology of DESIGN.md.
+//! - [`dc_pair`] / [`DcPair`]: the standard two-DC topology (docs/design.md).
 //! - [`ha_sites`] / [`HaSites`]: two sites, each a router with N gateways
 //!   (ECMP); [`hub_spokes`] / [`HubSpokes`]: a hub gateway and N spokes.
 //! - [`cleanup_stale`]: removes namespaces of dead runs (our naming scheme,

@@ -33,51 +33,7 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// client opening connections in a loop cannot exhaust threads.
 pub const MAX_CLIENTS: usize = 8;
 
-/// Errors of the data path's I/O that the protocol core never sees.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct IoCounters {
-    /// Transport sends that failed (socket buffer full, no route to peer).
-    pub send_errors: u64,
-    /// Transport receives that failed (e.g. ICMP port unreachable surfacing).
-    pub recv_errors: u64,
-    /// Packets the TUN device refused.
-    pub tun_write_errors: u64,
-    /// TUN reads that failed or returned a super-packet that could not be
-    /// split (its segments are lost; the kernel retransmits).
-    pub tun_read_errors: u64,
-    /// Inner packets whose frame did not fit the path to their peer (QUIC
-    /// datagram limit, UDP path MTU): not sent, answered with an ICMP
-    /// too-big into the TUN device.
-    pub path_too_big: u64,
-    /// TUN reads, and the inner packets they yielded (more packets than
-    /// reads: TSO super-packets were split).
-    pub tun_reads: u64,
-    pub tun_read_packets: u64,
-    /// Batched TUN writes, and the inner packets they carried (coalesced per
-    /// TCP flow when offload is on).
-    pub tun_writes: u64,
-    pub tun_write_packets: u64,
-    /// UDP send calls, and the frames they carried (more frames than calls: GSO).
-    pub udp_sends: u64,
-    pub udp_send_frames: u64,
-    /// UDP receive buffers, and the frames they held (more frames than
-    /// buffers: GRO).
-    pub udp_recv_buffers: u64,
-    pub udp_recv_frames: u64,
-    /// Inner packets the fq_codel queue dropped: CoDel (a standing queue)
-    /// and overflow (the queue held `queue_limit` packets).
-    pub queue_codel_drops: u64,
-    pub queue_overflow_drops: u64,
-    /// Packets in the fq_codel queue at the last status snapshot.
-    pub queue_packets: u64,
-    /// ECN (`dataplane.ecn`): packets the fq_codel queue marked CE instead
-    /// of dropping; inner packets marked CE because the path marked their
-    /// outer header CE (RFC 6040); packets dropped because the path marked
-    /// CE on an inner packet that is not ECN-capable.
-    pub queue_ecn_marks: u64,
-    pub ecn_path_ce: u64,
-    pub ecn_not_ect_drops: u64,
-}
+pub use crate::io_counters::IoCounters;
 
 /// The data path's shape and which offloads are active (probed at start).
 #[derive(Debug, Clone, Default, serde::Serialize)]

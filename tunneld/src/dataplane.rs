@@ -39,9 +39,10 @@
 //! and allocate.
 
 use crate::config::{DataplaneConfig, QueueKind};
-use crate::control::{DataplaneStatus, IoCounters, Status, StatusCell};
+use crate::control::{DataplaneStatus, Status, StatusCell};
 use crate::device::{Datagram, Device, Outcome, PeerEvent, Time, HEADROOM, OVERHEAD, TAILROOM};
 use crate::fq::{FqCodel, FqParams};
+use crate::io_counters::IoStats;
 use crate::transport::{Received, Transport, MAX_RECV_BATCH};
 use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
 use std::io::{self, IoSliceMut};
@@ -89,57 +90,6 @@ const MAX_DRAIN_READS: usize = 512;
 /// would be ~3 MB, several milliseconds of opening and TUN writes during
 /// which a single worker's TX side (a ping's answer, TCP ACKs) waits.
 const RX_PASS_FRAMES: usize = 256;
-
-/// I/O errors counted by both workers.
-#[derive(Debug, Default)]
-struct IoStats {
-    send_errors: AtomicU64,
-    recv_errors: AtomicU64,
-    tun_write_errors: AtomicU64,
-    tun_read_errors: AtomicU64,
-    path_too_big: AtomicU64,
-    tun_reads: AtomicU64,
-    tun_read_packets: AtomicU64,
-    tun_writes: AtomicU64,
-    tun_write_packets: AtomicU64,
-    udp_sends: AtomicU64,
-    udp_send_frames: AtomicU64,
-    udp_recv_buffers: AtomicU64,
-    udp_recv_frames: AtomicU64,
-    queue_codel_drops: AtomicU64,
-    queue_overflow_drops: AtomicU64,
-    queue_packets: AtomicU64,
-    queue_ecn_marks: AtomicU64,
-    ecn_path_ce: AtomicU64,
-    ecn_not_ect_drops: AtomicU64,
-}
-
-impl IoStats {
-    fn snapshot(&self) -> IoCounters {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        IoCounters {
-            send_errors: get(&self.send_errors),
-            recv_errors: get(&self.recv_errors),
-            tun_write_errors: get(&self.tun_write_errors),
-            tun_read_errors: get(&self.tun_read_errors),
-            path_too_big: get(&self.path_too_big),
-            tun_reads: get(&self.tun_reads),
-            tun_read_packets: get(&self.tun_read_packets),
-            tun_writes: get(&self.tun_writes),
-            tun_write_packets: get(&self.tun_write_packets),
-            udp_sends: get(&self.udp_sends),
-            udp_send_frames: get(&self.udp_send_frames),
-            udp_recv_buffers: get(&self.udp_recv_buffers),
-            udp_recv_frames: get(&self.udp_recv_frames),
-            queue_codel_drops: get(&self.queue_codel_drops),
-            queue_overflow_drops: get(&self.queue_overflow_drops),
-            queue_packets: get(&self.queue_packets),
-            queue_ecn_marks: get(&self.queue_ecn_marks),
-            ecn_path_ce: get(&self.ecn_path_ce),
-            ecn_not_ect_drops: get(&self.ecn_not_ect_drops),
-        }
-    }
-}
 
 fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);

@@ -3,7 +3,9 @@
 //! Owns: [`PrivateKey`] (never printed by `Debug`), [`PublicKey`] (printed as
 //! base64), generation from the OS random source, and loading a private key
 //! file with the permission checks an operator expects (`chmod 600`, no
-//! symlinks, a regular file owned by us or root).
+//! symlinks, a regular file owned by us or root); and [`SpkiPin`], the
+//! SHA-256 of a QUIC certificate's public key that a peer is pinned by,
+//! parsed once when the config is read.
 
 use std::fmt;
 use std::fs::File;
@@ -342,6 +344,86 @@ impl<'de> serde::Deserialize<'de> for PublicKey {
     }
 }
 
+/// The SHA-256 of a certificate's SubjectPublicKeyInfo: how a QUIC peer is
+/// authenticated without web PKI (`peers[].quic.spki_sha256`). Written as
+/// base64 (what `tunneld gencert` prints); 64 hex digits are accepted too.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpkiPin([u8; 32]);
+
+impl SpkiPin {
+    /// Wraps a SHA-256 digest.
+    pub const fn from_bytes(bytes: [u8; 32]) -> SpkiPin {
+        SpkiPin(bytes)
+    }
+
+    /// The digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for SpkiPin {
+    type Err = String;
+    /// Parses 64 hex digits or base64 (standard alphabet) of 32 bytes;
+    /// surrounding white space is ignored.
+    fn from_str(text: &str) -> Result<SpkiPin, String> {
+        let t = text.trim();
+        let bytes = if t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|e| e.to_string())?
+        } else {
+            STANDARD
+                .decode(t)
+                .map_err(|_| format!("\"{t}\" is neither 64 hex digits nor base64"))?
+        };
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map(SpkiPin)
+            .map_err(|_| {
+                format!(
+                    "\"{t}\" is {} bytes, a SHA-256 pin is 32 (see `tunneld gencert`)",
+                    bytes.len()
+                )
+            })
+    }
+}
+
+impl fmt::Display for SpkiPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&STANDARD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for SpkiPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpkiPin({self})")
+    }
+}
+
+impl serde::Serialize for SpkiPin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SpkiPin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Checked inside the visitor so serde_norway reports the value's line.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SpkiPin;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SHA-256 SPKI pin (base64 or hex)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SpkiPin, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -478,5 +560,27 @@ pub(crate) mod tests {
         assert_eq!(back, p);
         let err = serde_norway::from_str::<PublicKey>("abc").expect_err("bad");
         assert!(err.to_string().contains("invalid public key"), "{err}");
+    }
+
+    #[test]
+    fn pins_parse_as_hex_or_base64_and_refuse_other_lengths() {
+        let hex = "00".repeat(31) + "ff";
+        let pin: SpkiPin = hex.parse().expect("hex");
+        assert_eq!(pin.as_bytes()[31], 0xff);
+        let b64 = SpkiPin::from_bytes([7u8; 32]).to_string();
+        assert_eq!(b64.len(), 44, "{b64}");
+        assert_eq!(
+            format!(" {b64}\n").parse::<SpkiPin>().expect("b64"),
+            SpkiPin::from_bytes([7u8; 32])
+        );
+        let short = "AAAA".parse::<SpkiPin>().expect_err("short");
+        assert!(short.contains("3 bytes") && short.contains("32"), "{short}");
+        let junk = "not a pin!".parse::<SpkiPin>().expect_err("junk");
+        assert!(junk.contains("neither"), "{junk}");
+        // Serialised as the base64 that `tunneld gencert` prints.
+        let yaml = serde_norway::to_string(&pin).expect("yaml");
+        let back: SpkiPin = serde_norway::from_str(&yaml).expect("parse back");
+        assert_eq!(back, pin);
+        assert!(serde_norway::from_str::<SpkiPin>("AAAA").is_err());
     }
 }

@@ -3,7 +3,9 @@
 //! Layers, from the wire up (protocol modules do no I/O; only `tun`,
 //! `transport`, `dataplane` and `control` touch the operating system):
 //! - [`units`]: sizes, rates and durations with units.
-//! - [`config`]: the typed YAML config, validated into a checked form.
+//! - [`config`]: the typed YAML config, validated into a checked form;
+//!   [`yaml`]: the profile toolkit it shares with tunbench (errors with
+//!   file, line and field; the field locator; value visitors; `kind:`).
 //! - [`keys`], [`prefix`]: X25519 key text and IP prefixes.
 //! - [`wire`]: zero-copy views over IP headers and our frame format.
 //! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
@@ -12,7 +14,8 @@
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
 //! - [`routes`]: the peers' prefixes in the kernel's routing tables.
-//! - [`control`]: metrics and status over a Unix socket.
+//! - [`control`]: metrics and status over a Unix socket; [`io_counters`]:
+//!   the data path's I/O counters, declared once for status, metrics and docs.
 //! - [`reload`]: applying a changed config to a running tunnel.
 //! - [`metrics`], [`http`]: the Prometheus view and its `/metrics` listener.
 //! - [`show`]: the human view (`tunneld show`).
@@ -33,6 +36,7 @@ pub mod fq;
 pub mod fuzzing;
 pub mod gro;
 pub mod http;
+pub mod io_counters;
 pub mod keys;
 pub mod lograte;
 pub mod metrics;
@@ -46,6 +50,7 @@ pub mod transport;
 pub mod tun;
 pub mod units;
 pub mod wire;
+pub mod yaml;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -329,7 +329,7 @@ fn transports(cfg: &Config) -> Result<Box<dyn Transport>> {
                 cert_file: q.cert_file.clone(),
                 key_file: q.key_file.clone(),
                 peers,
-                tun_mtu: cfg.interface.mtu,
+                max_frame: usize::from(cfg.interface.mtu) + tunneld::device::OVERHEAD,
                 idle_timeout: q.idle_timeout,
                 keepalive: q.keepalive,
                 socket_buffer: cfg.socket_buffer,

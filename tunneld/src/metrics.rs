@@ -7,6 +7,7 @@
 //! it, as OpenMetrics requires.
 
 use crate::control::Status;
+use crate::io_counters::{MetricKind, FAMILIES};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -130,48 +131,20 @@ pub fn render(s: &Status) -> String {
             ],
         ),
     );
-    let io = &s.io;
-    b.counter(
-        "tunneld_io_errors",
-        "Data-path I/O errors, by operation.",
-        by(
-            "op",
-            &[
-                ("send", io.send_errors),
-                ("recv", io.recv_errors),
-                ("tun_write", io.tun_write_errors),
-                ("tun_read", io.tun_read_errors),
-            ],
-        ),
-    );
-    b.counter(
-        "tunneld_path_too_big",
-        "Inner packets too big for the path to their peer, answered with ICMP too-big.",
-        one(io.path_too_big),
-    );
-    b.counter(
-        "tunneld_queue_drops",
-        "Inner packets dropped by the fq_codel queue, by reason.",
-        by(
-            "reason",
-            &[
-                ("codel", io.queue_codel_drops),
-                ("overflow", io.queue_overflow_drops),
-            ],
-        ),
-    );
-    b.counter(
-        "tunneld_ecn",
-        "ECN events: CE marks by the fq_codel queue (queue_ce), CE marks from the path carried into inner packets (path_ce), outer CE on inner packets that are not ECN-capable, dropped (path_ce_not_ect_dropped).",
-        by(
-            "event",
-            &[
-                ("queue_ce", io.queue_ecn_marks),
-                ("path_ce", io.ecn_path_ce),
-                ("path_ce_not_ect_dropped", io.ecn_not_ect_drops),
-            ],
-        ),
-    );
+    let io = s.io.values();
+    for fam in FAMILIES {
+        let rows = io.iter().filter(|(c, _)| c.family == fam).map(|(c, v)| {
+            let labels = match (fam.label, c.label) {
+                (Some(key), Some(value)) => vec![(key, value.to_string())],
+                _ => Vec::new(),
+            };
+            (labels, *v)
+        });
+        match fam.kind {
+            MetricKind::Counter => b.counter(fam.name, fam.help, rows),
+            MetricKind::Gauge => b.gauge(fam.name, fam.help, rows),
+        }
+    }
     let d = &s.dataplane;
     b.gauge(
         "tunneld_offload",
@@ -184,11 +157,6 @@ pub fn render(s: &Status) -> String {
                 ("udp_gro", d.udp_gro_segments as u64),
             ],
         ),
-    );
-    b.gauge(
-        "tunneld_queue_packets",
-        "Packets in the fq_codel queue.",
-        one(io.queue_packets),
     );
     b.gauge(
         "tunneld_udp_flows",
@@ -205,24 +173,6 @@ pub fn render(s: &Status) -> String {
         "tunneld_udp_rx_queued_bytes",
         "Bytes waiting in the UDP sockets' receive buffers.",
         one(t.udp_rx_queued_bytes),
-    );
-    let ops = [
-        ("tun_read", io.tun_reads, io.tun_read_packets),
-        ("tun_write", io.tun_writes, io.tun_write_packets),
-        ("udp_send", io.udp_sends, io.udp_send_frames),
-        ("udp_recv", io.udp_recv_buffers, io.udp_recv_frames),
-    ];
-    b.counter(
-        "tunneld_io_calls",
-        "Data-path system calls by operation.",
-        ops.iter()
-            .map(|(op, calls, _)| (vec![("op", op.to_string())], *calls)),
-    );
-    b.counter(
-        "tunneld_io_packets",
-        "Packets moved by those calls (packets / calls = batching achieved).",
-        ops.iter()
-            .map(|(op, _, p)| (vec![("op", op.to_string())], *p)),
     );
     if !t.udp_flow_datagrams.is_empty() {
         b.counter(
@@ -373,6 +323,10 @@ mod tests {
         s.io.ecn_path_ce = 9;
         s.io.ecn_not_ect_drops = 2;
         s.io.queue_ecn_marks = 4;
+        s.io.send_errors = 6;
+        s.io.path_too_big = 8;
+        s.io.queue_packets = 3;
+        s.io.udp_send_frames = 640;
         s.counters.drop_replay = 11;
         s.counters.rx_bytes = 123_456;
         s.reloads.applied = 2;
@@ -389,6 +343,14 @@ mod tests {
             "tunneld_ecn_total{interface=\"t0\",event=\"path_ce\"} 9\n",
             "tunneld_ecn_total{interface=\"t0\",event=\"path_ce_not_ect_dropped\"} 2\n",
             "tunneld_ecn_total{interface=\"t0\",event=\"queue_ce\"} 4\n",
+            "# HELP tunneld_io_errors Data-path I/O errors, by operation.\n",
+            "tunneld_io_errors_total{interface=\"t0\",op=\"send\"} 6\n",
+            "tunneld_io_errors_total{interface=\"t0\",op=\"tun_read\"} 0\n",
+            "tunneld_path_too_big_total{interface=\"t0\"} 8\n",
+            "# TYPE tunneld_queue_packets gauge\n",
+            "tunneld_queue_packets{interface=\"t0\"} 3\n",
+            "tunneld_io_packets_total{interface=\"t0\",op=\"udp_send\"} 640\n",
+            "tunneld_io_calls_total{interface=\"t0\",op=\"udp_recv\"} 0\n",
             "tunneld_drops_total{interface=\"t0\",reason=\"replay\"} 11\n",
             "tunneld_reloads_total{interface=\"t0\",result=\"applied\"} 2\n",
         ] {

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::yaml::Quantity;
+
 /// Why a quantity could not be parsed. The message names the offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
@@ -205,63 +207,29 @@ impl std::str::FromStr for Span {
     }
 }
 
-/// Accepts a YAML/JSON string or a non-negative number and hands the text to `parse`.
-struct QuantityVisitor<T> {
-    what: &'static str,
-    parse: fn(&str) -> Result<T, UnitError>,
-}
-
-impl<T> serde::de::Visitor<'_> for QuantityVisitor<T> {
-    type Value = T;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "a {} such as a number or a string with a unit",
-            self.what
-        )
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
-        (self.parse)(v).map_err(E::custom)
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
-        (self.parse)(&v.to_string()).map_err(E::custom)
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
-        (self.parse)(&v.to_string()).map_err(E::custom)
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
-        (self.parse)(&v.to_string()).map_err(E::custom)
-    }
-}
-
 impl<'de> serde::Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(QuantityVisitor {
-            what: "size in bytes",
-            parse: |s| parse_size(s).map(Size),
+        d.deserialize_any(Quantity {
+            what: "a size in bytes such as a number or a string with a unit",
+            parse: |s| parse_size(s).map(Size).map_err(|e| e.to_string()),
         })
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Rate {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(QuantityVisitor {
-            what: "rate in bit/s",
-            parse: |s| parse_rate(s).map(Rate),
+        d.deserialize_any(Quantity {
+            what: "a rate in bit/s such as a number or a string with a unit",
+            parse: |s| parse_rate(s).map(Rate).map_err(|e| e.to_string()),
         })
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(QuantityVisitor {
-            what: "duration",
-            parse: |s| parse_duration(s).map(Span),
+        d.deserialize_any(Quantity {
+            what: "a duration such as a number or a string with a unit",
+            parse: |s| parse_duration(s).map(Span).map_err(|e| e.to_string()),
         })
     }
 }

@@ -60,6 +60,32 @@ pub struct TestFigures {
     pub intervals: Vec<[f64; 2]>,
 }
 
+impl TestFigures {
+    /// No figures yet, for a test of `streams` streams.
+    pub fn empty(streams: u32) -> TestFigures {
+        TestFigures {
+            streams,
+            bits_per_second: 0.0,
+            bytes_total: 0,
+            retransmits: None,
+            cpu_seconds: None,
+            cpu_s_per_gb: None,
+            latency_idle: None,
+            latency_loaded: None,
+            error: None,
+            intervals: Vec::new(),
+        }
+    }
+
+    /// The figures of a test that produced none, with why.
+    pub fn failed(streams: u32, error: String) -> TestFigures {
+        TestFigures {
+            error: Some(error),
+            ..TestFigures::empty(streams)
+        }
+    }
+}
+
 /// The engine test the scenario asks for with `streams` streams.
 pub fn tcp_spec(s: &Scenario, streams: u32, latency: bool) -> TestSpec {
     let mut spec = TestSpec::new(HOST_B_V4.to_string(), ENGINE_PORT);
@@ -102,25 +128,11 @@ pub fn figures(
     after: Option<f64>,
     pids: &[u32],
 ) -> TestFigures {
-    let mut f = TestFigures {
-        streams,
-        bits_per_second: 0.0,
-        bytes_total: 0,
-        retransmits: None,
-        cpu_seconds: None,
-        cpu_s_per_gb: None,
-        latency_idle: None,
-        latency_loaded: None,
-        error: None,
-        intervals: Vec::new(),
-    };
     let r = match res {
         Ok(r) => r,
-        Err(e) => {
-            f.error = Some(e);
-            return f;
-        }
+        Err(e) => return TestFigures::failed(streams, e),
     };
+    let mut f = TestFigures::empty(streams);
     if !r.complete {
         f.error = Some(r.error.clone().unwrap_or_else(|| "incomplete test".into()));
     }

@@ -10,6 +10,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use tunneld::config::CipherKind;
 use tunneld::units::{parse_duration, parse_rate, parse_size, Rate, Size, Span};
+use tunneld::yaml::{check_kind, ProfileError, ProfileKind, Quantity, Text};
 
 /// The built-in quick scenario (`tunbench lab` without `--profile`).
 pub const QUICK_PROFILE: &str = include_str!("../../../profiles/lab-quick.yaml");
@@ -20,52 +21,9 @@ pub const MAX_STREAMS: u32 = 64;
 /// Most repeats (each repeat runs every system once).
 pub const MAX_REPEATS: u32 = 100;
 
-/// Why a profile was rejected. `Display` reads `FILE:LINE: FIELD: MESSAGE`.
-#[derive(Debug, thiserror::Error)]
-pub enum ScenarioError {
-    /// The profile file could not be read.
-    #[error("{file}: cannot read profile: {source}")]
-    Io {
-        /// The file.
-        file: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Broken YAML, a wrong type, an unknown or missing field, or a value
-    /// breaking a single-field rule (the message starts with the field path).
-    #[error("{file}:{}{message}", line.map(|l| format!("{l}: ")).unwrap_or_else(|| " ".into()))]
-    Yaml {
-        /// The file name.
-        file: String,
-        /// 1-based line, when known.
-        line: Option<usize>,
-        /// The parser's message with the field path.
-        message: String,
-    },
-    /// A rule across fields (e.g. both `rtt` and `delay`).
-    #[error("{file}:{}{field}: {message}", line.map(|l| format!("{l}: ")).unwrap_or_else(|| " ".into()))]
-    Invalid {
-        /// The file name.
-        file: String,
-        /// The field path, e.g. `wan.delay`.
-        field: String,
-        /// 1-based line of the field, when found.
-        line: Option<usize>,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-impl ScenarioError {
-    /// The line the error points at, when known.
-    pub fn line(&self) -> Option<usize> {
-        match self {
-            ScenarioError::Io { .. } => None,
-            ScenarioError::Yaml { line, .. } | ScenarioError::Invalid { line, .. } => *line,
-        }
-    }
-}
+/// Why a profile was rejected: the shared profile error, whose `Display`
+/// reads `FILE:LINE:COLUMN: FIELD: MESSAGE`.
+pub type ScenarioError = ProfileError;
 
 /// `kind: scenario` (the only kind tunbench lab reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,16 +35,10 @@ pub enum Kind {
 
 impl<'de> Deserialize<'de> for Kind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
-            "scenario" => Ok(Kind::Scenario),
-            "tunnel" | "sweep" => Err(de::Error::custom(format!(
-                "\"{s}\" profiles are not lab scenarios; `tunbench lab` reads `kind: scenario`"
-            ))),
-            _ => Err(de::Error::custom(format!(
-                "unknown profile kind \"{s}\" (expected `scenario`)"
-            ))),
-        }
+        d.deserialize_str(Text {
+            what: "the profile kind `scenario`",
+            parse: |s| check_kind(s, ProfileKind::Scenario).map(|()| Kind::Scenario),
+        })
     }
 }
 
@@ -358,44 +310,18 @@ impl Scenario {
 
     /// Reads and checks a profile file.
     pub fn load(path: &std::path::Path) -> Result<Scenario, ScenarioError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        Scenario::parse(&text, &file)
+        let text = ProfileError::read(path)?;
+        Scenario::parse(&text, &path.display().to_string())
     }
 
     /// Parses and checks profile text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
         use crate::profile_units::{check, SCENARIO_FIELDS};
-        check(text, SCENARIO_FIELDS).map_err(|p| ScenarioError::Invalid {
-            file: file.to_string(),
-            line: find_line(text, &p.field),
-            field: p.field,
-            message: p.message,
-        })?;
-        let s: Scenario = serde_norway::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            let mut message = e.to_string();
-            if let Some(l) = e.location() {
-                let suffix = format!(" at line {} column {}", l.line(), l.column());
-                if let Some(m) = message.strip_suffix(&suffix) {
-                    message = m.to_string();
-                }
-            }
-            ScenarioError::Yaml {
-                file: file.to_string(),
-                line,
-                message,
-            }
-        })?;
-        let invalid = |field: &str, message: String| ScenarioError::Invalid {
-            file: file.to_string(),
-            field: field.to_string(),
-            line: find_line(text, field),
-            message,
-        };
+        let invalid =
+            |field: &str, message: String| ProfileError::invalid(Some(text), file, field, message);
+        check(text, SCENARIO_FIELDS).map_err(|p| invalid(&p.field, p.message))?;
+        let s: Scenario =
+            serde_norway::from_str(text).map_err(|e| ProfileError::from_yaml(&e, file))?;
         if s.wan.rtt.is_some() && s.wan.delay.is_some() {
             return Err(invalid(
                 "wan.delay",
@@ -489,8 +415,9 @@ impl Scenario {
                 return Err(invalid(&field, message));
             }
         }
-        if let Err(message) = check_rows(&s.systems) {
-            return Err(invalid("systems", message));
+        if let Err((item, message)) = check_rows(&s.systems) {
+            let field = item.map_or("systems".to_string(), |i| format!("systems[{i}]"));
+            return Err(invalid(&field, message));
         }
         if let Some(cc) = &s.test.congestion {
             if cc.is_empty() || !cc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -524,64 +451,8 @@ impl Scenario {
     }
 }
 
-/// Finds the line of a dotted field path (`wan.delay`) in block YAML:
-/// the first `key:` line of each segment, each deeper than its parent.
-fn find_line(text: &str, path: &str) -> Option<usize> {
-    let mut from = 0usize;
-    let mut min_indent = 0usize;
-    let mut found = None;
-    let lines: Vec<&str> = text.lines().collect();
-    for seg in path.split('.') {
-        let mut hit = None;
-        for (i, line) in lines.iter().enumerate().skip(from) {
-            let t = line.trim_start();
-            if t.is_empty() || t.starts_with('#') {
-                continue;
-            }
-            let ind = line.len() - t.len();
-            if i > from && found.is_some() && ind < min_indent {
-                break;
-            }
-            if t.starts_with(&format!("{seg}:")) && ind >= min_indent {
-                hit = Some((i, ind));
-                break;
-            }
-        }
-        let (i, ind) = hit?;
-        found = Some(i + 1);
-        from = i + 1;
-        min_indent = ind + 1;
-    }
-    found
-}
-
 // ---- deserialize_with helpers: each rule runs inside a visitor so that the
 // parser attaches the field path and line of the offending value. ----
-
-/// Visits a number or a string and applies `parse` to its text.
-struct Quantity<T> {
-    what: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-}
-
-impl<T> Visitor<'_> for Quantity<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.what)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.parse)(v).map_err(E::custom)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-}
 
 fn pos_rate(s: &str) -> Result<Rate, String> {
     match parse_rate(s) {
@@ -591,13 +462,15 @@ fn pos_rate(s: &str) -> Result<Rate, String> {
     }
 }
 fn span(s: &str) -> Result<Span, String> {
+    if s.trim_start().starts_with('-') {
+        return Err(format!("'{s}' must not be negative"));
+    }
     parse_duration(s).map(Span).map_err(|e| e.to_string())
 }
 fn pos_span(s: &str) -> Result<Span, String> {
-    match parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
-        Ok(d) => Ok(Span(d)),
-        Err(e) => Err(e.to_string()),
+    match span(s)? {
+        Span(d) if d.is_zero() => Err("must be greater than zero".into()),
+        d => Ok(d),
     }
 }
 fn pos_size(s: &str) -> Result<Size, String> {
@@ -637,13 +510,15 @@ fn de_opt_span<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error
 fn de_opt_pos_span<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
     de_pos_span(d).map(Some)
 }
-fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+/// A duration of a profile (scenario or sweep), zero allowed.
+pub(crate) fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
     d.deserialize_any(Quantity {
         what: "a duration such as 10ms or 2s",
         parse: span,
     })
 }
-fn de_pos_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+/// A duration of a profile (scenario or sweep) above zero.
+pub(crate) fn de_pos_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
     d.deserialize_any(Quantity {
         what: "a duration such as 10ms or 2s",
         parse: pos_span,

@@ -332,11 +332,10 @@ fn bad_wireguard_rows_name_the_problem() {
     for (r, says) in cases {
         let e = row(r);
         assert!(e.contains(says), "{r}: {e}");
+        // Line 8 is the second item; the duplicate's is the third, line 9.
         assert!(
-            ["t.yaml:6:", "t.yaml:7:", "t.yaml:8:"]
-                .iter()
-                .any(|l| e.contains(l)),
-            "{r}: no line: {e}"
+            e.starts_with("t.yaml:8:") || e.starts_with("t.yaml:9:5: systems[2]: "),
+            "{r}: not the item's line: {e}"
         );
     }
     let many: String = (0..=MAX_UAPI_ROWS)
@@ -344,4 +343,20 @@ fn bad_wireguard_rows_name_the_problem() {
         .collect();
     let e = err(&format!("{WG_BASE}{many}"));
     assert!(e.contains("at most 16"), "{e}");
+}
+
+#[test]
+fn block_list_items_are_named_by_their_own_line() {
+    let block =
+        |items: &str| BASE.replace("systems: [raw, tunneld]\n", &format!("systems:\n{items}"));
+    // Lines 8.. are the `- ` items of `systems`.
+    let e = err(&block("  - raw\n  - l2tp\n"));
+    assert!(
+        e.starts_with("t.yaml:9:5: systems[1]: ") && e.contains("l2tp"),
+        "{e}"
+    );
+    let e = err(&block("  - raw\n  - tunneld\n  - raw\n"));
+    assert!(e.contains("listed twice"), "{e}");
+    let e = err(&BASE.replace("  streams: [1, 4]\n", "  streams:\n    - 1\n    - 0\n"));
+    assert!(e.starts_with("t.yaml:11:7: test.streams[1]: "), "{e}");
 }

@@ -207,16 +207,9 @@ mod tests {
 
     fn fig(bps: f64) -> TestFigures {
         TestFigures {
-            streams: 2,
             bits_per_second: bps,
             bytes_total: 1,
-            retransmits: None,
-            cpu_seconds: None,
-            cpu_s_per_gb: None,
-            latency_idle: None,
-            latency_loaded: None,
-            error: None,
-            intervals: Vec::new(),
+            ..TestFigures::empty(2)
         }
     }
 

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use tunneld::config::{CipherKind, QueueKind, TransportKind};
 use tunneld::units::{format_size, parse_size};
+use tunneld::yaml::Quantity;
 
 /// One tunable setting. The order of the variants is the order of the knobs
 /// in a cell key and in reports.
@@ -186,31 +186,6 @@ impl Cell {
 }
 
 // ---- values inside the profile: checked in the visitor (field + line) ----
-
-/// Visits a number or a string and applies `parse` to its text.
-pub(crate) struct Quantity<T> {
-    pub(crate) what: &'static str,
-    pub(crate) parse: fn(&str) -> Result<T, String>,
-}
-
-impl<T> Visitor<'_> for Quantity<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.what)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.parse)(v).map_err(E::custom)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-}
 
 fn bounded(s: &str, lo: u64, hi: u64, size: bool) -> Result<u64, String> {
     let v = if size {

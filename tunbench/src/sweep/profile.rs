@@ -11,13 +11,14 @@ use std::time::Duration;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use tunneld::config::{CipherKind, TransportKind};
-use tunneld::units::{parse_duration, parse_rate, Rate, Span};
+use tunneld::units::{parse_rate, Rate, Span};
+use tunneld::yaml::{check_kind, ProfileError, ProfileKind, Quantity, Text};
 
 use super::knobs::{
-    cipher_value, transport_value, BatchV, Cell, FlowsV, Knob, MssV, MtuV, Quantity, SockBufV,
-    StreamsV, Value, WindowV, WorkersV,
+    cipher_value, transport_value, BatchV, Cell, FlowsV, Knob, MssV, MtuV, SockBufV, StreamsV,
+    Value, WindowV, WorkersV,
 };
-use crate::lab::scenario::{Scenario, SystemKind, TunneldSettings, Wan};
+use crate::lab::scenario::{de_pos_span, de_span, Scenario, SystemKind, TunneldSettings, Wan};
 
 /// Most cells a profile may expand to (a typo guard: 1000 cells of 10 s are
 /// already about 3 hours).
@@ -27,47 +28,20 @@ pub const MAX_REPEATS: u32 = 20;
 /// Why a sweep profile was rejected. `Display` reads `FILE:LINE: FIELD: MESSAGE`.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    /// The profile (or the scenario it names) could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Io {
-        /// The file.
-        file: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Broken YAML, a wrong type, an unknown field or knob, or a value out of
-    /// range (the parser's message starts with the field path).
-    #[error("{file}:{}{message}", line.map(|l| format!("{l}: ")).unwrap_or_else(|| " ".into()))]
-    Yaml {
-        /// The file.
-        file: String,
-        /// 1-based line, when known.
-        line: Option<usize>,
-        /// The message with the field path.
-        message: String,
-    },
-    /// A rule across fields (grid and points both given, remote mode
-    /// without `remote:`...).
-    #[error("{file}:{}{field}: {message}", line.map(|l| format!("{l}: ")).unwrap_or_else(|| " ".into()))]
-    Invalid {
-        /// The file.
-        file: String,
-        /// The field path, e.g. `grid.transport`.
-        field: String,
-        /// 1-based line of the field, when found.
-        line: Option<usize>,
-        /// What is wrong.
-        message: String,
-    },
+    /// The profile cannot be read, or: broken YAML, a wrong type, an unknown
+    /// field or knob, a value out of range (the parser's message starts with the field path), or a rule
+    /// across fields (grid and points both given, remote mode without
+    /// `remote:`...).
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
     /// The referenced scenario profile is invalid.
     #[error("{file}: scenario: {source}")]
     Scenario {
         /// The sweep profile.
         file: String,
-        /// The scenario's own error.
+        /// The scenario's own error (boxed: it is as large as ours).
         #[source]
-        source: crate::lab::ScenarioError,
+        source: Box<crate::lab::ScenarioError>,
     },
 }
 
@@ -81,14 +55,10 @@ pub enum SweepKind {
 
 impl<'de> Deserialize<'de> for SweepKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s == "sweep" {
-            Ok(SweepKind::Sweep)
-        } else {
-            Err(de::Error::custom(format!(
-                "\"{s}\" profiles are not sweeps; `tunbench sweep` reads `kind: sweep`"
-            )))
-        }
+        d.deserialize_str(Text {
+            what: "the profile kind `sweep`",
+            parse: |s| check_kind(s, ProfileKind::Sweep).map(|()| SweepKind::Sweep),
+        })
     }
 }
 
@@ -463,30 +433,6 @@ fn de_opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error
     de_rate(d).map(Some)
 }
 
-fn span(s: &str) -> Result<Span, String> {
-    if s.trim_start().starts_with('-') {
-        return Err(format!("'{s}' must not be negative"));
-    }
-    parse_duration(s).map(Span).map_err(|e| e.to_string())
-}
-fn pos_span(s: &str) -> Result<Span, String> {
-    match span(s)? {
-        Span(d) if d.is_zero() => Err("must be greater than zero".into()),
-        d => Ok(d),
-    }
-}
-fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-    d.deserialize_any(Quantity {
-        what: "a duration such as 2s or 500ms",
-        parse: span,
-    })
-}
-fn de_pos_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-    d.deserialize_any(Quantity {
-        what: "a duration such as 2s or 500ms",
-        parse: pos_span,
-    })
-}
 fn de_repeats<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     d.deserialize_any(Quantity {
         what: "a number of repeats (1 or more)",
@@ -547,43 +493,12 @@ pub struct SweepProfile {
     pub knobs: Vec<Knob>,
 }
 
-/// Finds the line of a dotted field path (`grid.batch`) in block YAML.
-pub(crate) fn find_line(text: &str, path: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let (mut from, mut min_indent, mut found) = (0usize, 0usize, None);
-    for seg in path.split('.') {
-        let mut hit = None;
-        for (i, line) in lines.iter().enumerate().skip(from) {
-            let t = line.trim_start().trim_start_matches("- ");
-            let ind = line.len() - t.len();
-            if t.is_empty() || t.starts_with('#') {
-                continue;
-            }
-            if found.is_some() && ind < min_indent {
-                break;
-            }
-            if t.starts_with(&format!("{seg}:")) {
-                hit = Some((i, ind));
-                break;
-            }
-        }
-        let (i, ind) = hit?;
-        found = Some(i + 1);
-        from = i + 1;
-        min_indent = ind + 1;
-    }
-    found
-}
-
 impl SweepProfile {
     /// Reads and checks a profile file (a referenced scenario is read
     /// relative to the profile's directory).
     pub fn load(path: &Path) -> Result<SweepProfile, SweepError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SweepError::Io {
-            file: file.clone(),
-            source,
-        })?;
+        let text = ProfileError::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         SweepProfile::parse(&text, &file, base)
     }
@@ -592,33 +507,12 @@ impl SweepProfile {
     /// where a relative `scenario:` path starts.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<SweepProfile, SweepError> {
         use crate::profile_units::{check, SWEEP_FIELDS};
-        check(text, SWEEP_FIELDS).map_err(|p| SweepError::Invalid {
-            file: file.to_string(),
-            line: find_line(text, &p.field),
-            field: p.field,
-            message: p.message,
-        })?;
-        let f: SweepFile = serde_norway::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            let mut message = e.to_string();
-            if let Some(l) = e.location() {
-                let suffix = format!(" at line {} column {}", l.line(), l.column());
-                if let Some(m) = message.strip_suffix(&suffix) {
-                    message = m.to_string();
-                }
-            }
-            SweepError::Yaml {
-                file: file.to_string(),
-                line,
-                message,
-            }
-        })?;
-        let invalid = |field: &str, message: String| SweepError::Invalid {
-            file: file.to_string(),
-            field: field.to_string(),
-            line: find_line(text, field),
-            message,
+        let invalid = |field: &str, message: String| -> SweepError {
+            ProfileError::invalid(Some(text), file, field, message).into()
         };
+        check(text, SWEEP_FIELDS).map_err(|p| invalid(&p.field, p.message))?;
+        let f: SweepFile = serde_norway::from_str(text)
+            .map_err(|e| SweepError::from(ProfileError::from_yaml(&e, file)))?;
         if f.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty".into()));
         }
@@ -788,7 +682,7 @@ impl SweepProfile {
                 };
                 Scenario::load(&path).map_err(|source| SweepError::Scenario {
                     file: file.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?
             }
             None => {
@@ -799,7 +693,7 @@ impl SweepProfile {
                 let mut s =
                     Scenario::parse(&inline, file).map_err(|source| SweepError::Scenario {
                         file: file.to_string(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 s.wan = f.wan.clone().unwrap_or_default();
                 s

@@ -238,7 +238,7 @@ fn flows_knob_in_grid_and_applied_to_the_config() {
         .expect("cell");
     let mut f = gw_a_file(&p);
     assert_eq!(f.dataplane.flows, 1, "scenario default");
-    crate::sweep::runner::apply_knobs(&mut f, cell);
+    crate::sweep::cells::apply_knobs(&mut f, cell);
     assert_eq!((f.dataplane.batch, f.dataplane.flows), (8, 4));
     for bad in ["[0, 4]", "[1, 17]", "[two]"] {
         let e = err(&TINY.replace("workers: [1, 2]", &format!("flows: {bad}")));
@@ -257,10 +257,41 @@ fn queue_knob_in_grid_and_applied_to_the_config() {
         .expect("cell");
     let mut f = gw_a_file(&p);
     assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::Fifo);
-    crate::sweep::runner::apply_knobs(&mut f, cell);
+    crate::sweep::cells::apply_knobs(&mut f, cell);
     assert_eq!(f.dataplane.queue, tunneld::config::QueueKind::FqCodel);
     for bad in ["[red]", "[fq_codel, 3]", "fifo"] {
         let e = err(&TINY.replace("workers: [1, 2]", &format!("queue: {bad}")));
         assert!(e.contains("grid.queue"), "{e}");
     }
+}
+
+#[test]
+fn block_list_items_are_named_by_their_own_line() {
+    // A unitless size as the second `- ` item of a grid axis: line 12.
+    let t = TINY.replace(
+        "grid:\n  batch: [8, 64]\n  workers: [1, 2]\n",
+        "grid:\n  window:\n    - 256K\n    - 4\n",
+    );
+    let e = err(&t);
+    assert!(e.starts_with("t.yaml:12:7: grid.window[1]: "), "{e}");
+    // In the second point of a block list of mappings: line 13.
+    let t = TINY.replace(
+        "grid:\n  batch: [8, 64]\n  workers: [1, 2]\n",
+        "points:\n  - window: 4M\n    batch: 8\n  - batch: 16\n    window: 4\n",
+    );
+    let e = err(&t);
+    assert!(e.starts_with("t.yaml:13:13: points[1].window: "), "{e}");
+    // In a flow mapping item: line 11, the value's column.
+    let t = TINY.replace(
+        "grid:\n  batch: [8, 64]\n  workers: [1, 2]\n",
+        "points:\n  - {batch: 8}\n  - {batch: 16, socket_buffer: 512}\n",
+    );
+    let e = err(&t);
+    assert!(
+        e.starts_with("t.yaml:11:32: points[1].socket_buffer: "),
+        "{e}"
+    );
+    // A rule across fields still finds the key's line.
+    let e = err(&format!("{TINY}points:\n  - batch: 8\n"));
+    assert!(e.starts_with("t.yaml:12:1: points: "), "{e}");
 }

@@ -8,14 +8,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
+use super::cells::{apply_knobs, failed, measure_cell, Progress, RunError};
 use super::knobs::Cell;
 use super::profile::{Remote, SweepProfile};
 use super::results::CellRecord;
-use super::runner::{apply_knobs, cell_spec, failed, with_live, LivePoll, Progress, RunError};
 use crate::lab::measure::{self, TestFigures};
 
 /// Runs a shell command with the cell's variables; Err carries its output.
@@ -106,22 +104,14 @@ pub fn run(
                     .collect(),
                 None => Vec::new(),
             };
-            let mut repeats: Vec<TestFigures> = Vec::new();
-            let live = Arc::new(AtomicU64::new(0));
-            let lv = Arc::clone(&live);
-            let _poll = r.interface.as_ref().map(|i| {
-                LivePoll::start(
-                    "/proc/net/dev".into(),
-                    i.clone(),
-                    Arc::new(move |bps| lv.store(bps as u64, Ordering::Relaxed)),
-                )
-            });
-            for _ in 0..p.file.test.repeats {
-                let spec = cell_spec(p, cell, &r.server, r.port);
-                repeats.push(with_live(&live, progress, spec.params.parallel, || {
-                    run_direct(&spec, &pids)
-                }));
-            }
+            let live_from = r
+                .interface
+                .as_ref()
+                .map(|i| ("/proc/net/dev".to_string(), i.clone()));
+            let repeats =
+                measure_cell(p, cell, (&r.server, r.port), live_from, progress, &|spec| {
+                    run_direct(spec, &pids)
+                });
             sink(CellRecord::new(
                 index,
                 cell,

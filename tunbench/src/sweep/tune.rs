@@ -13,21 +13,25 @@ use std::time::Duration;
 
 use serde_norway::Value as Yaml;
 use tunneld::config::TunnelFile;
-use tunneld::keys::PublicKey;
+use tunneld::keys::{PublicKey, SpkiPin};
 use tunneld::units::{format_rate, Span};
 
+use super::cells::apply_knobs;
 use super::choose::{choose, link_verdict, tied, Choice, LinkVerdict, Noise, LINK_BOUND};
 use super::knobs::{show, transport_of, Knob};
 use super::results::{CellRecord, SweepMeta};
-use super::runner::apply_knobs;
 use crate::lab::systems::tunneld::{set_transport, tunnel_file, QuicCerts, QuicIdentity, Side};
 use crate::profile_units::{human_duration, human_size};
 
 /// Placeholder peer key in a tuned profile (the example profile's; the
 /// header says to replace it).
 pub const PLACEHOLDER_PEER_KEY: &str = "ywiVZdqg0pcdfEV466JrS3t6omdsTlhFlUPJx6GrkoA=";
-/// Stand-in for the peer's QUIC SPKI pin in a tuned profile over QUIC.
-pub const PLACEHOLDER_PIN: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+/// Stand-in for the peer's QUIC SPKI pin in a tuned profile over QUIC
+/// (`q83vEjRW...` in base64, the example profile's).
+pub const PLACEHOLDER_PIN: SpkiPin = SpkiPin::from_bytes([
+    0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90, 0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90,
+    0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90, 0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90,
+]);
 
 /// The limits a pick must meet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -229,7 +233,7 @@ pub fn tuned_file(meta: &SweepMeta, r: &CellRecord) -> TunnelFile {
         let id = |gw: &str| QuicIdentity {
             cert_file: format!("{gw}.crt").into(),
             key_file: format!("{gw}.crt.key").into(),
-            pin: PLACEHOLDER_PIN.into(),
+            pin: PLACEHOLDER_PIN,
         };
         let placeholders = QuicCerts {
             a: id("gw-a"),
@@ -373,7 +377,7 @@ pub fn knob_reason(
 
 /// Inserts `comment` (one or more `# ` lines) above the line of `path`.
 fn comment_above(text: &str, path: &str, comment: &str) -> String {
-    let Some(line) = super::profile::find_line(text, path) else {
+    let Some((line, _)) = tunneld::yaml::locate(text, path) else {
         return text.to_string();
     };
     let mut out = String::with_capacity(text.len() + comment.len() + 16);
@@ -506,16 +510,9 @@ mod tests {
         cell.knobs.insert(Knob::Workers, Value::Num(workers));
         cell.knobs.insert(Knob::Window, Value::Num(4 << 20));
         let f = TestFigures {
-            streams: 1,
             bits_per_second: bps,
             bytes_total: 1,
-            retransmits: None,
-            cpu_seconds: None,
-            cpu_s_per_gb: None,
-            latency_idle: None,
-            latency_loaded: None,
-            error: None,
-            intervals: Vec::new(),
+            ..TestFigures::empty(1)
         };
         let mut r = CellRecord::new(0, &cell, vec![f], 1.0);
         r.p99_loaded_ms = Some(p99);

@@ -1,4 +1,4 @@
-//! The lab's standard topology (DESIGN.md "The lab"): two data-centre LANs,
+//! The lab's standard topology (docs/design.md, "The lab"): two data-centre LANs,
 //! each behind a gateway, the gateways joined by an underlay, optionally
 //! through a `wan` namespace whose Linux bridge is where WAN emulation goes.
 //!

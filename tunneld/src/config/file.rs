@@ -16,9 +16,10 @@ use serde::de::{self, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{CipherKind, TransportKind};
-use crate::keys::PublicKey;
+use crate::keys::{PublicKey, SpkiPin};
 use crate::prefix::Prefix;
 use crate::units::{self, Size, Span};
+use crate::yaml::{check_kind, ProfileKind, Quantity, Text};
 
 /// Default tunnel MTU: 1500 on the underlay minus 80 bytes of worst-case
 /// overhead (IPv6 40 + UDP 8 + our header 16 + tag 16), as WireGuard does.
@@ -122,18 +123,9 @@ impl Serialize for Kind {
 
 impl<'de> Deserialize<'de> for Kind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(StrRule {
-            expecting: "the profile kind `tunnel`",
-            parse: |s| {
-                if s == "tunnel" {
-                    Ok(Kind::Tunnel)
-                } else {
-                    Err(format!(
-                        "\"{s}\" profiles are not tunneld configs; tunneld reads only \
-                         `kind: tunnel` (scenario and sweep profiles are for tunbench)"
-                    ))
-                }
-            },
+        d.deserialize_str(Text {
+            what: "the profile kind `tunnel`",
+            parse: |s| check_kind(s, ProfileKind::Tunnel).map(|()| Kind::Tunnel),
         })
     }
 }
@@ -493,8 +485,7 @@ pub struct QuicFile {
 pub struct PeerQuicFile {
     /// SHA-256 of the peer certificate's SubjectPublicKeyInfo, base64 or
     /// hex (`tunneld gencert` prints it).
-    #[serde(deserialize_with = "de_pin")]
-    pub spki_sha256: String,
+    pub spki_sha256: SpkiPin,
 }
 
 /// Default QUIC idle timeout.
@@ -513,16 +504,9 @@ fn default_quic_keepalive() -> Span {
 }
 
 fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-    d.deserialize_any(QuantityRule {
-        expecting: "a duration such as 30s",
+    d.deserialize_any(Quantity {
+        what: "a duration such as 30s",
         parse: |s| Ok(Span(units::parse_duration(s).map_err(|e| e.to_string())?)),
-    })
-}
-
-fn de_pin<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    d.deserialize_str(StrRule {
-        expecting: "a SHA-256 SPKI pin (base64 or hex)",
-        parse: |s| crate::transport::quic::parse_pin(s).map(|_| s.trim().to_string()),
     })
 }
 
@@ -721,47 +705,6 @@ fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
 // a visitor method, never after `T::deserialize` has returned (that would
 // blame the enclosing mapping instead of the value).
 
-/// Visits a string scalar and applies `parse` to it.
-struct StrRule<T> {
-    expecting: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-}
-
-impl<T> Visitor<'_> for StrRule<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.expecting)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.parse)(v).map_err(E::custom)
-    }
-}
-
-/// Visits a string or a number (sizes, durations) and applies `parse` to its text.
-struct QuantityRule<T> {
-    expecting: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-}
-
-impl<T> Visitor<'_> for QuantityRule<T> {
-    type Value = T;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.expecting)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.parse)(v).map_err(E::custom)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        self.visit_str(&v.to_string())
-    }
-}
-
 /// Visits a sequence and refuses an empty one.
 struct NonEmpty<T> {
     what: &'static str,
@@ -799,15 +742,15 @@ fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    d.deserialize_str(StrRule {
-        expecting: "a socket address IP:PORT",
+    d.deserialize_str(Text {
+        what: "a socket address IP:PORT",
         parse: parse_socket_addr,
     })
 }
 
 fn de_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    d.deserialize_str(StrRule {
-        expecting: "a socket address IP:PORT",
+    d.deserialize_str(Text {
+        what: "a socket address IP:PORT",
         parse: |s| {
             let a = parse_socket_addr(s)?;
             check_endpoint(a)?;
@@ -817,15 +760,15 @@ fn de_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 }
 
 fn de_if_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    d.deserialize_str(StrRule {
-        expecting: "an interface name",
+    d.deserialize_str(Text {
+        what: "an interface name",
         parse: |s| check_if_name(s).map(|()| s.to_string()),
     })
 }
 
 fn de_peer_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    d.deserialize_str(StrRule {
-        expecting: "a peer name",
+    d.deserialize_str(Text {
+        what: "a peer name",
         parse: |s| check_peer_name(s).map(|()| s.to_string()),
     })
 }
@@ -848,8 +791,8 @@ fn de_mtu<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
 }
 
 fn de_socket_buffer<'de, D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
-    d.deserialize_any(QuantityRule {
-        expecting: "a size such as 4M",
+    d.deserialize_any(Quantity {
+        what: "a size such as 4M",
         parse: |s| {
             let v = Size(units::parse_size(s).map_err(|e| e.to_string())?);
             check_socket_buffer(v).map(|()| v)
@@ -858,8 +801,8 @@ fn de_socket_buffer<'de, D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
 }
 
 fn de_rekey_time<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-    d.deserialize_any(QuantityRule {
-        expecting: "a duration such as 120s",
+    d.deserialize_any(Quantity {
+        what: "a duration such as 120s",
         parse: |s| {
             let v = Span(units::parse_duration(s).map_err(|e| e.to_string())?);
             check_rekey_time(v).map(|()| v)
@@ -868,8 +811,8 @@ fn de_rekey_time<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
 }
 
 fn de_rekey_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
-    d.deserialize_any(QuantityRule {
-        expecting: "a size such as 64G",
+    d.deserialize_any(Quantity {
+        what: "a size such as 64G",
         parse: |s| {
             let v = Size(units::parse_size(s).map_err(|e| e.to_string())?);
             check_rekey_bytes(v).map(|()| v)
@@ -878,8 +821,8 @@ fn de_rekey_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
 }
 
 fn de_keepalive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
-    d.deserialize_any(QuantityRule {
-        expecting: "a duration such as 25s",
+    d.deserialize_any(Quantity {
+        what: "a duration such as 25s",
         parse: |s| {
             let v = Span(units::parse_duration(s).map_err(|e| e.to_string())?);
             check_keepalive(v).map(|()| Some(v))
@@ -892,8 +835,8 @@ struct IfAddr(Prefix);
 
 impl<'de> Deserialize<'de> for IfAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(StrRule {
-            expecting: "an interface address such as 198.19.0.1/24",
+        d.deserialize_str(Text {
+            what: "an interface address such as 198.19.0.1/24",
             parse: |s| {
                 Prefix::parse_interface_addr(s)
                     .map(IfAddr)

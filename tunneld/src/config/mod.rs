@@ -7,11 +7,11 @@
 //! during deserialization; [`check`] applies the cross-field rules (unique
 //! names and keys, no overlapping prefixes between peers, `cipher: none`
 //! needs `insecure_lab_only`, IPv6 needs MTU >= 1280), loads the private key
-//! and resolves paths; `locate` finds lines for errors found after parsing.
+//! and resolves paths; [`crate::yaml::locate`] finds lines for errors found
+//! after parsing.
 //! The format is documented field by field in docs/config.md.
 
 mod file;
-mod locate;
 #[cfg(test)]
 mod tests;
 
@@ -32,25 +32,10 @@ pub use file::{
     HEALTH_DEAD_AFTER_RANGE, HEALTH_INTERVAL_RANGE, HEALTH_MIN_INTERVALS, MAIN_ROUTE_TABLE,
 };
 
-use crate::keys::{KeyError, PrivateKey, PublicKey};
+pub use crate::crypto::CipherKind;
+use crate::keys::{KeyError, PrivateKey, PublicKey, SpkiPin};
 use crate::prefix::Prefix;
-
-/// The AEAD that protects data frames.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Debug, Default, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub enum CipherKind {
-    /// AES-256-GCM (ring; AES-NI/VAES). The default: fastest on x86-64 servers.
-    #[default]
-    #[serde(rename = "aes-256-gcm")]
-    Aes256Gcm,
-    /// ChaCha20-Poly1305: for CPUs without AES instructions.
-    #[serde(rename = "chacha20-poly1305")]
-    ChaCha20Poly1305,
-    /// No encryption nor authentication; lab measurements only.
-    #[serde(rename = "none")]
-    None,
-}
+use crate::yaml::{Loc, ProfileError};
 
 /// The tunnel's own queue in the TUN → network direction (`dataplane.queue`).
 #[derive(
@@ -76,37 +61,6 @@ impl QueueKind {
         match self {
             QueueKind::FqCodel => "fq_codel",
             QueueKind::Fifo => "fifo",
-        }
-    }
-}
-
-impl CipherKind {
-    /// The config spelling: `aes-256-gcm`, `chacha20-poly1305` or `none`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            CipherKind::Aes256Gcm => "aes-256-gcm",
-            CipherKind::ChaCha20Poly1305 => "chacha20-poly1305",
-            CipherKind::None => "none",
-        }
-    }
-}
-
-impl fmt::Display for CipherKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for CipherKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "aes-256-gcm" => Ok(CipherKind::Aes256Gcm),
-            "chacha20-poly1305" => Ok(CipherKind::ChaCha20Poly1305),
-            "none" => Ok(CipherKind::None),
-            _ => Err(format!(
-                "unknown cipher \"{s}\" (expected aes-256-gcm, chacha20-poly1305 or none)"
-            )),
         }
     }
 }
@@ -287,7 +241,7 @@ pub struct PeerConfig {
     /// How frames reach it.
     pub transport: TransportKind,
     /// Its QUIC certificate pin (SHA-256 of the SPKI), for `transport: quic`.
-    pub quic_pin: Option<[u8; 32]>,
+    pub quic_pin: Option<SpkiPin>,
     /// Positions (in `peers`) of the peers it may reach through us; `None`: any.
     pub transit: Option<Vec<usize>>,
 }
@@ -305,35 +259,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// Reported by the YAML parser: broken syntax, a wrong type, an unknown,
-    /// missing or duplicate field, or a value failing a single-field rule.
-    /// The message starts with the field path when there is one.
-    #[error("{}{message}", Loc(file, *line, *column))]
-    Yaml {
-        /// The file name (or `<config>` for text without a file).
-        file: String,
-        /// 1-based line, when known.
-        line: Option<usize>,
-        /// 1-based column, when known.
-        column: Option<usize>,
-        /// The parser's message, without its own "at line" suffix.
-        message: String,
-    },
-    /// A field breaks a rule checked after parsing (uniqueness, overlap,
-    /// combinations of fields, or ranges of a struct built in code).
-    #[error("{}{field}: {message}", Loc(file, *line, *column))]
-    Invalid {
-        /// The file name.
-        file: String,
-        /// The field path, e.g. `peers[1].allowed_prefixes[0]`.
-        field: String,
-        /// 1-based line, when found.
-        line: Option<usize>,
-        /// 1-based column, when found.
-        column: Option<usize>,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
+    /// Reported by the YAML parser (broken syntax, a wrong type, an
+    /// unknown, missing or duplicate field, a value failing a single-field
+    /// rule: the message starts with the field path), or a field breaking a
+    /// rule checked after parsing (uniqueness, overlap, combinations of
+    /// fields, or ranges of a struct built in code).
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
     /// The private key file could not be loaded (missing, bad mode, not a key).
     #[error("{}private_key_file: {source}", Loc(file, *line, *column))]
     Key {
@@ -354,22 +286,8 @@ impl ConfigError {
     pub fn line(&self) -> Option<usize> {
         match self {
             ConfigError::Io { .. } => None,
-            ConfigError::Yaml { line, .. }
-            | ConfigError::Invalid { line, .. }
-            | ConfigError::Key { line, .. } => *line,
-        }
-    }
-}
-
-/// Formats `file:line:col: ` or `file: `.
-struct Loc<'a>(&'a str, Option<usize>, Option<usize>);
-
-impl fmt::Display for Loc<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.1, self.2) {
-            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: ", self.0),
-            (Some(l), None) => write!(f, "{}:{l}: ", self.0),
-            _ => write!(f, "{}: ", self.0),
+            ConfigError::Profile(p) => p.line,
+            ConfigError::Key { line, .. } => *line,
         }
     }
 }
@@ -415,29 +333,12 @@ pub fn parse_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
 /// Parses config text only into the file-format structs (no cross-field
 /// checks, no key loading); for tools that edit or generate configs.
 pub fn parse_file_format(text: &str, file_name: &str) -> Result<TunnelFile, ConfigError> {
-    serde_norway::from_str(text).map_err(|e| yaml_error(e, file_name))
+    serde_norway::from_str(text).map_err(|e| ProfileError::from_yaml(&e, file_name).into())
 }
 
 fn parse_named(text: &str, base_dir: &Path, file_name: &str) -> Result<Config, ConfigError> {
     let raw = parse_file_format(text, file_name)?;
     check(&raw, base_dir, file_name, Some(text))
-}
-
-fn yaml_error(e: serde_norway::Error, file: &str) -> ConfigError {
-    let loc = e.location();
-    let mut message = e.to_string();
-    if let Some(l) = &loc {
-        let suffix = format!(" at line {} column {}", l.line(), l.column());
-        if let Some(m) = message.strip_suffix(&suffix) {
-            message = m.to_string();
-        }
-    }
-    ConfigError::Yaml {
-        file: file.to_string(),
-        line: loc.as_ref().map(|l| l.line()),
-        column: loc.as_ref().map(|l| l.column()),
-        message,
-    }
 }
 
 /// Collects the context an error needs to find its line.
@@ -448,14 +349,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn invalid(&self, field: String, message: String) -> ConfigError {
-        let at = self.text.and_then(|t| locate::locate(t, &field));
-        ConfigError::Invalid {
-            file: self.file.to_string(),
-            line: at.map(|a| a.0),
-            column: at.map(|a| a.1),
-            field,
-            message,
-        }
+        ProfileError::invalid(self.text, self.file, &field, message).into()
     }
 }
 
@@ -605,7 +499,7 @@ pub fn check(
 
     let key_path = base_dir.join(&raw.private_key_file);
     let private_key = PrivateKey::load_file(&key_path).map_err(|source| {
-        let at = text.and_then(|t| locate::locate(t, "private_key_file"));
+        let at = text.and_then(|t| crate::yaml::locate(t, "private_key_file"));
         ConfigError::Key {
             file: file_name.to_string(),
             line: at.map(|a| a.0),
@@ -737,10 +631,7 @@ pub fn check(
                 allowed_prefixes: p.allowed_prefixes.clone(),
                 keepalive: p.keepalive.map(|k| k.0),
                 transport: p.transport,
-                quic_pin: p
-                    .quic
-                    .as_ref()
-                    .and_then(|q| crate::transport::quic::parse_pin(&q.spki_sha256).ok()),
+                quic_pin: p.quic.as_ref().map(|q| q.spki_sha256),
                 transit: transit[i].clone(),
             })
             .collect(),
@@ -797,10 +688,7 @@ fn check_transports(
                         .into(),
                 ))
             }
-            (TransportKind::Quic, Some(q)) => {
-                if let Err(m) = crate::transport::quic::parse_pin(&q.spki_sha256) {
-                    return Err(cx.invalid(format!("peers[{i}].quic.spki_sha256"), m));
-                }
+            (TransportKind::Quic, Some(_)) => {
                 if raw.quic.is_none() {
                     return Err(cx.invalid(
                         format!("peers[{i}].transport"),
@@ -892,12 +780,8 @@ pub fn starter_config(
     listen: &str,
     key_file: &str,
 ) -> Result<String, ConfigError> {
-    let bad = |field: &str, message: String| ConfigError::Invalid {
-        file: "tunneld init".into(),
-        field: field.into(),
-        line: None,
-        column: None,
-        message,
+    let bad = |field: &str, message: String| -> ConfigError {
+        ProfileError::invalid(None, "tunneld init", field, message).into()
     };
     file::check_if_name(name).map_err(|m| bad("name", m))?;
     let addr =

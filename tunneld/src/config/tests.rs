@@ -643,7 +643,10 @@ fn broken_yaml() {
     let t = f.yaml().replace("  mtu: 1420", "  mtu: [1420");
     let err = f.parse(&t).expect_err("broken");
     assert!(
-        matches!(err, ConfigError::Yaml { line: Some(_), .. }),
+        matches!(
+            err,
+            ConfigError::Profile(ProfileError { line: Some(_), .. })
+        ),
         "{err}"
     );
     let t = f.yaml().replace("listen: 0.0.0.0:51820", "listen: {a");
@@ -874,7 +877,7 @@ fn quic_peer_with_endpoint_section_parses() {
     assert_eq!(q.keepalive, DEFAULT_QUIC_KEEPALIVE);
     assert_eq!(c.peers[0].transport, TransportKind::Quic);
     let pin = c.peers[0].quic_pin.expect("pin");
-    assert_eq!(pin[..4], [0xab, 0xcd, 0xef, 0x12]);
+    assert_eq!(pin.as_bytes()[..4], [0xab, 0xcd, 0xef, 0x12]);
 }
 
 #[test]
@@ -1057,4 +1060,19 @@ fn transit_names_other_peers() {
         "transit: [dc-c, dc-c]",
     );
     assert!(msg.contains("twice"), "{msg}");
+}
+
+#[test]
+fn block_list_items_are_named_by_their_own_line() {
+    let f = fixture();
+    // peers[1] is the `- name: dc-c` item on line 15; its second
+    // allowed prefix is the `- ` item on line 19.
+    let t = f
+        .yaml()
+        .replace("      - 198.18.3.0/24", "      - 198.18.2.128/25");
+    let msg = f.expect_err_line(&t, "peers[1].allowed_prefixes[1]", 19);
+    assert!(msg.starts_with("<config>:19:9: "), "{msg}");
+    let t = f.yaml().replace("  - name: dc-c", "  - name: dc-b");
+    let msg = f.expect_err_line(&t, "peers[1].name", 15);
+    assert!(msg.starts_with("<config>:15:11: "), "{msg}");
 }

@@ -10,6 +10,6 @@ pub mod cookie;
 pub mod handshake;
 pub mod replay;
 
-pub use aead::{new_aead, Aead, CryptoError};
+pub use aead::{new_aead, Aead, CipherKind, CryptoError};
 pub use handshake::{HandshakeError, SessionKeys};
 pub use replay::ReplayWindow;

@@ -27,7 +27,7 @@
 use super::inbox::Inbox;
 use super::udp::set_buffers;
 use super::{bump, unmap, Received, Stats, Transport, TransportCounters};
-use crate::device::OVERHEAD;
+use crate::keys::SpkiPin;
 use crate::lograte::{suppressed_note, LogLimiter};
 use bytes::Bytes;
 use quinn::rustls;
@@ -97,7 +97,7 @@ pub struct QuicPeer {
     /// Where to dial; `None` = wait for the peer to dial us.
     pub endpoint: Option<SocketAddr>,
     /// SHA-256 of the peer certificate's SubjectPublicKeyInfo.
-    pub spki_sha256: [u8; 32],
+    pub spki_sha256: SpkiPin,
 }
 
 /// Everything the QUIC transport is started with.
@@ -111,8 +111,10 @@ pub struct QuicSettings {
     pub key_file: PathBuf,
     /// Peers on QUIC.
     pub peers: Vec<QuicPeer>,
-    /// The TUN MTU: inner packets this large must fit one datagram.
-    pub tun_mtu: u16,
+    /// The largest frame the data path sends (a TUN-MTU inner packet
+    /// sealed): frames this large must fit one datagram. Passed in so that
+    /// the transport knows nothing of the frame format.
+    pub max_frame: usize,
     /// Close a connection silent for this long.
     pub idle_timeout: Duration,
     /// Send QUIC pings this often so idle connections and NAT state live.
@@ -121,16 +123,16 @@ pub struct QuicSettings {
     pub socket_buffer: usize,
 }
 
-/// A fresh self-signed certificate: (certificate PEM, private key PEM, SPKI pin in base64).
-pub fn generate_cert() -> Result<(String, String, String), QuicError> {
+/// A fresh self-signed certificate: (certificate PEM, private key PEM, SPKI pin).
+pub fn generate_cert() -> Result<(String, String, SpkiPin), QuicError> {
     let ck = rcgen::generate_simple_self_signed(vec![CERT_NAME.to_string()])
         .map_err(|e| QuicError::Generate(e.to_string()))?;
-    let pin = pin_text(&sha256(&ck.key_pair.public_key_der()));
+    let pin = SpkiPin::from_bytes(sha256(&ck.key_pair.public_key_der()));
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem(), pin))
 }
 
-/// The SPKI pin (base64) of the first certificate in a PEM file.
-pub fn pin_of_cert_file(path: &Path) -> Result<String, QuicError> {
+/// The SPKI pin of the first certificate in a PEM file.
+pub fn pin_of_cert_file(path: &Path) -> Result<SpkiPin, QuicError> {
     let certs = load_certs(path)?;
     let first = certs.first().ok_or_else(|| QuicError::File {
         path: path.to_path_buf(),
@@ -140,34 +142,7 @@ pub fn pin_of_cert_file(path: &Path) -> Result<String, QuicError> {
         path: path.to_path_buf(),
         message: format!("not a usable certificate: {e}"),
     })?;
-    Ok(pin_text(&spki))
-}
-
-/// Parses a pin: 64 hex digits or base64 (standard alphabet) of 32 bytes.
-pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
-    use base64::Engine;
-    let t = text.trim();
-    let bytes = if t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()) {
-        (0..32)
-            .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|e| e.to_string())?
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(t)
-            .map_err(|_| format!("\"{t}\" is neither 64 hex digits nor base64"))?
-    };
-    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-        format!(
-            "\"{t}\" is {} bytes, a SHA-256 pin is 32 (see `tunneld gencert`)",
-            bytes.len()
-        )
-    })
-}
-
-fn pin_text(hash: &[u8; 32]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(hash)
+    Ok(spki)
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -178,9 +153,11 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo.
-fn spki_of(cert: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
+fn spki_of(cert: &CertificateDer<'_>) -> Result<SpkiPin, rustls::Error> {
     let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
-    Ok(sha256(parsed.subject_public_key_info().as_ref()))
+    Ok(SpkiPin::from_bytes(sha256(
+        parsed.subject_public_key_info().as_ref(),
+    )))
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, QuicError> {
@@ -223,7 +200,7 @@ static REFUSED_CONNECTIONS: LogLimiter = LogLimiter::new();
 #[derive(Debug)]
 struct Pinned {
     /// (peer name, pin).
-    pins: Vec<(String, [u8; 32])>,
+    pins: Vec<(String, SpkiPin)>,
     /// Who we are checking, for log lines ("server peer b at 198.18.1.2:51820").
     role: String,
     provider: Arc<CryptoProvider>,
@@ -238,14 +215,14 @@ impl Pinned {
         let want: Vec<String> = self
             .pins
             .iter()
-            .map(|(n, p)| format!("{} (peer {n})", pin_text(p)))
+            .map(|(n, p)| format!("{p} (peer {n})"))
             .collect();
         // Anyone can present a certificate: a warning, rate-limited.
         if let Some(n) = REFUSED_CERTS.allow() {
             log::warn!(
                 "QUIC certificate of {} refused: SPKI sha256 {} does not match the pinned {}{}",
                 self.role,
-                pin_text(&got),
+                got,
                 want.join(", "),
                 suppressed_note(n)
             );
@@ -387,7 +364,7 @@ impl std::fmt::Debug for QuicTransport {
 
 fn transport_config(s: &QuicSettings) -> Result<quinn::TransportConfig, QuicError> {
     let mut tc = quinn::TransportConfig::default();
-    let need = (usize::from(s.tun_mtu) + OVERHEAD + QUIC_OVERHEAD).clamp(1200, 65_000) as u16;
+    let need = (s.max_frame + QUIC_OVERHEAD).clamp(1200, 65_000) as u16;
     let idle = quinn::IdleTimeout::try_from(s.idle_timeout)
         .map_err(|e| QuicError::Tls(format!("idle timeout: {e}")))?;
     tc.max_idle_timeout(Some(idle))
@@ -498,7 +475,7 @@ impl QuicTransport {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
-            frame_max: usize::from(s.tun_mtu) + OVERHEAD,
+            frame_max: s.max_frame,
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let i = inner.clone();

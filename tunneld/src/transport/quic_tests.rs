@@ -5,7 +5,7 @@ use super::*;
 use crate::keys::tests::TempDir;
 use std::os::unix::fs::PermissionsExt;
 
-fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, [u8; 32]) {
+fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, SpkiPin) {
     let (cert, key, pin) = generate_cert().expect("gencert");
     let c = dir.join(format!("{name}.crt"));
     let k = dir.join(format!("{name}.key"));
@@ -13,13 +13,13 @@ fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, [u8; 32]) {
     std::fs::write(&k, key).expect("write key");
     std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     assert_eq!(pin_of_cert_file(&c).expect("pin of file"), pin);
-    (c, k, parse_pin(&pin).expect("pin parses"))
+    (c, k, pin)
 }
 
 fn settings(
     listen: &str,
-    cert: &(PathBuf, PathBuf, [u8; 32]),
-    peer_pin: [u8; 32],
+    cert: &(PathBuf, PathBuf, SpkiPin),
+    peer_pin: SpkiPin,
     endpoint: Option<SocketAddr>,
 ) -> QuicSettings {
     QuicSettings {
@@ -31,7 +31,7 @@ fn settings(
             endpoint,
             spki_sha256: peer_pin,
         }],
-        tun_mtu: 1280,
+        max_frame: 1280 + crate::device::OVERHEAD,
         idle_timeout: Duration::from_secs(10),
         keepalive: Duration::from_secs(2),
         socket_buffer: 1 << 20,
@@ -50,15 +50,6 @@ fn recv_one(t: &QuicTransport, timeout: Duration) -> Option<(SocketAddr, Vec<u8>
         std::thread::sleep(Duration::from_millis(10));
     }
     None
-}
-
-#[test]
-fn pins_parse_as_hex_or_base64_and_refuse_other_lengths() {
-    let hex = "00".repeat(31) + "ff";
-    assert_eq!(parse_pin(&hex).expect("hex")[31], 0xff);
-    assert_eq!(parse_pin(&pin_text(&[7u8; 32])).expect("b64"), [7u8; 32]);
-    assert!(parse_pin("AAAA").expect_err("short").contains("32"));
-    assert!(parse_pin("not a pin!").is_err());
 }
 
 #[test]

@@ -290,74 +290,85 @@ impl<'de> Deserialize<'de> for System {
 
 /// The rules across rows: unique names (a `wireguard:` row may not take a
 /// built-in row's name either), name spelling, how many binary rows, the
-/// binary and environment spelling and the start-up timeout.
-pub fn check_rows(rows: &[System]) -> Result<(), String> {
+/// binary and environment spelling and the start-up timeout. The error
+/// names the offending item's index in the list, when there is one.
+pub fn check_rows(rows: &[System]) -> Result<(), (Option<usize>, String)> {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
         if let Some(first) = seen.insert(r.as_str(), i) {
-            return Err(format!(
+            return Err((
+                Some(i),
+                format!(
                 "rows {} and {} are both named \"{}\"; give each `wireguard:` row its own `name:`",
                 first + 1,
                 i + 1,
                 r.as_str()
+            ),
             ));
         }
     }
-    let specs: Vec<&UapiSpec> = rows
+    let specs: Vec<(usize, &UapiSpec)> = rows
         .iter()
-        .filter_map(|r| match r {
-            System::Wireguard(w) => Some(w),
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            System::Wireguard(w) => Some((i, w)),
             System::Builtin(_) => None,
         })
         .collect();
     if specs.len() > MAX_UAPI_ROWS {
-        return Err(format!(
-            "{} `wireguard:` rows; at most {MAX_UAPI_ROWS}",
-            specs.len()
+        return Err((
+            None,
+            format!("{} `wireguard:` rows; at most {MAX_UAPI_ROWS}", specs.len()),
         ));
     }
-    for w in specs {
-        let name = &w.name;
-        if name.is_empty()
-            || name.len() > MAX_NAME_LEN
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(format!(
-                "wireguard row name \"{name}\": use 1 to {MAX_NAME_LEN} letters, digits, `-`, `_` or `.`"
-            ));
-        }
-        let bin = w.binary.to_string_lossy();
-        if bin.trim().is_empty() {
-            return Err(format!("wireguard row \"{name}\": `binary:` is empty"));
-        }
-        if bin.contains('/') && !w.binary.is_absolute() {
-            return Err(format!(
-                "wireguard row \"{name}\": binary {bin} is relative; give an absolute path \
-                 (or a bare name looked up in PATH)"
-            ));
-        }
-        if let Some(k) = w
-            .env
-            .keys()
-            .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-        {
-            return Err(format!(
-                "wireguard row \"{name}\": environment name \"{k}\" is not a variable name"
-            ));
-        }
-        if w.args.iter().any(|a| a.contains('\0')) {
-            return Err(format!(
-                "wireguard row \"{name}\": an argument holds a NUL byte"
-            ));
-        }
-        let t = w.start_timeout();
-        if t.is_zero() || t > MAX_START_TIMEOUT {
-            return Err(format!(
-                "wireguard row \"{name}\": start_timeout {t:?} is out of range (0, {MAX_START_TIMEOUT:?}]"
-            ));
-        }
+    for (i, w) in specs {
+        check_spec(w).map_err(|e| (Some(i), e))?;
+    }
+    Ok(())
+}
+
+/// The rules of one `wireguard:` row.
+fn check_spec(w: &UapiSpec) -> Result<(), String> {
+    let name = &w.name;
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "wireguard row name \"{name}\": use 1 to {MAX_NAME_LEN} letters, digits, `-`, `_` or `.`"
+        ));
+    }
+    let bin = w.binary.to_string_lossy();
+    if bin.trim().is_empty() {
+        return Err(format!("wireguard row \"{name}\": `binary:` is empty"));
+    }
+    if bin.contains('/') && !w.binary.is_absolute() {
+        return Err(format!(
+            "wireguard row \"{name}\": binary {bin} is relative; give an absolute path \
+             (or a bare name looked up in PATH)"
+        ));
+    }
+    if let Some(k) = w
+        .env
+        .keys()
+        .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+    {
+        return Err(format!(
+            "wireguard row \"{name}\": environment name \"{k}\" is not a variable name"
+        ));
+    }
+    if w.args.iter().any(|a| a.contains('\0')) {
+        return Err(format!(
+            "wireguard row \"{name}\": an argument holds a NUL byte"
+        ));
+    }
+    let t = w.start_timeout();
+    if t.is_zero() || t > MAX_START_TIMEOUT {
+        return Err(format!(
+            "wireguard row \"{name}\": start_timeout {t:?} is out of range (0, {MAX_START_TIMEOUT:?}]"
+        ));
     }
     Ok(())
 }

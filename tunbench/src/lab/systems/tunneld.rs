@@ -13,7 +13,7 @@ use tunneld::config::{
     CipherKind, InterfaceFile, Kind, PeerFile, PeerQuicFile, QuicFile, RekeyFile, TransportKind,
     TunnelFile,
 };
-use tunneld::keys::{PrivateKey, PublicKey};
+use tunneld::keys::{PrivateKey, PublicKey, SpkiPin};
 use tunneld::prefix::Prefix;
 use tunneld::units::{Size, Span};
 
@@ -294,8 +294,8 @@ pub struct QuicIdentity {
     pub cert_file: PathBuf,
     /// Private key PEM file (mode 0600).
     pub key_file: PathBuf,
-    /// SHA-256 of the certificate's SubjectPublicKeyInfo (base64).
-    pub pin: String,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo.
+    pub pin: SpkiPin,
 }
 
 /// Both gateways' QUIC identities.
@@ -373,10 +373,10 @@ pub fn set_transport(
             idle_timeout: Span(tunneld::config::DEFAULT_QUIC_IDLE),
             keepalive: Span(tunneld::config::DEFAULT_QUIC_KEEPALIVE),
         });
-        let theirs = c.of(side.peer()).pin.clone();
+        let theirs = c.of(side.peer()).pin;
         for p in &mut f.peers {
             p.quic = Some(PeerQuicFile {
-                spki_sha256: theirs.clone(),
+                spki_sha256: theirs,
             });
         }
     }
@@ -510,12 +510,8 @@ mod tests {
                         Side::B => dir.join("a.crt"),
                     };
                     let pin = tunneld::transport::quic::pin_of_cert_file(&other).expect("pin");
-                    let want = tunneld::transport::quic::parse_pin(&pin).expect("parse");
                     let have = parsed.peers[0].quic.as_ref().expect("peer quic");
-                    assert_eq!(
-                        tunneld::transport::quic::parse_pin(&have.spki_sha256).expect("parse"),
-                        want
-                    );
+                    assert_eq!(have.spki_sha256, pin);
                 } else {
                     assert!(parsed.quic.is_none() && parsed.peers[0].quic.is_none());
                 }
