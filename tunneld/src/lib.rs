@@ -43,6 +43,7 @@ pub mod routes;
 pub mod service;
 pub mod show;
 pub mod transport;
+pub mod tso;
 pub mod tun;
 pub mod units;
 pub mod wire;
