@@ -1,5 +1,6 @@
 //! Data-path micro-benchmarks (divan): AEAD seal and open of one 1420-byte
-//! packet per cipher, tun-rs's split of a 64 KiB TCP super-packet, our
+//! packet per cipher, the split of a 64 KiB TCP super-packet (tun-rs's
+//! and ours, [`tunneld::tso`]), our
 //! coalescing of 46 segments (and tun-rs's, for comparison), and `Device` encapsulate + decapsulate of 64
 //! packets after an in-memory handshake. Every bench counts bytes, so divan
 //! reports throughput per core. `handshake_cost`: what a handshake message
@@ -20,6 +21,7 @@ use tunneld::crypto::aead::{new_aead, TAG_LEN};
 use tunneld::device::{Datagram, Device, Outcome, Time, HEADROOM, OVERHEAD};
 use tunneld::gro::Coalescer;
 use tunneld::keys::PrivateKey;
+use tunneld::tso::{self, VnetHdr};
 
 fn main() {
     divan::main();
@@ -129,6 +131,32 @@ fn split_64k(bencher: Bencher) {
         .bench_local(|| {
             let n =
                 gso_split(&mut input, hdr, &mut out, &mut sizes, HEADROOM, false).expect("split");
+            assert_eq!(n, 48);
+        });
+}
+
+#[divan::bench]
+fn split_64k_fused(bencher: Bencher) {
+    // The same super-packet through our split (tunneld::tso), which copies
+    // each payload and folds it into the checksum in one pass.
+    let mut read = vec![0u8; VIRTIO_NET_HDR_LEN];
+    VnetHdr {
+        flags: tso::F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 52,
+        gso_size: MSS as u16,
+        csum_start: 20,
+        csum_offset: 16,
+    }
+    .emit(&mut read);
+    read.extend_from_slice(&tcp4(1, 0x18, &vec![0x33; 65_535 - 52]));
+    let mut out = vec![vec![0u8; HEADROOM + PACKET + OVERHEAD]; 128];
+    let mut sizes = vec![0usize; 128];
+    bencher
+        .counter(BytesCount::new(read.len() - VIRTIO_NET_HDR_LEN))
+        .bench_local(|| {
+            let n =
+                tso::split(divan::black_box(&read), &mut out, &mut sizes, HEADROOM).expect("split");
             assert_eq!(n, 48);
         });
 }
