@@ -5,6 +5,7 @@ use super::*;
 use crate::config::{CipherKind, Config, InterfaceConfig, PeerConfig, TransportKind};
 use crate::keys::PrivateKey;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 /// One recorded send: (flow, to, segment size, outer ECN, frames).
