@@ -95,6 +95,32 @@ fn fuzz_coalescer() {
 }
 
 #[test]
+fn fuzz_tso_split() {
+    use crate::testkit::PacketRepr;
+    use crate::tso::{VnetHdr, F_NEEDS_CSUM, VNET_HDR_LEN};
+    let mut seeds = Vec::new();
+    for (src, dst, gso_type) in [
+        ("198.18.1.2", "198.18.2.2", 1),
+        ("fd00:1::2", "fd00:2::2", 4),
+    ] {
+        let r = PacketRepr::tcp(src, dst, 1);
+        let mut read = vec![0u8; VNET_HDR_LEN];
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: r.header_len() as u16,
+            gso_size: 700,
+            csum_start: r.ip_header_len() as u16,
+            csum_offset: 16,
+        }
+        .emit(&mut read);
+        read.extend_from_slice(&r.emit(&[9u8; 3000]));
+        seeds.push(read);
+    }
+    drive(&seeds, fuzzing::tso_split);
+}
+
+#[test]
 fn fuzz_handshake_and_cookie_messages() {
     let t = DeviceTarget::new();
     let seeds: Vec<Vec<u8>> = t
