@@ -11,9 +11,9 @@
 //! With offload on, one read returns a TCP super-packet of up to 64 KiB that
 //! [`crate::tso`] splits into MTU-sized packets (checksums filled in, in the
 //! same pass as the copy), each placed at an offset in its own buffer so the
-//! frame header can be written in front of it. On the way back the data path coalesces TCP flows itself
-//! ([`crate::gro`]) and writes each buffer, virtio-net header first, with
-//! [`Tun::write_raw`]. Addresses and routes are set with iproute2's `ip`,
+//! frame header can be written in front of it. On the way back the data
+//! path coalesces TCP flows itself ([`crate::gro`]) and writes each buffer,
+//! virtio-net header first, with [`TunIo::write_raw`]. Addresses and routes are set with iproute2's `ip`,
 //! which every gateway has.
 
 use crate::prefix::Prefix;
