@@ -70,8 +70,9 @@ pub fn config(me: u8, peer: u8, endpoint: Option<SocketAddr>, allowed: &[&str]) 
 /// The transport header of a [`PacketRepr`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    /// A TCP segment; `options` bytes of TCP options (a multiple of 4,
-    /// filled with NOPs) follow the fixed header.
+    /// A TCP segment; `options` bytes of TCP options (a multiple of 4)
+    /// follow the fixed header: an MSS option first if `mss` is given,
+    /// NOPs for the rest.
     Tcp {
         src_port: u16,
         dst_port: u16,
@@ -80,6 +81,7 @@ pub enum L4 {
         flags: u8,
         window: u16,
         options: usize,
+        mss: Option<u16>,
     },
     /// A UDP datagram.
     Udp { src_port: u16, dst_port: u16 },
@@ -147,6 +149,7 @@ impl PacketRepr {
                 flags: tcp_flags::ACK,
                 window: 502,
                 options: 0,
+                mss: None,
             },
         )
     }
@@ -220,6 +223,7 @@ impl PacketRepr {
                 flags,
                 window,
                 options,
+                mss,
             } => {
                 t[0..2].copy_from_slice(&src_port.to_be_bytes());
                 t[2..4].copy_from_slice(&dst_port.to_be_bytes());
@@ -229,6 +233,10 @@ impl PacketRepr {
                 t[13] = flags;
                 t[14..16].copy_from_slice(&window.to_be_bytes());
                 t[20..20 + options].fill(1); // NOP
+                if let Some(m) = mss.filter(|_| options >= 4) {
+                    t[20..22].copy_from_slice(&[2, 4]);
+                    t[22..24].copy_from_slice(&m.to_be_bytes());
+                }
                 16
             }
             L4::Udp { src_port, dst_port } => {
@@ -268,10 +276,21 @@ mod tests {
     #[test]
     fn emitted_packets_verify() {
         for (src, dst) in [("198.18.1.2", "198.18.2.2"), ("fd00:1::2", "fd00:2::2")] {
+            let syn = L4::Tcp {
+                src_port: 1,
+                dst_port: 2,
+                seq: 3,
+                ack: 0,
+                flags: tcp_flags::SYN,
+                window: 9,
+                options: 8,
+                mss: Some(1460),
+            };
             for l4 in [
                 PacketRepr::tcp(src, dst, 9).l4,
                 PacketRepr::udp(src, dst).l4,
                 L4::Echo { id: 1, seq: 2 },
+                syn,
             ] {
                 let r = PacketRepr::new(src, dst, l4);
                 let p = r.emit(b"odd payload");
@@ -288,6 +307,9 @@ mod tests {
                     pseudo_header_sum(r.src, r.dst, proto, (p.len() - hl) as u32)
                 };
                 assert_eq!(!fold(sum_words(pseudo, &p[hl..])), 0, "{r:?}");
+                if l4 == syn {
+                    assert_eq!(p[hl + 20..hl + 28], [2, 4, 0x05, 0xb4, 1, 1, 1, 1]);
+                }
             }
         }
     }
