@@ -1,5 +1,6 @@
 //! Data-path micro-benchmarks (divan): AEAD seal and open of one 1420-byte
-//! packet per cipher, tun-rs's split of a 64 KiB TCP super-packet, our
+//! packet per cipher, the split of a 64 KiB TCP super-packet (tun-rs's
+//! and ours, [`tunneld::tso`]), our
 //! coalescing of 46 segments (and tun-rs's, for comparison), and `Device` encapsulate + decapsulate of 64
 //! packets after an in-memory handshake. Every bench counts bytes, so divan
 //! reports throughput per core. `handshake_cost`: what a handshake message
@@ -12,14 +13,15 @@
 use divan::counter::BytesCount;
 use divan::Bencher;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tun_rs::{gso_split, GROTable, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
-use tunneld::config::{CipherKind, Config, DataplaneConfig, InterfaceConfig, PeerConfig};
+use tunneld::config::{CipherKind, Config};
 use tunneld::crypto::aead::{new_aead, TAG_LEN};
 use tunneld::device::{Datagram, Device, Outcome, Time, HEADROOM, OVERHEAD};
 use tunneld::gro::Coalescer;
 use tunneld::keys::PrivateKey;
+use tunneld::testkit::{self, PacketRepr, L4};
+use tunneld::tso::{self, VnetHdr};
 
 fn main() {
     divan::main();
@@ -67,44 +69,17 @@ fn open(bencher: Bencher, kind: CipherKind) {
 
 /// A TCP/IPv4 packet with timestamps and a valid TCP checksum.
 fn tcp4(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let total = 52 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[6] = 0x40;
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&[198, 18, 1, 2]);
-    p[16..20].copy_from_slice(&[198, 18, 2, 2]);
-    let ip = !fold(sum_words(&p[..20]));
-    p[10..12].copy_from_slice(&ip.to_be_bytes());
-    let t = &mut p[20..];
-    t[0..2].copy_from_slice(&40_000u16.to_be_bytes());
-    t[2..4].copy_from_slice(&5201u16.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&7u32.to_be_bytes());
-    t[12] = 8 << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&502u16.to_be_bytes());
-    t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 3, 232, 0, 0, 7, 208]);
-    t[32..].copy_from_slice(payload);
-    let pseudo = sum_words(&[198, 18, 1, 2, 198, 18, 2, 2]) + 6 + (total - 20) as u64;
-    let c = !fold(pseudo + sum_words(t));
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    p
-}
-
-fn sum_words(d: &[u8]) -> u64 {
-    d.chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
+    let mut r = PacketRepr::tcp("198.18.1.2", "198.18.2.2", seq);
+    if let L4::Tcp {
+        flags: ref mut f,
+        ref mut options,
+        ..
+    } = r.l4
+    {
+        *f = flags;
+        *options = 12;
     }
-    s as u16
+    r.emit(payload)
 }
 
 /// MSS of a 1420-byte tunnel MTU with TCP timestamps.
@@ -129,6 +104,32 @@ fn split_64k(bencher: Bencher) {
         .bench_local(|| {
             let n =
                 gso_split(&mut input, hdr, &mut out, &mut sizes, HEADROOM, false).expect("split");
+            assert_eq!(n, 48);
+        });
+}
+
+#[divan::bench]
+fn split_64k_fused(bencher: Bencher) {
+    // The same super-packet through our split (tunneld::tso), which copies
+    // each payload and folds it into the checksum in one pass.
+    let mut read = vec![0u8; VIRTIO_NET_HDR_LEN];
+    VnetHdr {
+        flags: tso::F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 52,
+        gso_size: MSS as u16,
+        csum_start: 20,
+        csum_offset: 16,
+    }
+    .emit(&mut read);
+    read.extend_from_slice(&tcp4(1, 0x18, &vec![0x33; 65_535 - 52]));
+    let mut out = vec![vec![0u8; HEADROOM + PACKET + OVERHEAD]; 128];
+    let mut sizes = vec![0usize; 128];
+    bencher
+        .counter(BytesCount::new(read.len() - VIRTIO_NET_HDR_LEN))
+        .bench_local(|| {
+            let n =
+                tso::split(divan::black_box(&read), &mut out, &mut sizes, HEADROOM).expect("split");
             assert_eq!(n, 48);
         });
 }
@@ -194,50 +195,13 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
-    let private_key = PrivateKey::from_bytes([me; 32]);
-    let (listen, endpoint) = if me == 1 {
-        (A_ADDR, B_ADDR)
-    } else {
-        (B_ADDR, A_ADDR)
-    };
-    Config {
-        interface: InterfaceConfig {
-            name: format!("bench{me}"),
-            addresses: vec![],
-            mtu: PACKET as u16,
-        },
-        listen: addr(listen),
-        public_key: private_key.public(),
-        private_key,
-        cipher,
-        insecure_lab_only: true,
-        control_socket: PathBuf::from("/nonexistent"),
-        socket_buffer: 1 << 20,
-        mss_clamp: true,
-        dataplane: DataplaneConfig {
-            offload: true,
-            batch: 64,
-            workers: 1,
-            flows: 1,
-            ..Default::default()
-        },
-        quic: None,
-        metrics_listen: None,
-        rekey_after_time: Duration::from_secs(120),
-        rekey_after_bytes: u64::MAX,
-        peers: vec![PeerConfig {
-            name: format!("peer{peer}"),
-            public_key: PrivateKey::from_bytes([peer; 32]).public(),
-            endpoint: Some(addr(endpoint)),
-            allowed_prefixes: vec![allowed.parse().expect("prefix")],
-            keepalive: None,
-            transport: tunneld::config::TransportKind::Udp,
-            quic_pin: None,
-            transit: None,
-        }],
-        health: None,
-        routes: Default::default(),
-    }
+    let endpoint = addr(if me == 1 { B_ADDR } else { A_ADDR });
+    let mut c = testkit::config(me, peer, Some(endpoint), &[allowed]);
+    c.cipher = cipher;
+    c.insecure_lab_only = true;
+    c.interface.mtu = PACKET as u16;
+    c.rekey_after_bytes = u64::MAX;
+    c
 }
 
 /// Two devices with a completed handshake (A initiates), no sockets.
@@ -271,18 +235,7 @@ fn deliver(dev: &mut Device, d: Datagram, from: &str, t: &Time, out: &mut Vec<Da
 
 /// An IPv4/UDP packet of `PACKET` bytes from A's side to B's.
 fn udp4() -> Vec<u8> {
-    let mut p = vec![0x42u8; PACKET];
-    p[..20].copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 1, 2, 198, 18, 2, 2,
-    ]);
-    p[2..4].copy_from_slice(&(PACKET as u16).to_be_bytes());
-    let c = !fold(sum_words(&p[..20]));
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p[20..22].copy_from_slice(&1234u16.to_be_bytes());
-    p[22..24].copy_from_slice(&5678u16.to_be_bytes());
-    p[24..26].copy_from_slice(&((PACKET - 20) as u16).to_be_bytes());
-    p[26..28].fill(0); // no UDP checksum
-    p
+    PacketRepr::udp("198.18.1.2", "198.18.2.2").emit(&[0x42; PACKET - 28])
 }
 
 #[divan::bench(args = CIPHERS)]

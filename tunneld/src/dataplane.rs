@@ -44,11 +44,11 @@ use crate::device::{Datagram, Device, Outcome, PeerEvent, Time, HEADROOM, OVERHE
 use crate::fq::{FqCodel, FqParams};
 use crate::io_counters::IoStats;
 use crate::transport::{Received, Transport, MAX_RECV_BATCH};
-use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
+use crate::tun::{TunIo, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard};
@@ -192,7 +192,7 @@ pub struct Links<'a> {
 /// the TUN device's: it sizes the pooled buffers of the fq_codel queue.
 pub fn run(
     device: Device,
-    tun: &Tun,
+    tun: &dyn TunIo,
     transport: &dyn Transport,
     knobs: DataplaneConfig,
     mtu: usize,
@@ -282,7 +282,7 @@ pub fn run(
 /// One data-path loop on its own TUN handle. `rx`: this loop handles
 /// network → TUN and the timers; it also handles TUN → network when it is
 /// the only worker, and only that when `rx` is false.
-fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
+fn worker(shared: &Shared<'_>, tun: &dyn TunIo, rx: bool) -> io::Result<()> {
     let single = shared.knobs.workers <= 1;
     let do_tx = single || !rx;
     let mut txs = do_tx.then(|| TxState::new(shared));
@@ -481,7 +481,7 @@ impl TxState {
 
     /// Reads from the TUN device if it is `readable` (through the queue, if
     /// any), then seals and sends one batch.
-    fn run(&mut self, shared: &Shared<'_>, tun: &Tun, readable: bool) -> io::Result<()> {
+    fn run(&mut self, shared: &Shared<'_>, tun: &dyn TunIo, readable: bool) -> io::Result<()> {
         let n = match self.queue.as_mut() {
             None if readable => self.read_fifo(shared, tun)?,
             None => 0,
@@ -510,7 +510,7 @@ impl TxState {
     }
 
     /// `queue: fifo`: reads one batch straight into the send buffers.
-    fn read_fifo(&mut self, shared: &Shared<'_>, tun: &Tun) -> io::Result<usize> {
+    fn read_fifo(&mut self, shared: &Shared<'_>, tun: &dyn TunIo) -> io::Result<usize> {
         // Reads go on until `batch` packets are in or the ring is empty:
         // one read may be a super-packet of up to MAX_SPLIT packets (with
         // offload), so one is started only while that much room is left;
@@ -534,7 +534,7 @@ impl TxState {
     }
 
     /// Seals `bufs[..n]` under one device lock and sends them.
-    fn seal_and_send(&mut self, shared: &Shared<'_>, tun: &Tun, n: usize) {
+    fn seal_and_send(&mut self, shared: &Shared<'_>, tun: &dyn TunIo, n: usize) {
         let t = time_now();
         self.outcomes.clear();
         let floor = shared.transport.frame_floor();
@@ -636,7 +636,7 @@ fn slot_size(mtu: usize) -> usize {
 /// empty (or the read failed in a way worth only a log line).
 fn read_tun(
     shared: &Shared<'_>,
-    tun: &Tun,
+    tun: &dyn TunIo,
     scratch: &mut [u8],
     bufs: &mut [Vec<u8>],
     sizes: &mut [usize],
@@ -755,7 +755,12 @@ impl TxQueue {
 
     /// Reads the TUN ring until it is empty (at most [`MAX_DRAIN_READS`]
     /// reads) and queues every packet.
-    fn drain(&mut self, shared: &Shared<'_>, tun: &Tun, scratch: &mut [u8]) -> io::Result<()> {
+    fn drain(
+        &mut self,
+        shared: &Shared<'_>,
+        tun: &dyn TunIo,
+        scratch: &mut [u8],
+    ) -> io::Result<()> {
         for _ in 0..MAX_DRAIN_READS {
             let Some(k) = read_tun(
                 shared,
@@ -918,7 +923,7 @@ struct RxState {
 }
 
 impl RxState {
-    fn new(shared: &Shared<'_>, tun: &Tun) -> RxState {
+    fn new(shared: &Shared<'_>, tun: &dyn TunIo) -> RxState {
         let gro_segments = shared.transport.gro_segments();
         // A GRO train holds up to `gro_segments` frames of one flow.
         let slot = if gro_segments > 1 {
@@ -945,7 +950,7 @@ impl RxState {
 
     /// Receives a batch, opens it, writes the inner packets to the TUN
     /// device.
-    fn run(&mut self, shared: &Shared<'_>, tun: &Tun) {
+    fn run(&mut self, shared: &Shared<'_>, tun: &dyn TunIo) {
         let n = {
             let mut slices: [IoSliceMut<'_>; MAX_RECV_BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(&mut []));

@@ -2,10 +2,9 @@
 //! outer flows or segment sizes, and each flow's frames leave in order.
 
 use super::*;
-use crate::config::{CipherKind, Config, InterfaceConfig, PeerConfig, TransportKind};
-use crate::keys::PrivateKey;
+use crate::config::Config;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
 
 /// One recorded send: (flow, to, segment size, outer ECN, frames).
 type Sent = (usize, SocketAddr, usize, u8, Vec<Vec<u8>>);
@@ -59,45 +58,9 @@ impl Transport for Recorder {
 }
 
 fn config() -> Config {
-    let private_key = PrivateKey::from_bytes([1; 32]);
-    Config {
-        interface: InterfaceConfig {
-            name: "t0".into(),
-            addresses: vec![],
-            mtu: 1420,
-        },
-        listen: SocketAddr::from(([127, 0, 0, 1], 1)),
-        public_key: private_key.public(),
-        private_key,
-        cipher: CipherKind::Aes256Gcm,
-        insecure_lab_only: false,
-        control_socket: PathBuf::from("/nonexistent"),
-        socket_buffer: 1 << 20,
-        mss_clamp: true,
-        dataplane: DataplaneConfig {
-            offload: true,
-            batch: 64,
-            workers: 1,
-            flows: 4,
-            ..Default::default()
-        },
-        rekey_after_time: Duration::from_secs(120),
-        rekey_after_bytes: 1 << 30,
-        quic: None,
-        metrics_listen: None,
-        peers: vec![PeerConfig {
-            name: "p".into(),
-            public_key: PrivateKey::from_bytes([2; 32]).public(),
-            endpoint: None,
-            allowed_prefixes: vec!["198.18.2.0/24".parse().expect("prefix")],
-            keepalive: None,
-            transport: TransportKind::Udp,
-            quic_pin: None,
-            transit: None,
-        }],
-        health: None,
-        routes: Default::default(),
-    }
+    let mut c = crate::testkit::config(1, 2, None, &["198.18.2.0/24"]);
+    c.dataplane.flows = 4;
+    c
 }
 
 #[test]

@@ -3,11 +3,11 @@
 //! rekeys, restarts and hostile input without sockets or sleeping.
 
 use super::*;
-use crate::config::{CipherKind, Config, InterfaceConfig, PeerConfig};
+use crate::config::{Config, PeerConfig};
 use crate::keys::PrivateKey;
 use crate::prefix::Prefix;
+use crate::testkit::key;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 #[path = "device_ha_tests.rs"]
 mod ha;
@@ -23,50 +23,8 @@ fn prefixes(list: &[&str]) -> Vec<Prefix> {
     list.iter().map(|p| p.parse().expect("prefix")).collect()
 }
 
-fn key(seed: u8) -> PrivateKey {
-    PrivateKey::from_bytes([seed; 32])
-}
-
 fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Config {
-    let private_key = key(me);
-    Config {
-        interface: InterfaceConfig {
-            name: format!("tun{me}"),
-            addresses: vec![],
-            mtu: 1420,
-        },
-        listen: addr(if me == 1 { A_ADDR } else { B_ADDR }),
-        public_key: private_key.public(),
-        private_key,
-        cipher: CipherKind::Aes256Gcm,
-        insecure_lab_only: false,
-        control_socket: PathBuf::from("/nonexistent"),
-        socket_buffer: 1 << 20,
-        mss_clamp: true,
-        dataplane: crate::config::DataplaneConfig {
-            offload: true,
-            batch: 64,
-            workers: 1,
-            flows: 1,
-            ..Default::default()
-        },
-        rekey_after_time: Duration::from_secs(120),
-        rekey_after_bytes: 1 << 30,
-        quic: None,
-        metrics_listen: None,
-        peers: vec![PeerConfig {
-            name: format!("peer{peer}"),
-            public_key: key(peer).public(),
-            endpoint: peer_endpoint.map(addr),
-            allowed_prefixes: prefixes(allowed),
-            keepalive: None,
-            transport: crate::config::TransportKind::Udp,
-            quic_pin: None,
-            transit: None,
-        }],
-        health: None,
-        routes: Default::default(),
-    }
+    crate::testkit::config(me, peer, peer_endpoint.map(addr), allowed)
 }
 
 fn a_config() -> Config {
@@ -89,27 +47,9 @@ fn b_config() -> Config {
 
 /// An IPv4/UDP packet from `src` to `dst` carrying `payload`.
 fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let total = 28 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    let mut sum = 0u32;
-    for i in (0..20).step_by(2) {
-        sum += u32::from(u16::from_be_bytes([p[i], p[i + 1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p[20..22].copy_from_slice(&1234u16.to_be_bytes());
-    p[22..24].copy_from_slice(&5678u16.to_be_bytes());
-    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p[28..].copy_from_slice(payload);
-    p
+    let mut r = crate::testkit::PacketRepr::udp("0.0.0.0", "0.0.0.0");
+    (r.src, r.dst) = (src.into(), dst.into());
+    r.emit(payload)
 }
 
 struct Net {

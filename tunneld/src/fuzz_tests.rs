@@ -6,6 +6,7 @@
 //! `cargo test --profile fuzz -p tunneld --lib fuzz_tests`.
 
 use crate::fuzzing::{self, DeviceTarget};
+use crate::testkit::{PacketRepr, L4};
 use crate::wire::testutil::{mutations, Rng};
 
 fn iters() -> usize {
@@ -38,32 +39,22 @@ fn drive(seeds: &[Vec<u8>], mut f: impl FnMut(&[u8])) {
 }
 
 fn ipv4_tcp_syn() -> Vec<u8> {
-    let mut p = vec![0u8; 44];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&44u16.to_be_bytes());
-    p[6] = 0x40;
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&[198, 18, 1, 2]);
-    p[16..20].copy_from_slice(&[198, 18, 2, 2]);
-    p[32] = 6 << 4;
-    p[33] = 0x02;
-    p[40..44].copy_from_slice(&[2, 4, 0x05, 0xb4]);
-    p
+    let mut r = PacketRepr::tcp("198.18.1.2", "198.18.2.2", 0);
+    r.l4 = L4::Tcp {
+        src_port: 40_000,
+        dst_port: 5201,
+        seq: 0,
+        ack: 0,
+        flags: crate::testkit::tcp_flags::SYN,
+        window: 64_240,
+        options: 4,
+        mss: Some(1460),
+    };
+    r.emit(&[])
 }
 
 fn ipv6_udp() -> Vec<u8> {
-    let mut p = vec![0u8; 48 + 8];
-    p[0] = 0x60;
-    p[4..6].copy_from_slice(&16u16.to_be_bytes());
-    p[6] = 17;
-    p[7] = 64;
-    p[8] = 0xfd;
-    p[23] = 1;
-    p[24] = 0xfd;
-    p[39] = 2;
-    p[44..46].copy_from_slice(&16u16.to_be_bytes());
-    p
+    PacketRepr::udp("fd00::1", "fd00::2").emit(&[0; 8])
 }
 
 #[test]
@@ -92,6 +83,31 @@ fn fuzz_coalescer() {
         seed.extend_from_slice(&p[..p.len() / 8 * 8]);
     }
     drive(&[seed], fuzzing::coalescer);
+}
+
+#[test]
+fn fuzz_tso_split() {
+    use crate::tso::{VnetHdr, F_NEEDS_CSUM, VNET_HDR_LEN};
+    let mut seeds = Vec::new();
+    for (src, dst, gso_type) in [
+        ("198.18.1.2", "198.18.2.2", 1),
+        ("fd00:1::2", "fd00:2::2", 4),
+    ] {
+        let r = PacketRepr::tcp(src, dst, 1);
+        let mut read = vec![0u8; VNET_HDR_LEN];
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: r.header_len() as u16,
+            gso_size: 700,
+            csum_start: r.ip_header_len() as u16,
+            csum_offset: 16,
+        }
+        .emit(&mut read);
+        read.extend_from_slice(&r.emit(&[9u8; 3000]));
+        seeds.push(read);
+    }
+    drive(&seeds, fuzzing::tso_split);
 }
 
 #[test]

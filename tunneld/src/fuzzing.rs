@@ -11,14 +11,14 @@
 //! established pair of [`Device`]s fed frames from any source, with time
 //! moving).
 
-use crate::config::{CipherKind, Config, DataplaneConfig, InterfaceConfig, PeerConfig};
+use crate::config::{Config, DataplaneConfig};
 use crate::crypto::cookie::{CookieChecker, CookieJar};
 use crate::crypto::handshake::{self, Identity};
 use crate::device::{Datagram, Device, Time, HEADROOM, OVERHEAD};
 use crate::keys::PrivateKey;
 use crate::wire;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Every wire view and helper over `data` as an inner packet, a frame and
@@ -113,6 +113,16 @@ pub fn coalescer(data: &[u8]) {
     }
 }
 
+/// The TSO split of an offloaded TUN read ([`crate::tso::split`]):
+/// `data` as the read, split into a batch's worth of MTU-sized buffers.
+pub fn tso_split(data: &[u8]) {
+    let mut bufs = vec![vec![0u8; 1600]; crate::tun::MAX_SPLIT];
+    let mut sizes = vec![0usize; crate::tun::MAX_SPLIT];
+    if let Ok(n) = crate::tso::split(data, &mut bufs, &mut sizes, 64) {
+        assert!(n <= bufs.len() && sizes[..n].iter().all(|&s| 64 + s <= 1600));
+    }
+}
+
 fn identity(seed: u8) -> Identity {
     let k = PrivateKey::from_bytes([seed; 32]);
     Identity::new(*k.as_bytes(), *k.public().as_bytes())
@@ -171,43 +181,11 @@ const A_ADDR: ([u8; 4], u16) = ([198, 18, 0, 1], 51820);
 const B_ADDR: ([u8; 4], u16) = ([198, 18, 0, 2], 51820);
 
 fn device_config(me: u8, peer: u8, endpoint: Option<SocketAddr>, allowed: &str) -> Config {
-    let private_key = PrivateKey::from_bytes([me; 32]);
-    Config {
-        interface: InterfaceConfig {
-            name: format!("fz{me}"),
-            addresses: vec![],
-            mtu: 1420,
-        },
-        listen: if me == 1 {
-            A_ADDR.into()
-        } else {
-            B_ADDR.into()
-        },
-        public_key: private_key.public(),
-        private_key,
-        cipher: CipherKind::Aes256Gcm,
-        insecure_lab_only: false,
-        control_socket: PathBuf::from("/nonexistent"),
-        socket_buffer: 1 << 20,
-        mss_clamp: true,
-        dataplane: DataplaneConfig::default(),
-        rekey_after_time: Duration::from_secs(120),
-        rekey_after_bytes: 1 << 30,
-        quic: None,
-        metrics_listen: None,
-        health: None,
-        routes: Default::default(),
-        peers: vec![PeerConfig {
-            name: format!("p{peer}"),
-            public_key: PrivateKey::from_bytes([peer; 32]).public(),
-            endpoint,
-            allowed_prefixes: allowed.split(',').filter_map(|p| p.parse().ok()).collect(),
-            keepalive: Some(Duration::from_secs(5)),
-            transport: crate::config::TransportKind::Udp,
-            quic_pin: None,
-            transit: None,
-        }],
-    }
+    let allowed: Vec<&str> = allowed.split(',').collect();
+    let mut c = crate::testkit::config(me, peer, endpoint, &allowed);
+    c.dataplane = DataplaneConfig::default();
+    c.peers[0].keepalive = Some(Duration::from_secs(5));
+    c
 }
 
 /// An established pair of devices whose receive path (B's) is fuzzed.

@@ -21,15 +21,14 @@
 //! at most a shorter last one, PSH only on the last, 64 KiB at most. Writes
 //! keep each flow's order.
 
+use crate::tso::{
+    F_NEEDS_CSUM as VIRTIO_NET_HDR_F_NEEDS_CSUM, GSO_UDP_L4 as VIRTIO_NET_HDR_GSO_UDP_L4,
+};
 use crate::wire::{fold, pseudo_header_sum, sum_words_fast};
 use std::net::IpAddr;
 use tun_rs::{
     VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN,
 };
-
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (linux/virtio_net.h; tun-rs does not
-/// re-export it).
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 
 /// Room in front of each packet for the virtio-net header.
 pub const VNET: usize = VIRTIO_NET_HDR_LEN;
@@ -41,8 +40,6 @@ const MAX_IP_LEN: usize = 65_535;
 /// Most datagrams in one UDP super-packet (the kernel's UDP_MAX_SEGMENTS
 /// was 64 before 6.9).
 const MAX_UDP_SEGMENTS: u32 = 64;
-/// `VIRTIO_NET_HDR_GSO_UDP_L4` (tun-rs does not re-export it).
-const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const PSH: u8 = 0x08;

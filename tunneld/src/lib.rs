@@ -46,11 +46,17 @@ pub mod reload;
 pub mod routes;
 pub mod service;
 pub mod show;
+#[doc(hidden)]
+pub mod testkit;
 pub mod transport;
+pub mod tso;
 pub mod tun;
+pub mod tuntest;
 pub mod units;
 pub mod wire;
 pub mod yaml;
 
+#[cfg(test)]
+mod dataplane_inproc_tests;
 #[cfg(test)]
 mod fuzz_tests;

@@ -4,12 +4,16 @@
 //! persistent: when the last descriptor closes (clean exit or crash) the kernel
 //! removes it and every route through it.
 //!
+//! The data path sees a TUN handle only through [`TunIo`], which [`Tun`]
+//! implements and [`crate::tuntest::ChannelTun`] implements in memory, so the
+//! real loops run in unit tests without root.
+//!
 //! With offload on, one read returns a TCP super-packet of up to 64 KiB that
-//! tun-rs splits into MTU-sized packets (checksums filled in), each placed at
-//! an offset in its own buffer so the frame header can be written in front of
-//! it. On the way back the data path coalesces TCP flows itself
-//! ([`crate::gro`]) and writes each buffer, virtio-net header first, with
-//! [`Tun::write_raw`]. Addresses and routes are set with iproute2's `ip`,
+//! [`crate::tso`] splits into MTU-sized packets (checksums filled in, in the
+//! same pass as the copy), each placed at an offset in its own buffer so the
+//! frame header can be written in front of it. On the way back the data
+//! path coalesces TCP flows itself ([`crate::gro`]) and writes each buffer,
+//! virtio-net header first, with [`TunIo::write_raw`]. Addresses and routes are set with iproute2's `ip`,
 //! which every gateway has.
 
 use crate::prefix::Prefix;
@@ -28,7 +32,8 @@ pub const READ_SCRATCH: usize = VNET_HDR_LEN + 65_535;
 /// (1,365 segments), so the device's `gso_max_segs` is set to this at
 /// creation: the kernel then never hands us more (TCP sizes its
 /// super-packets to it, forwarded GRO packets are segmented in software
-/// before the device), and tun-rs's split never runs out of buffers.
+/// before the device), and the split never runs out of buffers (should
+/// one come, it is dropped and counted: [`crate::tso::SplitError::TooManySegments`]).
 pub const MAX_SPLIT: usize = 128;
 
 /// Why the device could not be created or configured.
@@ -44,6 +49,63 @@ pub enum TunError {
     /// The `ip` program could not be run.
     #[error("cannot run `ip` (is iproute2 installed?): {0}")]
     NoIp(io::Error),
+}
+
+/// What the data path needs from one TUN handle (one queue of the device):
+/// batched reads with the offload split, batched and raw writes, and a
+/// descriptor that `poll(2)` reports readable when a read would not block
+/// (`AsRawFd`). Modelled on wireguard-go's `tun.Device`.
+pub trait TunIo: AsRawFd + Send + Sync {
+    /// Whether reads return super-packets and writes take a virtio-net
+    /// header (TSO/GRO).
+    fn offload(&self) -> bool;
+    /// Whether writes also take UDP super-packets (USO).
+    fn uso(&self) -> bool;
+    /// One read of what the device returns: with offload, a virtio-net
+    /// header and a packet. `WouldBlock` when nothing is queued.
+    fn read_raw(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one buffer as it is: with offload on, a virtio-net header and
+    /// a packet (see [`crate::gro`]).
+    fn write_raw(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Writes packets held at `bufs[i][offset..]` (each Vec ends where its
+    /// packet ends), coalescing where the device can (the data path uses it
+    /// without offload and for its ICMP answers). `offset` must be at least
+    /// [`VNET_HDR_LEN`].
+    fn write_batch(
+        &self,
+        gro: &mut GROTable,
+        bufs: &mut [Vec<u8>],
+        offset: usize,
+    ) -> io::Result<usize>;
+
+    /// Reads what is queued: one packet, or one super-packet split into
+    /// several ([`crate::tso::split`]). Packet `i` lands at
+    /// `bufs[i][offset..offset + sizes[i]]`. `WouldBlock` when nothing is
+    /// queued; `InvalidData` (a [`crate::tso::SplitError`]) for a read that
+    /// cannot be split, which is then lost.
+    fn read_batch(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        if self.offload() {
+            let n = self.read_raw(scratch)?;
+            return Ok(crate::tso::split(&scratch[..n], bufs, sizes, offset)?);
+        }
+        let (Some(buf), Some(size)) = (bufs.first_mut(), sizes.first_mut()) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no buffer"));
+        };
+        let Some(buf) = buf.get_mut(offset..) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset past buffer",
+            ));
+        };
+        *size = self.read_raw(buf)?;
+        Ok(1)
+    }
 }
 
 /// An open TUN interface.
@@ -103,16 +165,6 @@ impl Tun {
         &self.name
     }
 
-    /// Whether reads return super-packets and writes coalesce (TSO/GRO).
-    pub fn offload(&self) -> bool {
-        self.offload
-    }
-
-    /// Whether the device also takes UDP super-packets (USO, Linux 6.2+).
-    pub fn uso(&self) -> bool {
-        self.offload && self.dev.udp_gso()
-    }
-
     /// Sets the MTU, brings the link up and adds `addresses`. Routes through
     /// the device are the route manager's ([`crate::routes`]).
     pub fn configure(&self, mtu: u16, addresses: &[Prefix]) -> Result<(), TunError> {
@@ -128,38 +180,22 @@ impl Tun {
         }
         Ok(())
     }
-
-    /// Reads what is queued: one packet, or one super-packet split into
-    /// several. Packet `i` lands at `bufs[i][offset..offset + sizes[i]]`.
-    /// `WouldBlock` when nothing is queued.
-    pub fn read_batch(
-        &self,
-        scratch: &mut [u8],
-        bufs: &mut [Vec<u8>],
-        sizes: &mut [usize],
-        offset: usize,
-    ) -> io::Result<usize> {
-        self.dev.recv_multiple(scratch, bufs, sizes, offset)
-    }
-
-    /// Writes packets held at `bufs[i][offset..]` (each Vec ends where its
-    /// packet ends) through tun-rs, which coalesces TCP and UDP flows when
-    /// offload is on (the data path uses it without offload and for its
-    /// ICMP answers). `offset` must be at least [`VNET_HDR_LEN`].
-    pub fn write_batch(
-        &self,
-        gro: &mut GROTable,
-        bufs: &mut [Vec<u8>],
-        offset: usize,
-    ) -> io::Result<usize> {
-        self.dev.send_multiple(gro, bufs, offset)
-    }
 }
 
-impl Tun {
-    /// Writes one buffer as it is: with offload on, a virtio-net header
-    /// and a packet (see [`crate::gro`]).
-    pub fn write_raw(&self, buf: &[u8]) -> io::Result<usize> {
+impl TunIo for Tun {
+    fn offload(&self) -> bool {
+        self.offload
+    }
+
+    fn uso(&self) -> bool {
+        self.offload && self.dev.udp_gso()
+    }
+
+    fn read_raw(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.dev.recv(buf)
+    }
+
+    fn write_raw(&self, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: a valid descriptor and a live buffer of `buf.len()` bytes.
         let n = unsafe { libc::write(self.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
         if n < 0 {
@@ -167,6 +203,15 @@ impl Tun {
         } else {
             Ok(n as usize)
         }
+    }
+
+    fn write_batch(
+        &self,
+        gro: &mut GROTable,
+        bufs: &mut [Vec<u8>],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.dev.send_multiple(gro, bufs, offset)
     }
 }
 
