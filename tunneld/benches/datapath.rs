@@ -237,6 +237,7 @@ fn config(me: u8, peer: u8, cipher: CipherKind, allowed: &str) -> Config {
         }],
         health: None,
         routes: Default::default(),
+        pmtud: Default::default(),
     }
 }
 

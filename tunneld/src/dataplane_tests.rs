@@ -97,6 +97,7 @@ fn config() -> Config {
         }],
         health: None,
         routes: Default::default(),
+        pmtud: Default::default(),
     }
 }
 

@@ -66,6 +66,7 @@ fn config(me: u8, peer: u8, peer_endpoint: Option<&str>, allowed: &[&str]) -> Co
         }],
         health: None,
         routes: Default::default(),
+        pmtud: Default::default(),
     }
 }
 

@@ -197,6 +197,7 @@ fn device_config(me: u8, peer: u8, endpoint: Option<SocketAddr>, allowed: &str) 
         metrics_listen: None,
         health: None,
         routes: Default::default(),
+        pmtud: Default::default(),
         peers: vec![PeerConfig {
             name: format!("p{peer}"),
             public_key: PrivateKey::from_bytes([peer; 32]).public(),

@@ -131,6 +131,8 @@ pub struct Peer {
     pub(crate) handshakes: u64,
     /// Why there is no session, for `tunneld show` and the log.
     pub(crate) diag: Diagnosis,
+    /// Path MTU probing towards this peer (set up by the device).
+    pub(crate) pmtu: crate::pmtud::Pmtud,
 }
 
 /// What a peer without a session has done so far: initiations sent and
@@ -195,6 +197,7 @@ impl Peer {
             rx_bytes: 0,
             handshakes: 0,
             diag: Diagnosis::default(),
+            pmtu: crate::pmtud::Pmtud::disabled(),
         }
     }
 

@@ -227,7 +227,11 @@ impl Pmtud {
             ceiling: None,
             path: None,
             overhead: V4_OVERHEAD,
-            phase: if enabled { Phase::Idle } else { Phase::Disabled },
+            phase: if enabled {
+                Phase::Idle
+            } else {
+                Phase::Disabled
+            },
             plpmtu: need,
             lo: 0,
             hi: need + 1,
@@ -438,8 +442,8 @@ impl Pmtud {
                     self.last_suspect = Some(now);
                     self.enter(now, Phase::Confirming);
                 } else if self.revalidate_at.is_some_and(|at| now >= at) {
-                    let raise = self.plpmtu < self.cap()
-                        && self.next_raise.is_none_or(|at| now >= at);
+                    let raise =
+                        self.plpmtu < self.cap() && self.next_raise.is_none_or(|at| now >= at);
                     if raise {
                         self.next_raise = Some(now + RAISE_AFTER);
                         self.hi = self.cap() + 1;

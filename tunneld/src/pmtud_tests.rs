@@ -59,8 +59,7 @@ impl Path {
     /// One tick: acks that arrived, then the probes `p` sends.
     fn step(&mut self, p: &mut Pmtud, silent_since: Option<Instant>) {
         let now = self.now;
-        let (due, later): (Vec<_>, Vec<_>) =
-            self.acks.drain(..).partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = self.acks.drain(..).partition(|(at, _)| *at <= now);
         self.acks = later;
         for (_, id) in due {
             p.on_ack(now, id);
@@ -70,7 +69,7 @@ impl Path {
                 self.sent.push(now);
                 let through = !self.down && pr.size <= self.mtu && !self.lost() && !self.lost();
                 if through {
-                self.acks.push((now + self.rtt, pr.id));
+                    self.acks.push((now + self.rtt, pr.id));
                 }
             }
         }
@@ -92,10 +91,7 @@ impl Path {
         let start = self.now;
         let silent_since = silent.then_some(self.now);
         while p.phase() != phase {
-            assert!(
-                self.now - start < max,
-                "not {phase:?} after {max:?}: {p:?}"
-            );
+            assert!(self.now - start < max, "not {phase:?} after {max:?}: {p:?}");
             self.step(p, silent_since);
         }
         self.now - start
@@ -124,10 +120,17 @@ fn search() -> Pmtud {
 fn a_clear_path_is_confirmed_by_one_round() {
     let mut path = Path::new(1472);
     let mut p = search();
-    assert_eq!((p.phase(), p.limit(), p.path_mtu()), (Phase::Idle, None, None));
+    assert_eq!(
+        (p.phase(), p.limit(), p.path_mtu()),
+        (Phase::Idle, None, None)
+    );
     let took = path.until(&mut p, Phase::Complete, Duration::from_secs(1), false);
     // Sent at 0, the ack (20 ms) read at the 50 ms tick.
-    assert_eq!(took, Duration::from_millis(100), "one round trip, two ticks");
+    assert_eq!(
+        took,
+        Duration::from_millis(100),
+        "one round trip, two ticks"
+    );
     assert_eq!(p.limit(), None, "the whole tunnel MTU fits");
     assert_eq!(p.path_mtu(), Some(1480));
     assert_eq!(p.stats().probes, 2, "a probe and its sentinel");
@@ -324,7 +327,11 @@ fn a_peer_that_does_not_answer_probes_is_left_alone() {
     let mut p = search();
     let took = path.until(&mut p, Phase::Unsupported, Duration::from_secs(30), false);
     assert!(took <= Duration::from_secs(12), "{took:?}");
-    assert_eq!((p.limit(), p.path_mtu()), (None, None), "no limit, as before");
+    assert_eq!(
+        (p.limit(), p.path_mtu()),
+        (None, None),
+        "no limit, as before"
+    );
     let before = p.stats().probes;
     path.run(&mut p, Duration::from_secs(3600), false);
     let per_hour = p.stats().probes - before;
@@ -343,7 +350,10 @@ fn a_new_path_starts_over_and_a_small_tunnel_needs_no_probes() {
     path.until(&mut p, Phase::Complete, Duration::from_secs(20), false);
     assert_eq!(p.limit(), Some(1368));
     let v6: SocketAddr = "[fd00::2]:51820".parse().expect("addr");
-    assert!(p.poll(path.now, v6, None).is_some(), "confirms on the new path");
+    assert!(
+        p.poll(path.now, v6, None).is_some(),
+        "confirms on the new path"
+    );
     assert_eq!(p.phase(), Phase::Confirming);
     assert_eq!(p.limit(), None, "optimistic until evidence");
     let mut small = Pmtud::new(true, 1200, DEFAULT_INTERVAL);
@@ -351,7 +361,10 @@ fn a_new_path_starts_over_and_a_small_tunnel_needs_no_probes() {
     assert_eq!((small.phase(), small.limit()), (Phase::Complete, None));
     let mut off = Pmtud::new(false, 1420, DEFAULT_INTERVAL);
     assert_eq!(off.poll(path.now, peer_v4(), Some(path.now)), None);
-    assert_eq!((off.phase(), off.limit(), off.path_mtu()), (Phase::Disabled, None, None));
+    assert_eq!(
+        (off.phase(), off.limit(), off.path_mtu()),
+        (Phase::Disabled, None, None)
+    );
 }
 
 #[test]
@@ -372,12 +385,25 @@ fn control_messages_round_trip_and_refuse_garbage() {
     let mut buf = [0xffu8; 64];
     Control::Probe { id: 7, size: 1452 }.emit(&mut buf);
     assert!(Control::is_control(&buf));
-    assert_eq!(Control::parse(&buf), Ok(Control::Probe { id: 7, size: 1452 }));
-    assert!(buf[Control::LEN..].iter().all(|&b| b == 0), "padding zeroed");
-    Control::Ack { id: u32::MAX, size: 44 }.emit(&mut buf[..Control::LEN]);
+    assert_eq!(
+        Control::parse(&buf),
+        Ok(Control::Probe { id: 7, size: 1452 })
+    );
+    assert!(
+        buf[Control::LEN..].iter().all(|&b| b == 0),
+        "padding zeroed"
+    );
+    Control::Ack {
+        id: u32::MAX,
+        size: 44,
+    }
+    .emit(&mut buf[..Control::LEN]);
     assert_eq!(
         Control::parse(&buf[..Control::LEN]),
-        Ok(Control::Ack { id: u32::MAX, size: 44 })
+        Ok(Control::Ack {
+            id: u32::MAX,
+            size: 44
+        })
     );
     assert_eq!(Control::parse(&buf[..9]), Err(ControlError::Short));
     let mut bad = buf;
