@@ -200,10 +200,11 @@ fn bytes(n: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn peer_status(name: &str) -> PeerStatus {
+    /// A peer's status as a running daemon reports it.
+    pub(crate) fn peer_status(name: &str) -> PeerStatus {
         PeerStatus {
             name: name.into(),
             transport: "udp",
