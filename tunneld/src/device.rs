@@ -1265,7 +1265,10 @@ impl Device {
             ) else {
                 continue;
             };
-            let Some(probes) = peer.pmtu.poll(t.now, to, peer.unanswered_since) else {
+            let (was, holes) = (peer.pmtu.phase(), peer.pmtu.stats().black_holes);
+            let probes = peer.pmtu.poll(t.now, to, peer.data_unanswered_since);
+            log_pmtud_change(&peer.name, &peer.pmtu, was, holes);
+            let Some(probes) = probes else {
                 continue;
             };
             for p in probes {
@@ -1353,6 +1356,42 @@ impl Device {
             }
         }
         self.pmtu_floor = self.peers.iter().filter_map(|p| p.pmtu.limit()).min();
+    }
+}
+
+/// Says in the log what path MTU probing found when its phase changed:
+/// a black hole at warn level (inner senders are about to be told a
+/// smaller MTU), a completed search at info level.
+fn log_pmtud_change(name: &str, p: &Pmtud, was: crate::pmtud::Phase, holes: u64) {
+    use crate::pmtud::Phase;
+    let now = p.phase();
+    if now == was {
+        return;
+    }
+    let mtu = p.path_mtu().map_or("-".into(), |m| m.to_string());
+    if p.stats().black_holes > holes {
+        log::warn!(
+            "peer {name}: path MTU black hole: large probes vanish while small ones are answered; \
+             inner packets limited to {} bytes while the path is searched",
+            p.limit().map_or(0, |l| l.saturating_sub(OVERHEAD))
+        );
+    } else if now == Phase::Complete {
+        match p.limit() {
+            Some(l) => log::info!(
+                "peer {name}: path MTU {mtu} validated by probes; inner packets over {} bytes \
+                 are answered with ICMP too-big",
+                l.saturating_sub(OVERHEAD)
+            ),
+            None => log::debug!("peer {name}: path MTU {mtu} validated by probes"),
+        }
+    } else if now == Phase::Unsupported {
+        log::info!("peer {name}: does not answer path MTU probes (an older tunneld?); not probing");
+    } else {
+        log::debug!(
+            "peer {name}: path MTU probing {} -> {}",
+            was.as_str(),
+            now.as_str()
+        );
     }
 }
 

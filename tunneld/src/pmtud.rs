@@ -30,7 +30,9 @@
 //!   the limit drops to the base size and the search starts from there.
 //!   Entered at start, after a path change, every `interval`, after an ICMP
 //!   lowered the limit, and when data went out for [`SUSPECT_AFTER`] with
-//!   nothing heard back (at most every [`SUSPECT_EVERY`]).
+//!   no data coming back (keepalives do not count: a peer keeps sending
+//!   them into a black hole's other side; at most every [`SUSPECT_EVERY`],
+//!   so one-way traffic costs one round per 10 s).
 //! - `Base`: confirms [`BASE_PMTU`]; failing that is `Error`.
 //! - `Searching`: binary search between the largest size acknowledged and
 //!   the smallest that failed ([`MAX_PROBES`] failed rounds each), the
@@ -402,7 +404,7 @@ impl Pmtud {
 
     /// Runs the search at `now` towards `path` (the peer's endpoint, with a
     /// usable session); `silent_since`: when data started going out with
-    /// nothing heard back since, if so. Returns the probes to send now
+    /// no data from the peer since, if so. Returns the probes to send now
     /// (a probe and its sentinel), if a round starts.
     pub fn poll(
         &mut self,
