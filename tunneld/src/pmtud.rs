@@ -455,10 +455,10 @@ impl Pmtud {
                     }
                 }
             }
-            Phase::Unsupported | Phase::Error => {
-                if self.round.is_none() && self.next_round.is_none() {
-                    self.next_round = Some(now + self.interval);
-                }
+            Phase::Unsupported | Phase::Error
+                if self.round.is_none() && self.next_round.is_none() =>
+            {
+                self.next_round = Some(now + self.interval);
             }
             _ => {}
         }

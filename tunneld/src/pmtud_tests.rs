@@ -4,9 +4,8 @@
 
 use super::*;
 
+/// The tunnel's need: 1420 + 32 = 1452-byte frames.
 const TUN_MTU: usize = 1420;
-/// The tunnel's need: 1420 + 32.
-const NEED: usize = 1452;
 const STEP: Duration = Duration::from_millis(50);
 
 fn peer_v4() -> SocketAddr {
@@ -15,7 +14,6 @@ fn peer_v4() -> SocketAddr {
 
 /// A path: frames up to `mtu` bytes pass unless lost.
 struct Path {
-    t0: Instant,
     now: Instant,
     mtu: usize,
     /// Loss per direction, per million.
@@ -30,10 +28,8 @@ struct Path {
 
 impl Path {
     fn new(mtu: usize) -> Path {
-        let t0 = Instant::now();
         Path {
-            t0,
-            now: t0,
+            now: Instant::now(),
             mtu,
             loss_ppm: 0,
             rtt: Duration::from_millis(20),
@@ -50,10 +46,6 @@ impl Path {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         self.rng % 1_000_000 < self.loss_ppm
-    }
-
-    fn secs(&self) -> f64 {
-        self.now.duration_since(self.t0).as_secs_f64()
     }
 
     /// One tick: acks that arrived, then the probes `p` sends.
