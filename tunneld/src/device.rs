@@ -1251,6 +1251,10 @@ impl Device {
                 p.pmtu = Pmtud::new(want, self.tun_mtu, self.pmtud.interval);
             }
         }
+        self.update_pmtu_floor();
+    }
+
+    fn update_pmtu_floor(&mut self) {
         self.pmtu_floor = self.peers.iter().filter_map(|p| p.pmtu.limit()).min();
     }
 
@@ -1283,7 +1287,7 @@ impl Device {
             }
             peer.sent(t.now, false);
         }
-        self.pmtu_floor = self.peers.iter().filter_map(|p| p.pmtu.limit()).min();
+        self.update_pmtu_floor();
     }
 
     /// An authenticated control message (`plain`, from a frame of
@@ -1355,7 +1359,7 @@ impl Device {
                 p.pmtu.set_ceiling(now, limit_to(to));
             }
         }
-        self.pmtu_floor = self.peers.iter().filter_map(|p| p.pmtu.limit()).min();
+        self.update_pmtu_floor();
     }
 }
 
