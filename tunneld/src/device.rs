@@ -1241,7 +1241,8 @@ impl Device {
 impl Device {
     /// Sets up path MTU probing ([`crate::pmtud`]) for the peers that
     /// should have it (UDP transport, `pmtud.enabled`) and do not, and
-    /// turns it off for the others; a running search is kept.
+    /// turns it off for the others; a running search is kept, with the
+    /// configured interval.
     fn arm_pmtud(&mut self) {
         let udp = crate::config::TransportKind::Udp.as_str();
         for (p, t) in self.peers.iter_mut().zip(&self.transports) {
@@ -1249,6 +1250,8 @@ impl Device {
             let has = p.pmtu.phase() != crate::pmtud::Phase::Disabled;
             if want != has {
                 p.pmtu = Pmtud::new(want, self.tun_mtu, self.pmtud.interval);
+            } else if want {
+                p.pmtu.set_interval(self.pmtud.interval);
             }
         }
         self.update_pmtu_floor();

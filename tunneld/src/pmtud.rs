@@ -203,6 +203,8 @@ pub struct Pmtud {
     next_round: Option<Instant>,
     /// When a validated path is next confirmed (or a raise tried).
     revalidate_at: Option<Instant>,
+    /// When the search last completed.
+    completed_at: Option<Instant>,
     /// When a limit below the need may next be raised by a search.
     next_raise: Option<Instant>,
     /// Failed rounds at the size under test.
@@ -240,6 +242,7 @@ impl Pmtud {
             round: None,
             next_round: None,
             revalidate_at: None,
+            completed_at: None,
             next_raise: None,
             failures: 0,
             silent_rounds: 0,
@@ -254,6 +257,15 @@ impl Pmtud {
     /// A search that never probes (transports other than UDP).
     pub fn disabled() -> Pmtud {
         Pmtud::new(false, 1420, DEFAULT_INTERVAL)
+    }
+
+    /// A new re-validation interval (a reload): a validated path is next
+    /// confirmed that long after it was validated.
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = interval;
+        if self.phase == Phase::Complete {
+            self.revalidate_at = self.completed_at.map(|at| at + interval);
+        }
     }
 
     /// The current phase.
@@ -371,6 +383,7 @@ impl Pmtud {
         self.phase = Phase::Complete;
         self.round = None;
         self.next_round = None;
+        self.completed_at = Some(now);
         self.revalidate_at = Some(now + self.interval);
     }
 

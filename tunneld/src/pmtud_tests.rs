@@ -132,6 +132,12 @@ fn a_clear_path_is_confirmed_by_one_round() {
     path.run(&mut p, Duration::from_secs(2), false);
     assert_eq!(p.stats().probes, 4, "re-validated once");
     assert_eq!(p.phase(), Phase::Complete);
+    // A reload shortens the interval: it counts from that validation.
+    p.set_interval(Duration::from_secs(10));
+    path.run(&mut p, Duration::from_secs(9), false);
+    assert_eq!(p.stats().probes, 4);
+    path.run(&mut p, Duration::from_secs(2), false);
+    assert_eq!(p.stats().probes, 6);
 }
 
 #[test]
