@@ -1178,3 +1178,47 @@ fn with_pmtud_off_no_probes_go_out_but_probes_are_answered() {
     assert_eq!(n.a.counters().pmtu_probes_sent, 2);
     assert_eq!(n.a.peer_status(n.time().now)[0].pmtud, "complete");
 }
+
+#[test]
+fn random_authenticated_control_messages_never_reach_the_tun_and_are_all_counted() {
+    let mut n = Net::new();
+    n.established();
+    run_for(&mut n, Duration::from_secs(1));
+    let before = n.b.counters().clone();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    const N: u64 = 2000;
+    for _ in 0..N {
+        let len = 1 + (next() % 64) as usize;
+        let mut data = vec![0u8; OVERHEAD + len];
+        for b in &mut data[HEADROOM..HEADROOM + len] {
+            *b = next() as u8;
+        }
+        // Version nibble 0; mostly probes and acks with random fields.
+        data[HEADROOM] = (next() % 4) as u8;
+        if next() % 2 == 0 && len >= Control::LEN {
+            data[HEADROOM + 1..HEADROOM + 4].fill(0);
+        }
+        let s = n.a.peers[0].current.as_mut().expect("session");
+        seal_frame(s, MessageType::Data, &mut data);
+        n.deliver(addr(B_ADDR), addr(A_ADDR), data);
+    }
+    let c = n.b.counters();
+    let counted = (c.drop_malformed - before.drop_malformed)
+        + (c.pmtu_probes_answered - before.pmtu_probes_answered)
+        + (c.pmtu_acks_received - before.pmtu_acks_received)
+        + (c.pmtu_acks_stray - before.pmtu_acks_stray);
+    assert_eq!(counted, N, "{c:?}");
+    assert_eq!(c.rx_packets, before.rx_packets);
+    assert!(n.to_b.is_empty());
+    // The tunnel still carries traffic.
+    n.wire.clear();
+    n.send(true, &ipv4(A_HOST, B_HOST, b"still here"));
+    n.flush();
+    assert_eq!(n.to_b.len(), 1);
+}
