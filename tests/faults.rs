@@ -1,13 +1,14 @@
 //! Fault matrix: a tunneld pair (UDP transport) across the lab's userspace
 //! WAN emulator (`tunbench wan-emu`) carries a TCP transfer with a matching
 //! SHA-256 through 5% loss, reordering, a 5 s link outage and a path-MTU
-//! black hole; each case prints its throughput, the longest stall (no inner
-//! bytes arriving at gw-b) and, for the outage, the recovery time from the
-//! link coming back to the first inner bytes after it.
+//! black hole that appears mid-transfer; each case prints its throughput,
+//! the longest stall (no inner bytes arriving at gw-b) and its recovery
+//! time: for the outage, from the link coming back to the first inner
+//! bytes after it; for the black hole, from its appearance to tunneld
+//! finding it and to the transfer moving again.
 //!
 //! Size: `E2E_FAULT_MIB` MiB per case (default 16, what CI runs);
-//! `tests/bench/faults.sh` runs the 100 MiB version. The black-hole case is
-//! ignored until tunneld probes the path MTU (see its reason). Needs root.
+//! `tests/bench/faults.sh` runs the 100 MiB version. Needs root.
 
 use e2e::{bin, require_root, tcp_transfer, wait_ping, Side, TunnelLab};
 use std::net::IpAddr;
@@ -60,10 +61,32 @@ fn emulate(tl: &TunnelLab, args: &[&str]) -> u32 {
     pid
 }
 
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("(never)".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+}
+
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a PID this test spawned and still owns.
     let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
     assert_eq!(r, 0, "kill {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// What happens to the link once the transfer is an eighth of the way in.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    None,
+    /// The link goes down for this long (SIGUSR1, then SIGUSR2).
+    Outage(Duration),
+    /// The emulator's `--mtu` black hole comes on (SIGHUP).
+    BlackHole,
+}
+
+/// The first peer's entry in `side`'s status.
+fn peer_status(tl: &TunnelLab, side: Side) -> serde_json::Value {
+    tl.status(side)
+        .ok()
+        .and_then(|s| s["peers"].get(0).cloned())
+        .unwrap_or_default()
 }
 
 /// What one case measured.
@@ -75,14 +98,16 @@ struct Outcome {
     elapsed: Duration,
     longest_stall: Duration,
     recovery: Option<Duration>,
+    /// Black hole: from its appearance to gw-a's status showing it found.
+    detected: Option<Duration>,
 }
 
-/// Runs one fault case: emulator `args`; `outage` takes the link down for
-/// that long once the transfer is under way. `per_packet`: tunneld without
+/// Runs one fault case: emulator `args`; `event` happens once the transfer
+/// is under way. `per_packet`: tunneld without
 /// offload, so every outer packet is its own frame (the emulator decides a
 /// GSO super-frame as a whole, which turns random loss into bursts of up to
 /// 64 packets).
-fn case(tag: &str, args: &[&str], outage: Option<Duration>, per_packet: bool) -> Outcome {
+fn case(tag: &str, args: &[&str], event: Event, per_packet: bool) -> Outcome {
     let tl = TunnelLab::start(tag, true, |_, cfg| {
         if per_packet {
             cfg["dataplane"] = serde_json::json!({ "offload": false });
@@ -97,6 +122,25 @@ fn case(tag: &str, args: &[&str], outage: Option<Duration>, per_packet: bool) ->
         Duration::from_secs(30),
     )
     .unwrap_or_else(|e| panic!("{tag}: tunnel never came up: {e:#}\n{}", tl.logs()));
+    if let Event::BlackHole = event {
+        // Both sides validated the whole path first (1420 + 32 + 28).
+        e2e::wait_for(Duration::from_secs(10), "path MTU 1480 validated", || {
+            Ok([Side::A, Side::B]
+                .iter()
+                .all(|&s| {
+                    let p = peer_status(&tl, s);
+                    p["pmtud"] == "complete" && p["path_mtu"] == 1480
+                })
+                .then_some(()))
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{tag}: {e:#}: {:?}\n{}",
+                peer_status(&tl, Side::A),
+                tl.logs()
+            )
+        });
+    }
     let bytes = size();
     let done = AtomicBool::new(false);
     let out = std::thread::scope(|s| {
@@ -120,6 +164,8 @@ fn case(tag: &str, args: &[&str], outage: Option<Duration>, per_packet: bool) ->
         let mut outage_at: Option<(Instant, u64)> = None;
         let mut up_at: Option<(Instant, u64)> = None;
         let mut recovery = None;
+        let mut hole_at: Option<(Instant, u64)> = None;
+        let mut detected = None;
         let base = last;
         while !done.load(Ordering::Relaxed) {
             std::thread::sleep(POLL);
@@ -130,21 +176,38 @@ fn case(tag: &str, args: &[&str], outage: Option<Duration>, per_packet: bool) ->
                 last = v;
                 last_change = now;
             }
-            if let (Some(d), None) = (outage, outage_at) {
-                // An eighth of the way in, take the link down.
-                if v - base > bytes / 8 {
-                    signal(emu, libc::SIGUSR1);
-                    outage_at = Some((now, v));
-                    std::thread::sleep(d);
-                    signal(emu, libc::SIGUSR2);
-                    up_at = Some((Instant::now(), rx()));
-                    last_change = now;
-                    last = rx();
+            // An eighth of the way in, the event.
+            if outage_at.is_none() && v - base > bytes / 8 {
+                match event {
+                    Event::None => {}
+                    Event::Outage(d) => {
+                        signal(emu, libc::SIGUSR1);
+                        outage_at = Some((now, v));
+                        std::thread::sleep(d);
+                        signal(emu, libc::SIGUSR2);
+                        up_at = Some((Instant::now(), rx()));
+                        last_change = now;
+                        last = rx();
+                    }
+                    Event::BlackHole => {
+                        signal(emu, libc::SIGHUP);
+                        outage_at = Some((now, v));
+                        hole_at = Some((now, v));
+                    }
                 }
             }
             if let (Some((t_up, v_up)), None) = (up_at, recovery) {
                 if v > v_up {
                     recovery = Some(now - t_up);
+                }
+            }
+            if let Some((t_hole, v_hole)) = hole_at {
+                if detected.is_none() && peer_status(&tl, Side::A)["pmtu_black_holes"] == 1 {
+                    detected = Some(now - t_hole);
+                }
+                // Moving again: a MiB more than in flight when it began.
+                if recovery.is_none() && v > v_hole + MIB {
+                    recovery = Some(now - t_hole);
                 }
             }
             if start.elapsed() > CASE_DEADLINE {
@@ -172,6 +235,7 @@ fn case(tag: &str, args: &[&str], outage: Option<Duration>, per_packet: bool) ->
             elapsed: t.elapsed,
             longest_stall: longest,
             recovery,
+            detected,
         }
     });
     let _ = tl.lab().stop(emu);
@@ -188,15 +252,27 @@ fn case(tag: &str, args: &[&str], outage: Option<Duration>, per_packet: bool) ->
         emu_dropped: n("lost") + n("outage_drops") + n("mtu_drops"),
         ..out
     };
+    let recovery = match (event, out.recovery) {
+        (Event::Outage(_), Some(r)) => {
+            format!(", recovery after the outage {:.2} s", r.as_secs_f64())
+        }
+        (Event::BlackHole, r) => format!(
+            ", black hole found by gw-a after {}, transfer moving again after {}; gw-a: {}",
+            secs(out.detected),
+            secs(r),
+            peer_status(&tl, Side::A)
+        ),
+        _ => String::new(),
+    };
+    if std::env::var_os("E2E_FAULT_LOGS").is_some() {
+        eprintln!("{}", tl.logs());
+    }
     eprintln!(
-        "fault {tag}: {} MiB in {:.1} s ({:.0} Mbit/s), longest stall {:.1} s{}; wan-emu a->b: {}",
+        "fault {tag}: {} MiB in {:.1} s ({:.0} Mbit/s), longest stall {:.1} s{recovery}; wan-emu a->b: {}",
         bytes / MIB,
         out.elapsed.as_secs_f64(),
         bytes as f64 * 8.0 / out.elapsed.as_secs_f64() / 1e6,
         out.longest_stall.as_secs_f64(),
-        out.recovery
-            .map(|r| format!(", recovery after the outage {:.2} s", r.as_secs_f64()))
-            .unwrap_or_default(),
         d
     );
     out
@@ -208,7 +284,12 @@ fn five_percent_loss() {
         return;
     }
     // 5% of outer packets, each decided on its own.
-    let o = case("ft-loss", &["--loss", "5", "--delay", "1ms"], None, true);
+    let o = case(
+        "ft-loss",
+        &["--loss", "5", "--delay", "1ms"],
+        Event::None,
+        true,
+    );
     let rate = o.emu_dropped as f64 / o.emu_frames.max(1) as f64;
     assert!((0.035..0.065).contains(&rate), "loss applied: {o:?}");
 }
@@ -222,7 +303,7 @@ fn reordering() {
     case(
         "ft-reorder",
         &["--delay", "2ms", "--reorder", "10"],
-        None,
+        Event::None,
         true,
     );
 }
@@ -236,7 +317,7 @@ fn five_second_link_outage() {
     let o = case(
         "ft-outage",
         &["--delay", "1ms", "--rate", "50M"],
-        Some(Duration::from_secs(5)),
+        Event::Outage(Duration::from_secs(5)),
         false,
     );
     let r = o.recovery.expect("traffic resumed after the outage");
@@ -251,14 +332,37 @@ fn five_second_link_outage() {
 }
 
 #[test]
-#[ignore = "needs path-MTU probing: a black hole sends no ICMP, and tunneld learns the path MTU from ICMP only"]
 fn mtu_black_hole() {
     if !require_root() {
         return;
     }
-    // Tunnel MTU 1420: full-size outer packets are 1480 bytes; the path
-    // silently drops anything above 1400. tunneld follows the kernel's path
-    // MTU, which only ICMP lowers; nothing probes, so the transfer stalls
-    // after its first 64 KiB (61 s, the sender's timeout).
-    case("ft-mtu", &["--mtu", "1400", "--delay", "1ms"], None, false);
+    // Tunnel MTU 1420: full-size outer packets are 1480 bytes, and both
+    // gateways validated that before the transfer. An eighth of the way in,
+    // the path starts dropping anything above 1400 bytes, silently (no
+    // ICMP). gw-a notices the silence, confirms the black hole with probes
+    // (large ones lost, small ones answered), searches the path down to
+    // 1396 and answers the inner sender's 1420-byte packets with ICMP
+    // "fragmentation needed": its TCP resends smaller segments. 50 Mbit/s,
+    // so the black hole comes mid-transfer.
+    let o = case(
+        "ft-mtu",
+        &[
+            "--mtu",
+            "1400",
+            "--mtu-after-sighup",
+            "--delay",
+            "1ms",
+            "--rate",
+            "50M",
+        ],
+        Event::BlackHole,
+        false,
+    );
+    let detected = o.detected.expect("gw-a found the black hole");
+    let recovery = o.recovery.expect("the transfer moved again");
+    // About 1 s of silence, 5 probe rounds, then the inner TCP's next
+    // retransmission; generous margins for a loaded box.
+    assert!(detected < Duration::from_secs(10), "{o:?}");
+    assert!(recovery < Duration::from_secs(20), "{o:?}");
+    assert!(o.emu_dropped > 0, "the black hole dropped packets: {o:?}");
 }

@@ -127,6 +127,7 @@ impl Hub {
             quic: None,
             metrics: None,
             health: None,
+            pmtud: None,
             routes: Default::default(),
             peers,
         }

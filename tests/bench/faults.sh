@@ -2,11 +2,8 @@
 # The fault matrix at full size: 100 MiB transfers through a tunneld pair
 # across the lab's userspace WAN emulator with 5% loss, reordering, a 5 s
 # outage and a path-MTU black hole, each checked by SHA-256, with the
-# longest stall and the outage recovery time printed per case. CI runs the
-# same tests (tests/faults.rs) at 16 MiB. The black-hole case needs path
-# MTU probing in tunneld (a black hole sends no ICMP); it is run here too
-# (--include-ignored) and its
-# result is printed either way.
+# longest stall and the recovery times (outage, black hole) printed per
+# case. CI runs the same tests (tests/faults.rs) at 16 MiB.
 #
 # Usage (as root, after `cargo build --release --workspace`):
 #   tests/bench/faults.sh            # MIB=100
@@ -15,5 +12,5 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 MIB=${MIB:-100}
 E2E_FAULT_MIB=$MIB cargo test --release -p e2e --test faults -- \
-  --include-ignored --nocapture --test-threads=1 2>&1 \
+  --nocapture --test-threads=1 2>&1 \
   | grep -E '^(fault |test |thread .*panicked)|transfer failed'

@@ -72,6 +72,10 @@ pub struct WanEmuArgs {
     /// Drop IP packets longer than this (a path-MTU black hole: no ICMP).
     #[arg(long)]
     mtu: Option<u64>,
+    /// Apply `--mtu` only from the first SIGHUP on (a black hole that
+    /// appears on a path already in use).
+    #[arg(long, requires = "mtu")]
+    mtu_after_sighup: bool,
 }
 
 fn size(s: &str) -> Result<u64, UnitError> {
@@ -200,7 +204,11 @@ pub fn wan_emu_cmd(a: &WanEmuArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         mtu: a.mtu,
         outage: Arc::new(AtomicUsize::new(0)),
+        mtu_on: Arc::new(AtomicUsize::new(usize::from(!a.mtu_after_sighup))),
     };
+    // Fault injection: SIGHUP turns the `--mtu` black hole on.
+    signal_hook::flag::register_usize(signal_hook::consts::SIGHUP, args.mtu_on.clone(), 1)
+        .context("signal handler")?;
     // Fault injection: SIGUSR1 takes the link down, SIGUSR2 brings it back.
     signal_hook::flag::register_usize(signal_hook::consts::SIGUSR1, args.outage.clone(), 1)
         .context("signal handler")?;

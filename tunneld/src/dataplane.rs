@@ -342,6 +342,7 @@ fn worker(shared: &Shared<'_>, tun: &dyn TunIo, rx: bool) -> io::Result<()> {
                     // Outside the device lock: a few system calls per peer.
                     shared.transport.refresh_paths(&e);
                     last_path_check = now;
+                    feed_path_ceilings(shared);
                 }
                 shared.status.publish(Status {
                     dataplane: shared.info.clone(),
@@ -352,6 +353,15 @@ fn worker(shared: &Shared<'_>, tun: &dyn TunIo, rx: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Hands the kernel's path MTUs, just re-read, to the device's path MTU
+/// probing (one more device lock a second).
+fn feed_path_ceilings(shared: &Shared<'_>) {
+    let now = Instant::now();
+    shared
+        .lock()
+        .set_path_ceilings(now, |to| shared.transport.max_frame(to));
 }
 
 /// Pins the calling thread to `cpu`; an error names the CPU and what this
@@ -560,6 +570,7 @@ impl TxState {
         }
         {
             let mut dev = shared.lock();
+            let floor = min_limit(floor, dev.probed_floor());
             for i in 0..n {
                 if floor.is_some_and(|f| self.sizes[i] + OVERHEAD > f) {
                     let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
@@ -853,8 +864,17 @@ impl TxQueue {
     }
 }
 
+/// The smaller of two optional frame limits.
+fn min_limit(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// True when `packet` does not fit the transport's current frame limit to
-/// its peer (QUIC datagrams); then an ICMP "fragmentation needed" / "packet
+/// its peer (QUIC datagrams, the kernel's path MTU over UDP) or what path
+/// MTU probing validated ([`crate::pmtud`]); then an ICMP "fragmentation needed" / "packet
 /// too big" for its sender, from its destination, is queued in `icmp`
 /// (nothing for packets that must not be answered, e.g. IPv4 without DF).
 fn too_big(
@@ -863,10 +883,10 @@ fn too_big(
     packet: &[u8],
     icmp: &mut Vec<Vec<u8>>,
 ) -> bool {
-    let Some(max) = dev
+    let kernel = dev
         .endpoint_for(packet)
-        .and_then(|to| transport.max_frame(to))
-    else {
+        .and_then(|to| transport.max_frame(to));
+    let Some(max) = min_limit(kernel, dev.probed_max_frame(packet)) else {
         return false;
     };
     if packet.len() + OVERHEAD <= max {

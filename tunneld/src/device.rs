@@ -15,6 +15,7 @@ use crate::crypto::aead::{new_aead, TAG_LEN};
 use crate::crypto::cookie::CookieChecker;
 use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
 use crate::peer::{Peer, Pending, Session, Slot};
+use crate::pmtud::{Control, Pmtud};
 use crate::wire::{self, MessageType};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -106,6 +107,14 @@ pub struct Counters {
     /// Inner packets from a peer to another peer's prefixes that its
     /// `transit` list does not allow (hub policy).
     pub drop_transit_denied: u64,
+    /// Path MTU probes sent (see [`crate::pmtud`]; sentinels included).
+    pub pmtu_probes_sent: u64,
+    /// Probes from peers answered with an ack.
+    pub pmtu_probes_answered: u64,
+    /// Acks that answered a probe of ours in flight.
+    pub pmtu_acks_received: u64,
+    /// Acks that answered nothing in flight (late, or duplicated).
+    pub pmtu_acks_stray: u64,
 }
 
 /// A peer became reachable (`up`: a session is established and the peer is
@@ -154,6 +163,21 @@ pub struct PeerStatus {
     pub unanswered_since_unix: Option<u64>,
     /// The last handshake failure seen with this peer, in words.
     pub refusal: Option<String>,
+    /// Path MTU probing: `disabled`, `idle`, `confirming`, `base`,
+    /// `searching`, `complete`, `unsupported` (the peer does not answer
+    /// probes) or `error` (see [`crate::pmtud`]).
+    pub pmtud: &'static str,
+    /// The outer path MTU probing validated (IP packet bytes), if it runs.
+    pub path_mtu: Option<usize>,
+    /// The largest inner packet sent to the peer when probing limits it
+    /// below the interface MTU (larger ones are answered with ICMP too-big).
+    pub inner_mtu_limit: Option<usize>,
+    /// Probe frames sent to the peer and acknowledged by it.
+    pub pmtu_probes: u64,
+    pub pmtu_acks: u64,
+    /// Black holes found on the path (a size that worked stopped getting
+    /// through while small frames did).
+    pub pmtu_black_holes: u64,
 }
 
 /// What [`Device::reconfigure`] changed, by peer name.
@@ -216,6 +240,12 @@ pub struct Device {
     transit: Vec<Option<Vec<usize>>>,
     /// Packets each peer had refused by its `transit` list.
     transit_denied: Vec<u64>,
+    /// Path MTU probing settings (`pmtud:`) and the TUN MTU it serves.
+    pmtud: crate::config::PmtudConfig,
+    tun_mtu: usize,
+    /// The smallest frame limit probing set on any peer (frames up to it
+    /// need no per-peer lookup).
+    pmtu_floor: Option<usize>,
 }
 
 impl Device {
@@ -238,7 +268,7 @@ impl Device {
         let routes = routes_of(&peers);
         let (mss_v4, mss_v6) = mss_limits(cfg);
         let reject_after_time = reject_after(cfg.rekey_after_time);
-        Device {
+        let mut dev = Device {
             checker: CookieChecker::new(identity.public()),
             identity,
             cipher: cfg.cipher,
@@ -262,7 +292,12 @@ impl Device {
             events: Vec::new(),
             transit: cfg.peers.iter().map(|p| p.transit.clone()).collect(),
             transit_denied: vec![0; cfg.peers.len()],
-        }
+            pmtud: cfg.pmtud,
+            tun_mtu: usize::from(cfg.interface.mtu),
+            pmtu_floor: None,
+        };
+        dev.arm_pmtud();
+        dev
     }
 
     /// Takes the peer up/down changes since the last call, oldest first.
@@ -357,6 +392,12 @@ impl Device {
                 initiations_unanswered: p.diag.unanswered,
                 unanswered_since_unix: p.diag.unanswered_since.map(|d| d.as_secs()),
                 refusal: p.diag.refusal.clone(),
+                pmtud: p.pmtu.phase().as_str(),
+                path_mtu: p.pmtu.path_mtu(),
+                inner_mtu_limit: p.pmtu.limit().map(|f| f.saturating_sub(OVERHEAD)),
+                pmtu_probes: p.pmtu.stats().probes,
+                pmtu_acks: p.pmtu.stats().acks,
+                pmtu_black_holes: p.pmtu.stats().black_holes,
             })
             .collect()
     }
@@ -480,6 +521,8 @@ impl Device {
         self.rekey_after_time = cfg.rekey_after_time;
         self.reject_after_time = reject_after(cfg.rekey_after_time);
         self.rekey_after_bytes = cfg.rekey_after_bytes;
+        self.pmtud = cfg.pmtud;
+        self.arm_pmtud();
         done
     }
 
@@ -891,6 +934,7 @@ impl Device {
         t: &Time,
         out: &mut Vec<Datagram>,
     ) -> Option<Range<usize>> {
+        let len = frame.len();
         let (idx, counter, is_keepalive) = match wire::DataFrame::new_checked(&*frame) {
             Ok(f) if f.payload().len() >= TAG_LEN => (
                 f.receiver_index(),
@@ -954,7 +998,8 @@ impl Device {
             self.counters.drop_replay += 1;
             return None;
         }
-        peer.received(t.now, !is_keepalive && plain_len > 0);
+        let control = !is_keepalive && Control::is_control(&frame[HEADROOM..HEADROOM + plain_len]);
+        peer.received(t.now, !is_keepalive && plain_len > 0 && !control);
         if peer.endpoint != Some(from)
             && moves_endpoint(peer.endpoint, from, udp && !single_flow, is_keepalive)
         {
@@ -987,6 +1032,10 @@ impl Device {
             return None;
         }
         let inner = &frame[HEADROOM..HEADROOM + plain_len];
+        if control {
+            self.on_control(pi, inner, len, t, out);
+            return None;
+        }
         let info = match wire::inner_ip_info(inner) {
             Ok(i) => i,
             Err(_) => {
@@ -1121,6 +1170,7 @@ impl Device {
     /// Call at least every 100 ms (every 50 ms with `health:`).
     pub fn tick(&mut self, t: &Time, out: &mut Vec<Datagram>) {
         self.tick_timers(t, out);
+        self.tick_pmtud(t, out);
         self.update_liveness(t.now);
     }
 
@@ -1185,6 +1235,170 @@ impl Device {
                 out.push(Datagram { to, data });
             }
         }
+    }
+}
+
+impl Device {
+    /// Sets up path MTU probing ([`crate::pmtud`]) for the peers that
+    /// should have it (UDP transport, `pmtud.enabled`) and do not, and
+    /// turns it off for the others; a running search is kept, with the
+    /// configured interval.
+    fn arm_pmtud(&mut self) {
+        let udp = crate::config::TransportKind::Udp.as_str();
+        for (p, t) in self.peers.iter_mut().zip(&self.transports) {
+            let want = self.pmtud.enabled && *t == udp;
+            let has = p.pmtu.phase() != crate::pmtud::Phase::Disabled;
+            if want != has {
+                p.pmtu = Pmtud::new(want, self.tun_mtu, self.pmtud.interval);
+            } else if want {
+                p.pmtu.set_interval(self.pmtud.interval);
+            }
+        }
+        self.update_pmtu_floor();
+    }
+
+    fn update_pmtu_floor(&mut self) {
+        self.pmtu_floor = self.peers.iter().filter_map(|p| p.pmtu.limit()).min();
+    }
+
+    /// Path MTU probing: sends the probe rounds each peer's search asks
+    /// for, on its current session, to its endpoint (the path data takes).
+    fn tick_pmtud(&mut self, t: &Time, out: &mut Vec<Datagram>) {
+        let reject = self.reject_after_time;
+        for peer in &mut self.peers {
+            let (Some(to), Some(session)) = (
+                peer.endpoint,
+                peer.current.as_mut().filter(|s| s.can_send(t.now, reject)),
+            ) else {
+                continue;
+            };
+            let (was, holes) = (peer.pmtu.phase(), peer.pmtu.stats().black_holes);
+            let probes = peer.pmtu.poll(t.now, to, peer.data_unanswered_since);
+            log_pmtud_change(&peer.name, &peer.pmtu, was, holes);
+            let Some(probes) = probes else {
+                continue;
+            };
+            for p in probes {
+                let (Ok(size), true) = (u16::try_from(p.size), p.size >= Control::MIN_FRAME) else {
+                    continue;
+                };
+                let mut data = vec![0u8; p.size];
+                Control::Probe { id: p.id, size }.emit(&mut data[HEADROOM..p.size - TAILROOM]);
+                seal_frame(session, MessageType::Data, &mut data);
+                self.counters.pmtu_probes_sent += 1;
+                out.push(Datagram { to, data });
+            }
+            peer.sent(t.now, false);
+        }
+        self.update_pmtu_floor();
+    }
+
+    /// An authenticated control message (`plain`, from a frame of
+    /// `frame_len` bytes) from peer `pi`: a probe is answered with an ack
+    /// on the current session, an ack goes to the peer's search.
+    fn on_control(
+        &mut self,
+        pi: usize,
+        plain: &[u8],
+        frame_len: usize,
+        t: &Time,
+        out: &mut Vec<Datagram>,
+    ) {
+        let reject = self.reject_after_time;
+        let peer = &mut self.peers[pi];
+        match Control::parse(plain) {
+            Ok(Control::Probe { id, size }) if usize::from(size) == frame_len => {
+                let (Some(to), Some(session)) = (
+                    peer.endpoint,
+                    peer.current.as_mut().filter(|s| s.can_send(t.now, reject)),
+                ) else {
+                    return;
+                };
+                let mut data = vec![0u8; Control::MIN_FRAME];
+                Control::Ack { id, size }.emit(&mut data[HEADROOM..HEADROOM + Control::LEN]);
+                seal_frame(session, MessageType::Data, &mut data);
+                peer.sent(t.now, false);
+                self.counters.pmtu_probes_answered += 1;
+                out.push(Datagram { to, data });
+            }
+            Ok(Control::Ack { id, .. }) => {
+                if peer.pmtu.on_ack(t.now, id) {
+                    self.counters.pmtu_acks_received += 1;
+                } else {
+                    self.counters.pmtu_acks_stray += 1;
+                }
+            }
+            // A probe whose stated size is not the frame's, an unknown
+            // kind, non-zero reserved bytes: authenticated, yet not ours
+            // to understand.
+            Ok(Control::Probe { .. }) | Err(_) => self.counters.drop_malformed += 1,
+        }
+    }
+
+    /// The largest frame path MTU probing allows towards the peer that
+    /// `packet` (an inner packet) goes to, if probing limits it.
+    pub fn probed_max_frame(&self, packet: &[u8]) -> Option<usize> {
+        let dst = wire::inner_ip_info(packet).ok()?.dst;
+        self.peers[self.route(dst)?].pmtu.limit()
+    }
+
+    /// The smallest frame limit probing set on any peer: frames up to it
+    /// fit every path, and need no [`Device::probed_max_frame`].
+    pub fn probed_floor(&self) -> Option<usize> {
+        self.pmtu_floor
+    }
+
+    /// Hands each UDP peer's search the kernel's frame limit towards its
+    /// endpoint (`limit_to`: the learnt path MTU, see
+    /// [`crate::transport::pmtu`]); an ICMP the kernel accepted thus lowers
+    /// the probed limit at once, and probes confirm it.
+    pub fn set_path_ceilings(
+        &mut self,
+        now: Instant,
+        limit_to: impl Fn(SocketAddr) -> Option<usize>,
+    ) {
+        for p in &mut self.peers {
+            if let Some(to) = p.endpoint {
+                p.pmtu.set_ceiling(now, limit_to(to));
+            }
+        }
+        self.update_pmtu_floor();
+    }
+}
+
+/// Says in the log what path MTU probing found when its phase changed:
+/// a black hole at warn level (inner senders are about to be told a
+/// smaller MTU), a completed search at info level.
+fn log_pmtud_change(name: &str, p: &Pmtud, was: crate::pmtud::Phase, holes: u64) {
+    use crate::pmtud::Phase;
+    let now = p.phase();
+    if now == was {
+        return;
+    }
+    let mtu = p.path_mtu().map_or("-".into(), |m| m.to_string());
+    if p.stats().black_holes > holes {
+        log::warn!(
+            "peer {name}: path MTU black hole: large probes vanish while small ones are answered; \
+             inner packets limited to {} bytes while the path is searched",
+            p.limit().map_or(0, |l| l.saturating_sub(OVERHEAD))
+        );
+    } else if now == Phase::Complete {
+        match p.limit() {
+            Some(l) => log::info!(
+                "peer {name}: path MTU {mtu} validated by probes; inner packets over {} bytes \
+                 are answered with ICMP too-big",
+                l.saturating_sub(OVERHEAD)
+            ),
+            None => log::debug!("peer {name}: path MTU {mtu} validated by probes"),
+        }
+    } else if now == Phase::Unsupported {
+        log::info!("peer {name}: does not answer path MTU probes (an older tunneld?); not probing");
+    } else {
+        log::debug!(
+            "peer {name}: path MTU probing {} -> {}",
+            was.as_str(),
+            now.as_str()
+        );
     }
 }
 

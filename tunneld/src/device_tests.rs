@@ -62,6 +62,8 @@ struct Net {
     /// Inner packets delivered to each side's TUN.
     to_a: Vec<Vec<u8>>,
     to_b: Vec<Vec<u8>>,
+    /// Frames longer than this vanish (a path-MTU black hole).
+    max_frame: Option<usize>,
 }
 
 impl Net {
@@ -74,6 +76,7 @@ impl Net {
             wire: Vec::new(),
             to_a: Vec::new(),
             to_b: Vec::new(),
+            max_frame: None,
         }
     }
 
@@ -113,6 +116,9 @@ impl Net {
 
     /// Delivers one frame to the side listening on `to`.
     fn deliver(&mut self, to: SocketAddr, from: SocketAddr, mut frame: Vec<u8>) {
+        if self.max_frame.is_some_and(|m| frame.len() > m) {
+            return;
+        }
         let t = self.time();
         let mut out = Vec::new();
         let len = frame.len();
@@ -940,3 +946,218 @@ fn cookie_replies_that_do_not_authenticate_are_counted() {
 
 #[path = "device_reload_tests.rs"]
 mod reload;
+
+/// Runs both sides' timers every 50 ms for `d`, delivering everything.
+fn run_for(n: &mut Net, d: Duration) {
+    let end = n.elapsed + d;
+    while n.elapsed < end {
+        n.advance(Duration::from_millis(50));
+        n.tick();
+        n.flush();
+    }
+}
+
+#[test]
+fn path_mtu_probes_and_acks_cross_and_never_reach_the_tun() {
+    let mut n = Net::new();
+    n.established();
+    assert_eq!(n.a.peer_status(n.time().now)[0].pmtud, "idle");
+    n.advance(Duration::from_millis(50));
+    n.tick();
+    // A probe padded to the whole need (1420 + 32) and a sentinel, each way.
+    let mut sizes: Vec<usize> = n.wire.iter().map(|w| w.2.len()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![42, 42, 1452, 1452]);
+    assert!(n.wire.iter().all(|w| w.2[0] == MessageType::Data as u8));
+    n.flush();
+    // The acks are judged at the next tick.
+    n.advance(Duration::from_millis(50));
+    n.tick();
+    assert!(n.wire.is_empty(), "validated: nothing more to send");
+    for (dev, name) in [(&n.a, "a"), (&n.b, "b")] {
+        let c = dev.counters();
+        assert_eq!(
+            (
+                c.pmtu_probes_sent,
+                c.pmtu_probes_answered,
+                c.pmtu_acks_received,
+                c.rx_packets,
+                c.drop_malformed
+            ),
+            (2, 2, 2, 0, 0),
+            "{name}: {c:?}"
+        );
+        let st = &dev.peer_status(n.time().now)[0];
+        assert_eq!(st.pmtud, "complete", "{name}");
+        assert_eq!(st.path_mtu, Some(1480), "{name}: 1452 + IPv4 + UDP");
+        assert_eq!(st.inner_mtu_limit, None, "{name}");
+        assert_eq!((st.pmtu_probes, st.pmtu_acks), (2, 2), "{name}");
+    }
+    assert!(n.to_a.is_empty() && n.to_b.is_empty(), "nothing to the TUN");
+    // Validated: quiet for the re-validation interval.
+    run_for(&mut n, Duration::from_secs(60));
+    assert_eq!(n.a.counters().pmtu_probes_sent, 2);
+    // Probes keep data flowing as before.
+    n.send(true, &ipv4(A_HOST, B_HOST, b"after probing"));
+    n.flush();
+    assert_eq!(n.to_b.len(), 1);
+}
+
+#[test]
+fn a_black_hole_between_the_devices_is_found_and_limits_the_inner_mtu() {
+    let mut n = Net::new();
+    n.established();
+    run_for(&mut n, Duration::from_secs(1));
+    assert_eq!(n.a.peer_status(n.time().now)[0].path_mtu, Some(1480));
+    // The path now drops frames over 1372 bytes (a 1400-byte path MTU)
+    // and sends no ICMP. Data goes out, nothing comes back.
+    n.max_frame = Some(1372);
+    let big = ipv4(A_HOST, B_HOST, &[7u8; 1392]);
+    assert_eq!(big.len(), 1420);
+    let t = n.elapsed;
+    let mut detected = None;
+    while n.elapsed - t < Duration::from_secs(10) {
+        n.send(true, &big);
+        run_for(&mut n, Duration::from_millis(100));
+        let st = &n.a.peer_status(n.time().now)[0];
+        if detected.is_none() && st.pmtu_black_holes == 1 {
+            detected = Some(n.elapsed - t);
+        }
+        if st.pmtud == "complete" && detected.is_some() {
+            break;
+        }
+    }
+    let detected = detected.expect("black hole detected");
+    assert!(detected <= Duration::from_millis(2600), "{detected:?}");
+    let st = &n.a.peer_status(n.time().now)[0];
+    assert_eq!(st.pmtud, "complete");
+    assert_eq!(st.path_mtu, Some(1396));
+    assert_eq!(st.inner_mtu_limit, Some(1336));
+    assert!(n.to_b.is_empty(), "the large packets were lost");
+    // The data path now answers such packets with ICMP too-big (its
+    // limit: 1368-byte frames), and smaller ones cross.
+    assert_eq!(n.a.probed_max_frame(&big), Some(1368));
+    assert_eq!(n.a.probed_floor(), Some(1368));
+    n.send(true, &ipv4(A_HOST, B_HOST, &[7u8; 1336 - 28]));
+    n.flush();
+    assert_eq!(n.to_b.len(), 1);
+}
+
+#[test]
+fn forged_and_malformed_control_messages_are_dropped_and_counted() {
+    let mut n = Net::new();
+    n.established();
+    run_for(&mut n, Duration::from_secs(1));
+    let before = n.b.counters().clone();
+    // Without the session key: an unauthenticated "probe" is a bad tag,
+    // and no ack goes out.
+    let mut forged = vec![0u8; 1452];
+    forged[0] = MessageType::Data as u8;
+    let idx = n.b.peers[0]
+        .current
+        .as_ref()
+        .map(|s| s.local_index)
+        .expect("session");
+    forged[4..8].copy_from_slice(&idx.to_le_bytes());
+    forged[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    Control::Probe { id: 1, size: 1452 }.emit(&mut forged[HEADROOM..HEADROOM + Control::LEN]);
+    n.deliver(addr(B_ADDR), addr(A_ADDR), forged);
+    assert_eq!(n.b.counters().drop_bad_tag, before.drop_bad_tag + 1);
+    assert!(n.wire.is_empty(), "no ack for a forgery");
+    // Authenticated but not understood: a probe whose size is not its
+    // frame's, an unknown kind, reserved bytes set.
+    let mut bad = Vec::new();
+    for (kind, reserved, size) in [(1u8, 0u8, 1000u16), (9, 0, 42), (1, 1, 42)] {
+        let mut data = vec![0u8; 42];
+        data[HEADROOM] = kind;
+        data[HEADROOM + 1] = reserved;
+        data[HEADROOM + 8..HEADROOM + 10].copy_from_slice(&size.to_le_bytes());
+        let s = n.a.peers[0].current.as_mut().expect("session");
+        seal_frame(s, MessageType::Data, &mut data);
+        bad.push(data);
+    }
+    for d in bad {
+        n.deliver(addr(B_ADDR), addr(A_ADDR), d);
+    }
+    let c = n.b.counters();
+    assert_eq!(c.drop_malformed, before.drop_malformed + 3);
+    assert_eq!(c.pmtu_probes_answered, before.pmtu_probes_answered);
+    assert!(n.wire.is_empty());
+    assert!(n.to_b.is_empty());
+    // An ack for nothing in flight changes nothing.
+    let mut ack = vec![0u8; 42];
+    Control::Ack { id: 77, size: 42 }.emit(&mut ack[HEADROOM..HEADROOM + Control::LEN]);
+    let s = n.a.peers[0].current.as_mut().expect("session");
+    seal_frame(s, MessageType::Data, &mut ack);
+    n.deliver(addr(B_ADDR), addr(A_ADDR), ack);
+    assert_eq!(n.b.counters().pmtu_acks_stray, before.pmtu_acks_stray + 1);
+    // What an older tunneld does with a probe: its inner IP parse fails,
+    // so it counts one malformed packet and delivers nothing.
+    let mut plain = vec![0u8; 64];
+    Control::Probe { id: 1, size: 96 }.emit(&mut plain);
+    assert!(wire::inner_ip_info(&plain).is_err());
+}
+
+#[test]
+fn with_pmtud_off_no_probes_go_out_but_probes_are_answered() {
+    let mut cfg = a_config();
+    cfg.pmtud.enabled = false;
+    let mut n = Net::new();
+    n.a = Device::new(&cfg);
+    n.established();
+    run_for(&mut n, Duration::from_secs(2));
+    assert_eq!(n.a.counters().pmtu_probes_sent, 0);
+    assert_eq!(n.a.counters().pmtu_probes_answered, 2);
+    let st = &n.a.peer_status(n.time().now)[0];
+    assert_eq!((st.pmtud, st.path_mtu), ("disabled", None));
+    assert_eq!(n.b.peer_status(n.time().now)[0].pmtud, "complete");
+    // A reload turns it on: the search starts.
+    n.a.reconfigure(&a_config());
+    run_for(&mut n, Duration::from_secs(1));
+    assert_eq!(n.a.counters().pmtu_probes_sent, 2);
+    assert_eq!(n.a.peer_status(n.time().now)[0].pmtud, "complete");
+}
+
+#[test]
+fn random_authenticated_control_messages_never_reach_the_tun_and_are_all_counted() {
+    let mut n = Net::new();
+    n.established();
+    run_for(&mut n, Duration::from_secs(1));
+    let before = n.b.counters().clone();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    const N: u64 = 2000;
+    for _ in 0..N {
+        let len = 1 + (next() % 64) as usize;
+        let mut data = vec![0u8; OVERHEAD + len];
+        for b in &mut data[HEADROOM..HEADROOM + len] {
+            *b = next() as u8;
+        }
+        // Version nibble 0; mostly probes and acks with random fields.
+        data[HEADROOM] = (next() % 4) as u8;
+        if next() % 2 == 0 && len >= Control::LEN {
+            data[HEADROOM + 1..HEADROOM + 4].fill(0);
+        }
+        let s = n.a.peers[0].current.as_mut().expect("session");
+        seal_frame(s, MessageType::Data, &mut data);
+        n.deliver(addr(B_ADDR), addr(A_ADDR), data);
+    }
+    let c = n.b.counters();
+    let counted = (c.drop_malformed - before.drop_malformed)
+        + (c.pmtu_probes_answered - before.pmtu_probes_answered)
+        + (c.pmtu_acks_received - before.pmtu_acks_received)
+        + (c.pmtu_acks_stray - before.pmtu_acks_stray);
+    assert_eq!(counted, N, "{c:?}");
+    assert_eq!(c.rx_packets, before.rx_packets);
+    assert!(n.to_b.is_empty());
+    // The tunnel still carries traffic.
+    n.wire.clear();
+    n.send(true, &ipv4(A_HOST, B_HOST, b"still here"));
+    n.flush();
+    assert_eq!(n.to_b.len(), 1);
+}

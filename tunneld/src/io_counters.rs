@@ -170,8 +170,9 @@ io_counters! {
     /// `gso_max_segs` to 128 so the kernel never hands it more segments
     /// than it splits; a warning at start says when that could not be set.
     tun_read_errors: IO_ERRORS["tun_read"],
-    /// Inner packets whose frame would not fit the path to their peer (the
-    /// kernel's path MTU for UDP, the datagram limit for QUIC): not sent,
+    /// Inner packets whose frame would not fit the path to their peer (for
+    /// UDP the kernel's path MTU or what path MTU probing validated,
+    /// whichever is smaller; the datagram limit for QUIC): not sent,
     /// answered with an ICMP "fragmentation needed" / "packet too big" into
     /// the TUN device so the sender adapts.
     path_too_big: PATH_TOO_BIG,

@@ -41,6 +41,7 @@ pub mod keys;
 pub mod lograte;
 pub mod metrics;
 pub mod peer;
+pub mod pmtud;
 pub mod prefix;
 pub mod reload;
 pub mod routes;

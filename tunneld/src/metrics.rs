@@ -111,6 +111,19 @@ pub fn render(s: &Status) -> String {
         one(c.triggered_handshakes_suppressed),
     );
     b.counter(
+        "tunneld_pmtu_probes",
+        "Path MTU probe frames: sent, answered (the peer's, with an ack), acked (ours, answered in time), stray acks.",
+        by(
+            "event",
+            &[
+                ("sent", c.pmtu_probes_sent),
+                ("answered", c.pmtu_probes_answered),
+                ("acked", c.pmtu_acks_received),
+                ("stray_ack", c.pmtu_acks_stray),
+            ],
+        ),
+    );
+    b.counter(
         "tunneld_drops",
         "Packets dropped, by reason.",
         by(
@@ -206,6 +219,20 @@ pub fn render(s: &Status) -> String {
         "tunneld_peer_transit_denied",
         "Packets from the peer to other peers refused by its transit list.",
         s.peers.iter().map(|p| (peer(&p.name), p.transit_denied)),
+    );
+    b.gauge(
+        "tunneld_peer_path_mtu",
+        "Outer path MTU to the peer validated by path MTU probing (bytes; peers being probed only).",
+        s.peers
+            .iter()
+            .filter_map(|p| p.path_mtu.map(|m| (peer(&p.name), m as u64))),
+    );
+    b.counter(
+        "tunneld_peer_pmtu_black_holes",
+        "Path MTU black holes found towards the peer (a size that worked stopped getting through while small frames did).",
+        s.peers
+            .iter()
+            .map(|p| (peer(&p.name), p.pmtu_black_holes)),
     );
     b.counter(
         "tunneld_peer_bytes",
@@ -330,6 +357,12 @@ mod tests {
         s.counters.drop_replay = 11;
         s.counters.rx_bytes = 123_456;
         s.reloads.applied = 2;
+        s.counters.pmtu_probes_sent = 6;
+        s.peers = vec![crate::device::PeerStatus {
+            path_mtu: Some(1396),
+            pmtu_black_holes: 1,
+            ..crate::show::tests::peer_status("dc-b")
+        }];
         let m = render(&s);
         for line in [
             "# TYPE tunneld_rx_bytes counter\n",
@@ -353,6 +386,9 @@ mod tests {
             "tunneld_io_calls_total{interface=\"t0\",op=\"udp_recv\"} 0\n",
             "tunneld_drops_total{interface=\"t0\",reason=\"replay\"} 11\n",
             "tunneld_reloads_total{interface=\"t0\",result=\"applied\"} 2\n",
+            "tunneld_pmtu_probes_total{interface=\"t0\",event=\"sent\"} 6\n",
+            "tunneld_peer_path_mtu{interface=\"t0\",peer=\"dc-b\"} 1396\n",
+            "tunneld_peer_pmtu_black_holes_total{interface=\"t0\",peer=\"dc-b\"} 1\n",
         ] {
             assert!(m.contains(line), "{line} missing in {m}");
         }

@@ -119,6 +119,9 @@ pub struct Peer {
     pub(crate) last_received: Option<Instant>,
     /// First data packet sent since the peer was last heard from (dead-peer detection).
     pub(crate) unanswered_since: Option<Instant>,
+    /// First data packet sent since the last data packet received (path
+    /// MTU probing's silence trigger: keepalives do not end it).
+    pub(crate) data_unanswered_since: Option<Instant>,
     /// First data packet received since we last sent anything (passive keepalive).
     pub(crate) ack_due_since: Option<Instant>,
     pub(crate) staged: VecDeque<Vec<u8>>,
@@ -131,6 +134,8 @@ pub struct Peer {
     pub(crate) handshakes: u64,
     /// Why there is no session, for `tunneld show` and the log.
     pub(crate) diag: Diagnosis,
+    /// Path MTU probing towards this peer (set up by the device).
+    pub(crate) pmtu: crate::pmtud::Pmtud,
 }
 
 /// What a peer without a session has done so far: initiations sent and
@@ -187,6 +192,7 @@ impl Peer {
             last_sent: None,
             last_received: None,
             unanswered_since: None,
+            data_unanswered_since: None,
             ack_due_since: None,
             staged: VecDeque::new(),
             jar: CookieJar::new(&public),
@@ -195,6 +201,7 @@ impl Peer {
             rx_bytes: 0,
             handshakes: 0,
             diag: Diagnosis::default(),
+            pmtu: crate::pmtud::Pmtud::disabled(),
         }
     }
 
@@ -295,12 +302,18 @@ impl Peer {
         if data && self.unanswered_since.is_none() {
             self.unanswered_since = Some(now);
         }
+        if data && self.data_unanswered_since.is_none() {
+            self.data_unanswered_since = Some(now);
+        }
     }
 
     /// Records an authenticated packet received at `now` (`data`: an inner packet).
     pub fn received(&mut self, now: Instant, data: bool) {
         self.last_received = Some(now);
         self.unanswered_since = None;
+        if data {
+            self.data_unanswered_since = None;
+        }
         if data && self.ack_due_since.is_none() {
             self.ack_due_since = Some(now);
         }

@@ -116,6 +116,7 @@ fn peer(o: &mut String, p: &PeerStatus, now_unix: u64) {
     if let Some(k) = p.keepalive_secs {
         let _ = writeln!(o, "  persistent keepalive: every {}", span(k));
     }
+    path_mtu(o, p);
     if !p.session {
         let diag = Diagnosis {
             unanswered: p.initiations_unanswered,
@@ -133,6 +134,32 @@ fn peer(o: &mut String, p: &PeerStatus, now_unix: u64) {
             .map(|t| format!(" ({} ago)", span(now_unix.saturating_sub(t))))
             .unwrap_or_default();
         let _ = writeln!(o, "  session: none: {why}{since}");
+    }
+}
+
+/// The path MTU line: what probing validated, and what it costs inner
+/// senders when the path is narrower than the tunnel.
+fn path_mtu(o: &mut String, p: &PeerStatus) {
+    let holes = match p.pmtu_black_holes {
+        0 => String::new(),
+        1 => ", 1 black hole found".into(),
+        n => format!(", {n} black holes found"),
+    };
+    match (p.path_mtu, p.pmtud) {
+        (Some(mtu), state) => {
+            let limit = p
+                .inner_mtu_limit
+                .map(|l| format!("; inner packets over {l} bytes get ICMP too-big"))
+                .unwrap_or_default();
+            let _ = writeln!(o, "  path mtu: {mtu} (probing: {state}{holes}){limit}");
+        }
+        (None, "unsupported") => {
+            let _ = writeln!(
+                o,
+                "  path mtu: not probed (the peer does not answer probes: an older tunneld?)"
+            );
+        }
+        (None, _) => {}
     }
 }
 
@@ -173,10 +200,11 @@ fn bytes(n: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn peer_status(name: &str) -> PeerStatus {
+    /// A peer's status as a running daemon reports it.
+    pub(crate) fn peer_status(name: &str) -> PeerStatus {
         PeerStatus {
             name: name.into(),
             transport: "udp",
@@ -195,6 +223,12 @@ mod tests {
             initiations_unanswered: 0,
             unanswered_since_unix: None,
             refusal: None,
+            pmtud: "complete",
+            path_mtu: Some(1480),
+            inner_mtu_limit: None,
+            pmtu_probes: 2,
+            pmtu_acks: 2,
+            pmtu_black_holes: 0,
         }
     }
 
@@ -217,11 +251,31 @@ mod tests {
             "  latest handshake: 1 minute, 4 seconds ago\n",
             "  transfer: 1.21 GiB received, 3.50 MiB sent\n",
             "  persistent keepalive: every 10 seconds\n",
+            "  path mtu: 1480 (probing: complete)\n",
         ] {
             assert!(text.contains(line), "{line:?} missing in\n{text}");
         }
         assert!(!text.contains("bad tag"), "{text}");
         assert!(!text.contains("session: none"), "{text}");
+    }
+
+    #[test]
+    fn a_narrow_path_says_what_inner_senders_are_told() {
+        let mut p = peer_status("dc-b");
+        (p.path_mtu, p.inner_mtu_limit, p.pmtu_black_holes) = (Some(1396), Some(1336), 1);
+        let mut old = peer_status("dc-c");
+        (old.path_mtu, old.pmtud) = (None, "unsupported");
+        let s = Status {
+            peers: vec![p, old],
+            ..Status::default()
+        };
+        let text = render(&s, 0);
+        for line in [
+            "  path mtu: 1396 (probing: complete, 1 black hole found); inner packets over 1336 bytes get ICMP too-big\n",
+            "  path mtu: not probed (the peer does not answer probes: an older tunneld?)\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing in\n{text}");
+        }
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub fn config(me: u8, peer: u8, endpoint: Option<SocketAddr>, allowed: &[&str]) 
         }],
         health: None,
         routes: Default::default(),
+        pmtud: Default::default(),
     }
 }
 

@@ -94,6 +94,12 @@ pub const HEALTH_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
 /// `health.dead_after` bounds: at least two timer ticks, at most an hour.
 pub const HEALTH_DEAD_AFTER_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
+/// `pmtud.interval` bounds: re-validating a path more often than every 10 s
+/// is probe traffic for nothing (black holes are also found from silence
+/// within seconds); less often than hourly leaves a one-way black hole in
+/// a busy bidirectional tunnel unnoticed too long.
+pub const PMTUD_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(3600);
 /// `dead_after` must cover at least this many keepalive intervals, so one
 /// lost keepalive never marks a live peer down.
 pub const HEALTH_MIN_INTERVALS: u32 = 2;
@@ -178,6 +184,9 @@ pub struct TunnelFile {
     /// How the peers' allowed prefixes are routed into the TUN device.
     #[serde(default, skip_serializing_if = "RoutesFile::is_default")]
     pub routes: RoutesFile,
+    /// Path MTU probing towards UDP peers; absent: on, re-validated every 2 min.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmtud: Option<PmtudFile>,
     /// The Prometheus `/metrics` HTTP endpoint; none without this section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsFile>,
@@ -302,6 +311,34 @@ pub struct HealthFile {
     /// 100ms..=1h, at least twice `interval`.
     #[serde(deserialize_with = "de_span")]
     pub dead_after: Span,
+}
+
+/// `pmtud:` — path MTU probing towards UDP peers (docs/protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmtudFile {
+    /// Probe the path to each UDP peer (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How often a validated path is confirmed (10s..=1h, default 2m).
+    #[serde(default = "default_pmtud_interval", deserialize_with = "de_span")]
+    pub interval: Span,
+}
+
+fn default_pmtud_interval() -> Span {
+    Span(crate::pmtud::DEFAULT_INTERVAL)
+}
+
+/// Checks `pmtud.interval`.
+pub(crate) fn check_pmtud_interval(interval: Duration) -> Result<(), String> {
+    if PMTUD_INTERVAL_RANGE.contains(&interval) {
+        return Ok(());
+    }
+    Err(format!(
+        "{interval:?} is out of range {:?}..={:?}",
+        PMTUD_INTERVAL_RANGE.start(),
+        PMTUD_INTERVAL_RANGE.end()
+    ))
 }
 
 /// When the peers' allowed prefixes are routed into the TUN device.

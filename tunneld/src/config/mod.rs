@@ -155,6 +155,8 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     /// How allowed prefixes are routed into the TUN device.
     pub routes: RoutesConfig,
+    /// Path MTU probing towards UDP peers.
+    pub pmtud: PmtudConfig,
 }
 
 /// Checked `health:` (see [`file::HealthFile`]).
@@ -164,6 +166,24 @@ pub struct HealthConfig {
     pub interval: Duration,
     /// Nothing authenticated from a peer for this long: it is down.
     pub dead_after: Duration,
+}
+
+/// Checked `pmtud:` (see [`file::PmtudFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PmtudConfig {
+    /// Probe the path to each UDP peer.
+    pub enabled: bool,
+    /// Re-validation interval of a validated path.
+    pub interval: Duration,
+}
+
+impl Default for PmtudConfig {
+    fn default() -> Self {
+        PmtudConfig {
+            enabled: true,
+            interval: crate::pmtud::DEFAULT_INTERVAL,
+        }
+    }
 }
 
 /// Checked `routes:` (every rule is a single-field one, so the file form is
@@ -596,6 +616,17 @@ pub fn check(
         }
         None => None,
     };
+    let pmtud = match raw.pmtud {
+        Some(p) => {
+            file::check_pmtud_interval(p.interval.0)
+                .map_err(|m| cx.invalid("pmtud.interval".into(), m))?;
+            PmtudConfig {
+                enabled: p.enabled,
+                interval: p.interval.0,
+            }
+        }
+        None => PmtudConfig::default(),
+    };
     file::check_route_table(u64::from(raw.routes.table))
         .map_err(|m| cx.invalid("routes.table".into(), m))?;
     let socket_buffer = usize::try_from(raw.socket_buffer.0)
@@ -637,6 +668,7 @@ pub fn check(
             .collect(),
         health,
         routes: raw.routes,
+        pmtud,
     })
 }
 

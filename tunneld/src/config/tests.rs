@@ -740,6 +740,10 @@ fn round_trip_generated_config() {
             interval: Span(Duration::from_millis(200)),
             dead_after: Span(Duration::from_secs(1)),
         }),
+        pmtud: Some(crate::config::file::PmtudFile {
+            enabled: false,
+            interval: Span(Duration::from_secs(300)),
+        }),
         routes: crate::config::RoutesFile {
             install: crate::config::RouteInstall::OnSession,
             table: 100,
@@ -1030,6 +1034,50 @@ fn health_and_routes_sections() {
         &format!("{base}health:\n  interval: 200ms\n"),
         "dead_after",
         "interval: 200ms",
+    );
+}
+
+#[test]
+fn pmtud_defaults_bounds_and_located_errors() {
+    let f = fixture();
+    let base = f.yaml();
+    let c = f.parse(&base).expect("parses");
+    assert_eq!(c.pmtud, PmtudConfig::default());
+    assert_eq!(
+        (c.pmtud.enabled, c.pmtud.interval),
+        (true, Duration::from_secs(120))
+    );
+    let c = f
+        .parse(&format!("{base}pmtud:\n  enabled: false\n"))
+        .expect("off");
+    assert_eq!(
+        (c.pmtud.enabled, c.pmtud.interval),
+        (false, Duration::from_secs(120))
+    );
+    let c = f
+        .parse(&format!("{base}pmtud:\n  interval: 10m\n"))
+        .expect("interval");
+    assert_eq!(c.pmtud.interval, Duration::from_secs(600));
+    let msg = f.expect_err(
+        &format!("{base}pmtud:\n  interval: 1s\n"),
+        "pmtud.interval",
+        "interval: 1s",
+    );
+    assert!(msg.contains("out of range 10s..=3600s"), "{msg}");
+    f.expect_err(
+        &format!("{base}pmtud:\n  interval: 2h\n"),
+        "pmtud.interval",
+        "interval: 2h",
+    );
+    f.expect_err(
+        &format!("{base}pmtud:\n  enabled: maybe\n"),
+        "enabled",
+        "enabled: maybe",
+    );
+    f.expect_err(
+        &format!("{base}pmtud:\n  probes: 3\n"),
+        "probes",
+        "probes: 3",
     );
 }
 

@@ -169,6 +169,7 @@ fn gateway_file(
         quic: None,
         metrics: None,
         health: Some(opts.health),
+        pmtud: None,
         routes: RoutesFile {
             install: RouteInstall::OnSession,
             ..RoutesFile::default()

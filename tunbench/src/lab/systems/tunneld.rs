@@ -126,6 +126,7 @@ pub fn tunnel_file(
         quic: None,
         metrics: None,
         health: None,
+        pmtud: None,
         routes: Default::default(),
         rekey: RekeyFile::default(),
         peers: vec![PeerFile {

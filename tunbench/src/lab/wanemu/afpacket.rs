@@ -12,7 +12,8 @@
 //! Counters per direction come back from [`run`] when the stop flag is set.
 //!
 //! Fault injection for tests: `mtu` drops (silently, as a black hole does)
-//! IP packets longer than it, GSO super-frames judged by their segments; an
+//! IP packets longer than it, GSO super-frames judged by their segments,
+//! while `mtu_on` is set (from the start, or from a signal on); an
 //! `outage` flag, while set, drops every frame arriving (frames already on
 //! the delay line still leave, as if in flight).
 
@@ -60,6 +61,8 @@ pub struct EmuArgs {
     pub mtu: Option<u64>,
     /// Non-zero while the link is down (every arriving frame dropped).
     pub outage: Arc<AtomicUsize>,
+    /// Non-zero while `mtu` applies (it can be turned on mid-run).
+    pub mtu_on: Arc<AtomicUsize>,
 }
 
 /// Counters of one direction.
@@ -256,7 +259,7 @@ fn pump(
     mut link: Link,
     start: Instant,
     stop: &AtomicBool,
-    (mtu, outage): (Option<u64>, &AtomicUsize),
+    (mtu, outage, mtu_on): (Option<u64>, &AtomicUsize, &AtomicUsize),
 ) -> io::Result<DirStats> {
     // Wake-ups at the requested nanosecond, not 50 µs later.
     // SAFETY: prctl with PR_SET_TIMERSLACK takes a plain integer.
@@ -350,7 +353,10 @@ fn pump(
                 st.outage_drops += 1;
                 continue;
             }
-            if info.lossy && mtu.is_some_and(|m| info.ip_len > m) {
+            if info.lossy
+                && mtu.is_some_and(|m| info.ip_len > m)
+                && mtu_on.load(Ordering::Relaxed) != 0
+            {
                 st.mtu_drops += 1;
                 continue;
             }
@@ -466,12 +472,26 @@ pub fn run(args: &EmuArgs, stop: Arc<AtomicBool>, ready: impl FnOnce()) -> io::R
     let ba = Link::new(args.params.clone(), args.seed.wrapping_add(1));
     std::thread::scope(|s| {
         let t1 = s.spawn(|| {
-            let r = pump(&a, &b, ab, start, &stop, (args.mtu, &args.outage));
+            let r = pump(
+                &a,
+                &b,
+                ab,
+                start,
+                &stop,
+                (args.mtu, &args.outage, &args.mtu_on),
+            );
             stop.store(true, Ordering::Relaxed);
             r
         });
         let t2 = s.spawn(|| {
-            let r = pump(&b, &a, ba, start, &stop, (args.mtu, &args.outage));
+            let r = pump(
+                &b,
+                &a,
+                ba,
+                start,
+                &stop,
+                (args.mtu, &args.outage, &args.mtu_on),
+            );
             stop.store(true, Ordering::Relaxed);
             r
         });
