@@ -614,7 +614,8 @@ impl SweepProfile {
             return Err(invalid(
                 "baselines",
                 "tunneld is what the grid measures (its transports with the `transport` knob); \
-                 list only raw, ipsec, wireguard-go, boringtun, openvpn"
+                 list only raw, ipsec, ipsec-kernel, wireguard-go, boringtun, gotatun, \
+                 wireguard-kernel, openvpn"
                     .into(),
             ));
         }
