@@ -135,7 +135,7 @@ impl Status {
         Status {
             uptime_secs: now.duration_since(started).as_secs_f64(),
             peers: device.peer_status(now),
-            counters: device.counters().clone(),
+            counters: device.counters(),
             io,
             ..Status::default()
         }

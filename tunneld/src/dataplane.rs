@@ -41,16 +41,18 @@
 use crate::config::{DataplaneConfig, QueueKind};
 use crate::control::{DataplaneStatus, IoCounters, Status, StatusCell};
 use crate::device::{Datagram, Device, Outcome, PeerEvent, Time, HEADROOM, OVERHEAD, TAILROOM};
+use crate::fastpath::{FastPath, Opened, Sealed, Tally};
 use crate::fq::{FqCodel, FqParams};
 use crate::transport::{Received, Transport, MAX_RECV_BATCH};
 use crate::tun::{Tun, MAX_SPLIT, READ_SCRATCH, VNET_HDR_LEN};
+use arc_swap::ArcSwap;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use crate::tun::MAX_SPLIT as MAX_TUN_SPLIT;
@@ -175,6 +177,9 @@ impl std::fmt::Debug for Mailbox {
 /// What the workers share.
 struct Shared<'a> {
     device: Mutex<Device>,
+    /// The device's published snapshot: data frames are sealed and opened
+    /// with it, without the device lock.
+    fast: Arc<ArcSwap<FastPath>>,
     mailbox: &'a Mailbox,
     transport: &'a dyn Transport,
     status: &'a StatusCell,
@@ -282,6 +287,7 @@ pub fn run(
         info.flows
     );
     let shared = Shared {
+        fast: device.fast_path(),
         device: Mutex::new(device),
         mailbox,
         transport,
@@ -485,6 +491,10 @@ struct TxState {
     /// The transport's flow count.
     flows: usize,
     outcomes: Vec<Outcome>,
+    /// Positions of the batch's packets left to the device (slow path).
+    slow: Vec<usize>,
+    /// The batch's accounting on the lock-free path.
+    tally: Tally,
     gso: Vec<u8>,
     control: Vec<Datagram>,
     batch: usize,
@@ -514,6 +524,8 @@ impl TxState {
             ecn: vec![0; slots],
             flows: shared.transport.flows(),
             outcomes: Vec::with_capacity(slots),
+            slow: Vec::with_capacity(slots),
+            tally: Tally::default(),
             gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
             control: Vec::new(),
             batch: k.batch,
@@ -608,19 +620,44 @@ impl TxState {
                 crate::wire::ecn::NOT_ECT
             };
         }
+        // Sealed without the device lock; packets the snapshot cannot
+        // seal (no session yet, or it just expired) go to the device, under
+        // its lock, once per batch.
+        self.slow.clear();
         {
-            let mut dev = shared.lock();
+            let fp = shared.fast.load();
+            self.tally.expect(n);
             for i in 0..n {
                 if floor.is_some_and(|f| self.sizes[i] + OVERHEAD > f) {
                     let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
-                    if too_big(&dev, shared.transport, packet, &mut self.icmp) {
+                    if too_big(&fp, shared.transport, packet, &mut self.icmp) {
                         add(&shared.io.path_too_big, 1);
                         self.outcomes.push(Outcome::Held);
                         continue;
                     }
                 }
-                let o = dev.encapsulate(&mut self.bufs[i], self.sizes[i], &t, &mut self.control);
+                let o = match fp.encapsulate(
+                    &mut self.tally,
+                    &mut self.bufs[i],
+                    self.sizes[i],
+                    t.now,
+                ) {
+                    Sealed::Send { to, len } => Outcome::Send { to, len },
+                    Sealed::Dropped => Outcome::Held,
+                    Sealed::Slow => {
+                        self.slow.push(i);
+                        Outcome::Held
+                    }
+                };
                 self.outcomes.push(o);
+            }
+            self.tally.flush(fp.counters());
+        }
+        if !self.slow.is_empty() {
+            let mut dev = shared.lock();
+            for &i in &self.slow {
+                self.outcomes[i] =
+                    dev.encapsulate(&mut self.bufs[i], self.sizes[i], &t, &mut self.control);
             }
         }
         if !self.icmp.is_empty() {
@@ -903,7 +940,7 @@ impl TxQueue {
 /// too big" for its sender, from its destination, is queued in `icmp`
 /// (nothing for packets that must not be answered, e.g. IPv4 without DF).
 fn too_big(
-    dev: &Device,
+    dev: &FastPath,
     transport: &dyn Transport,
     packet: &[u8],
     icmp: &mut Vec<Vec<u8>>,
@@ -965,6 +1002,8 @@ struct RxState {
     authenticated: Vec<SocketAddr>,
     /// Receive buffers offered per pass (see [`RX_PASS_FRAMES`]).
     per_pass: usize,
+    /// The batch's accounting on the lock-free path.
+    tally: Tally,
 }
 
 impl RxState {
@@ -990,6 +1029,7 @@ impl RxState {
             control: Vec::new(),
             authenticated: Vec::new(),
             per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
+            tally: Tally::default(),
         }
     }
 
@@ -1028,7 +1068,12 @@ impl RxState {
                 .sum(),
         );
         {
-            let mut dev = shared.lock();
+            // Data frames are opened without the device lock; the lock is
+            // taken (once per batch, and kept to its end) only for what the
+            // snapshot cannot decide: handshakes, a session's first frame,
+            // unknown indexes, a roaming peer.
+            let fp = shared.fast.load();
+            let mut dev: Option<MutexGuard<'_, Device>> = None;
             for (b, r) in self.got[..n].iter().enumerate() {
                 let cap = self.bufs[b].len();
                 let buf = &mut self.bufs[b][..r.len.min(cap)];
@@ -1037,8 +1082,18 @@ impl RxState {
                     let end = (off + r.stride).min(buf.len());
                     let frame = &mut buf[off..end];
                     let len = frame.len();
-                    if let Some(range) = dev.decapsulate(frame, len, r.from, &t, &mut self.control)
-                    {
+                    let opened = match fp.decapsulate(&mut self.tally, frame, len, r.from, t.now) {
+                        Opened::Inner(range) => Some(range),
+                        Opened::Done => None,
+                        Opened::Slow => dev.get_or_insert_with(|| shared.lock()).decapsulate(
+                            frame,
+                            len,
+                            r.from,
+                            &t,
+                            &mut self.control,
+                        ),
+                    };
+                    if let Some(range) = opened {
                         // RFC 6040: a CE mark the path put on the outer
                         // header reaches the inner packet (or drops it when
                         // the inner flow cannot take ECN).
@@ -1063,14 +1118,20 @@ impl RxState {
                     off = end;
                 }
                 // Tell a transport that holds unauthenticated connections
-                // (TCP) which senders the device now knows as peers.
+                // (TCP) which senders the device now knows as peers (the
+                // device itself once it handled something this batch: the
+                // snapshot may not show that change yet).
                 if shared.track_auth
                     && !self.authenticated.contains(&r.from)
-                    && dev.is_peer_endpoint(r.from)
+                    && dev.as_ref().map_or_else(
+                        || fp.is_peer_endpoint(r.from),
+                        |d| d.is_peer_endpoint(r.from),
+                    )
                 {
                     self.authenticated.push(r.from);
                 }
             }
+            self.tally.flush(fp.counters());
         }
         shared.send_control(&mut self.control);
         for from in self.authenticated.drain(..) {

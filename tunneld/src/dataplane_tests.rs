@@ -107,8 +107,10 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
     let status = StatusCell::default();
     let shutdown = AtomicBool::new(false);
     let mailbox = Mailbox::default();
+    let device = Device::new(&cfg);
     let shared = Shared {
-        device: Mutex::new(Device::new(&cfg)),
+        fast: device.fast_path(),
+        device: Mutex::new(device),
         mailbox: &mailbox,
         transport: &rec,
         status: &status,

@@ -12,6 +12,9 @@ use std::path::PathBuf;
 #[path = "device_ha_tests.rs"]
 mod ha;
 
+#[path = "fastpath_tests.rs"]
+mod fastpath;
+
 const A_ADDR: &str = "198.18.0.1:51820";
 const B_ADDR: &str = "198.18.0.2:51820";
 
