@@ -92,7 +92,7 @@ pub struct DataplaneStatus {
     pub udp_gro_segments: usize,
     /// TUN → network queue: `fq_codel` or `fifo`.
     pub queue: &'static str,
-    /// CPUs the workers are pinned to (TX then RX), if pinned.
+    /// CPUs the workers are pinned to (worker 0 first), if pinned.
     pub cpus: Option<Vec<u16>>,
     /// UDP flows (sockets) frames are spread over (`dataplane.flows`; 1
     /// when no peer uses UDP).

@@ -175,13 +175,15 @@ impl std::fmt::Debug for Mailbox {
 }
 
 /// What the workers share.
-struct Shared<'a> {
+struct Common<'a> {
     device: Mutex<Device>,
     /// The device's published snapshot: data frames are sealed and opened
     /// with it, without the device lock.
     fast: Arc<ArcSwap<FastPath>>,
     mailbox: &'a Mailbox,
-    transport: &'a dyn Transport,
+    /// Every worker's transport (one each with UDP; one for all with TCP
+    /// or QUIC peers).
+    transports: &'a [&'a dyn Transport],
     status: &'a StatusCell,
     shutdown: &'a AtomicBool,
     io: IoStats,
@@ -195,13 +197,43 @@ struct Shared<'a> {
     events: Option<&'a Sender<PeerEvent>>,
 }
 
-impl Shared<'_> {
+impl Common<'_> {
     fn lock(&self) -> MutexGuard<'_, Device> {
         // A worker that panicked while holding the lock leaves the device in
         // a state that is still memory-safe; keep carrying traffic.
         self.device.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The transports' counters, the UDP ones summed over the workers'
+    /// sockets.
+    fn transport_counters(&self) -> crate::transport::TransportCounters {
+        let mut all = self.transports[0].counters();
+        for t in &self.transports[1..] {
+            let c = t.counters();
+            for (a, b) in all.udp_flow_datagrams.iter_mut().zip(&c.udp_flow_datagrams) {
+                *a += b;
+            }
+            all.udp_rcvbuf_drops += c.udp_rcvbuf_drops;
+            all.udp_rx_queued_bytes += c.udp_rx_queued_bytes;
+        }
+        all
+    }
+}
+
+/// One worker's view: what all share, and its own transport.
+struct Shared<'a> {
+    common: &'a Common<'a>,
+    transport: &'a dyn Transport,
+}
+
+impl<'a> std::ops::Deref for Shared<'a> {
+    type Target = Common<'a>;
+    fn deref(&self) -> &Common<'a> {
+        self.common
+    }
+}
+
+impl Shared<'_> {
     fn send_control(&self, control: &mut Vec<Datagram>) {
         for d in control.drain(..) {
             if let Err(e) = self.transport.send(d.to, &d.data, d.data.len()) {
@@ -242,13 +274,36 @@ pub struct Links<'a> {
     pub events: Option<&'a Sender<PeerEvent>>,
 }
 
+/// What a worker does. Every worker reads its own TUN queue and seals
+/// what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Also receives from its transport and opens, and runs the device's
+    /// timers, mailbox and status publishing every [`TICK`].
+    Lead,
+    /// Also receives from its transport (its own SO_REUSEPORT socket).
+    Both,
+    /// Sends only: the transport is shared (TCP, QUIC) and the lead
+    /// receives from it, so one ordered stream has one receiver.
+    SendOnly,
+}
+
+impl Role {
+    fn receives(self) -> bool {
+        self != Role::SendOnly
+    }
+}
+
 /// Moves packets until `links.shutdown` is set. Returns an error only for
-/// failures that make going on pointless (the TUN device broke). `mtu` is
-/// the TUN device's: it sizes the pooled buffers of the fq_codel queue.
+/// failures that make going on pointless (the TUN device broke). `tuns`
+/// holds one TUN queue per worker; `transports` one transport per worker
+/// (UDP) or one for all (TCP, QUIC): worker `i` receives from
+/// `transports[i]` if there is one and sends on it, or on the last. `mtu`
+/// is the TUN device's: it sizes the pooled buffers of the fq_codel queue.
 pub fn run(
     device: Device,
-    tun: &Tun,
-    transport: &dyn Transport,
+    tuns: &[Tun],
+    transports: &[&dyn Transport],
     knobs: DataplaneConfig,
     mtu: usize,
     links: Links<'_>,
@@ -259,20 +314,23 @@ pub fn run(
         shutdown,
         events,
     } = links;
+    let (Some(tun), Some(transport)) = (tuns.first(), transports.first()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the data path needs a TUN queue and a transport",
+        ));
+    };
+    let workers = tuns.len();
     let info = DataplaneStatus {
-        workers: knobs.workers,
+        workers,
         batch: knobs.batch,
         tun_offload: tun.offload(),
         udp_gso_segments: transport.max_segments(),
         udp_gro_segments: transport.gro_segments(),
         queue: knobs.queue.as_str(),
-        cpus: knobs.cpus.map(|(tx, rx)| {
-            if knobs.workers <= 1 {
-                vec![tx]
-            } else {
-                vec![tx, rx]
-            }
-        }),
+        cpus: knobs
+            .cpus
+            .map(|c| (0..workers).map(|i| c.for_worker(i)).collect()),
         flows: transport.flows(),
     };
     log::info!(
@@ -286,11 +344,11 @@ pub fn run(
         info.udp_gro_segments,
         info.flows
     );
-    let shared = Shared {
+    let common = Common {
         fast: device.fast_path(),
         device: Mutex::new(device),
         mailbox,
-        transport,
+        transports,
         status,
         shutdown,
         io: IoStats::default(),
@@ -301,47 +359,55 @@ pub fn run(
         track_auth: transport.tracks_authentication(),
         events,
     };
-    if knobs.workers <= 1 {
-        if let Some((cpu, _)) = knobs.cpus {
-            pin_current_thread(cpu)?;
+    let role = |i: usize| match i {
+        0 => Role::Lead,
+        _ if i < transports.len() => Role::Both,
+        _ => Role::SendOnly,
+    };
+    let start = |i: usize| -> io::Result<()> {
+        let shared = Shared {
+            common: &common,
+            transport: transports[i.min(transports.len() - 1)],
+        };
+        if let Some(cpus) = knobs.cpus {
+            pin_current_thread(cpus.for_worker(i))?;
         }
-        return worker(&shared, tun, true);
+        // A failing worker stops the others by raising the shutdown flag.
+        worker(&shared, &tuns[i], role(i)).inspect_err(|_| shutdown.store(true, Ordering::Relaxed))
+    };
+    if workers == 1 {
+        return start(0);
     }
     std::thread::scope(|s| {
-        let shared = &shared;
-        let tx = std::thread::Builder::new()
-            .name("tx".into())
-            .spawn_scoped(s, move || {
-                if let Some((cpu, _)) = shared.knobs.cpus {
-                    pin_current_thread(cpu)?;
+        let start = &start;
+        let mut handles = Vec::with_capacity(workers - 1);
+        for i in 1..workers {
+            let spawned = std::thread::Builder::new()
+                .name(format!("worker{i}"))
+                .spawn_scoped(s, move || start(i));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    shutdown.store(true, Ordering::Relaxed);
+                    return Err(e);
                 }
-                worker(shared, tun, false)
-                    .inspect_err(|_| shared.shutdown.store(true, Ordering::Relaxed))
-            })?;
-        if let Some((_, cpu)) = shared.knobs.cpus {
-            if let Err(e) = pin_current_thread(cpu) {
-                shared.shutdown.store(true, Ordering::Relaxed);
-                let _ = tx.join();
-                return Err(e);
             }
         }
-        // A failing worker stops its sibling by raising the shutdown flag.
-        let rx = worker(shared, tun, true)
-            .inspect_err(|_| shared.shutdown.store(true, Ordering::Relaxed));
-        let tx = tx
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("TX worker panicked")));
-        rx.and(tx)
+        let mut result = start(0);
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("data-path worker panicked")));
+            result = result.and(r);
+        }
+        result
     })
 }
 
-/// One data-path loop on its own TUN handle. `rx`: this loop handles
-/// network → TUN and the timers; it also handles TUN → network when it is
-/// the only worker, and only that when `rx` is false.
-fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
-    let single = shared.knobs.workers <= 1;
-    let do_tx = single || !rx;
-    let mut txs = do_tx.then(|| TxState::new(shared));
+/// One data-path loop on its own TUN queue (see [`Role`]).
+fn worker(shared: &Shared<'_>, tun: &Tun, role: Role) -> io::Result<()> {
+    let rx = role.receives();
+    let mut txs = TxState::new(shared);
     let mut rxs = rx.then(|| RxState::new(shared, tun));
     let mut last_tick = Instant::now() - TICK;
     let mut last_path_check = Instant::now() - PATH_CHECK;
@@ -353,61 +419,70 @@ fn worker(shared: &Shared<'_>, tun: &Tun, rx: bool) -> io::Result<()> {
         // idle direction costs no system call, and a lone packet costs a
         // poll, its read or receive, its send or write, and the next poll.
         let (tun_ready, net_ready) = poll_readable(
-            do_tx.then(|| tun.as_raw_fd()),
+            Some(tun.as_raw_fd()),
             rx.then(|| shared.transport.as_raw_fd()),
             if backlog { Duration::ZERO } else { TICK },
         )?;
-        if let Some(t) = txs.as_mut() {
-            if tun_ready || t.backlog() {
-                t.run(shared, tun, tun_ready)?;
-            }
-            backlog = t.backlog();
+        if tun_ready || txs.backlog() {
+            txs.run(shared, tun, tun_ready)?;
         }
+        backlog = txs.backlog();
         if let Some(r) = rxs.as_mut() {
             if net_ready {
                 r.run(shared, tun);
             }
         }
-        if rx {
+        if role == Role::Lead {
             let now = Instant::now();
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
-                let t = time_now();
-                let mut control = Vec::new();
                 let refresh = now.duration_since(last_path_check) >= PATH_CHECK;
-                let (snapshot, endpoints, events) = {
-                    let mut dev = shared.lock();
-                    for job in shared.mailbox.take() {
-                        job(&mut dev, &t);
-                    }
-                    dev.tick(&t, &mut control);
-                    (
-                        Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now),
-                        refresh.then(|| dev.udp_endpoints()),
-                        dev.take_events(),
-                    )
-                };
-                shared.send_control(&mut control);
-                if let Some(tx) = shared.events {
-                    for ev in events {
-                        // The receiver only goes away at shutdown.
-                        let _ = tx.send(ev);
-                    }
-                }
-                if let Some(e) = endpoints {
-                    // Outside the device lock: a few system calls per peer.
-                    shared.transport.refresh_paths(&e);
+                tick(shared, refresh);
+                if refresh {
                     last_path_check = now;
                 }
-                shared.status.publish(Status {
-                    dataplane: shared.info.clone(),
-                    transport: shared.transport.counters(),
-                    ..snapshot
-                });
             }
         }
     }
     Ok(())
+}
+
+/// The lead worker's [`TICK`]: the mailbox's jobs and the device's timers
+/// under its lock, then (unlocked) their control messages, peer events,
+/// path MTU refresh (`refresh_paths`) and the status snapshot.
+fn tick(shared: &Shared<'_>, refresh_paths: bool) {
+    let t = time_now();
+    let mut control = Vec::new();
+    let (snapshot, endpoints, events) = {
+        let mut dev = shared.lock();
+        for job in shared.mailbox.take() {
+            job(&mut dev, &t);
+        }
+        dev.tick(&t, &mut control);
+        (
+            Status::snapshot(&dev, shared.io.snapshot(), shared.started, t.now),
+            refresh_paths.then(|| dev.udp_endpoints()),
+            dev.take_events(),
+        )
+    };
+    shared.send_control(&mut control);
+    if let Some(tx) = shared.events {
+        for ev in events {
+            // The receiver only goes away at shutdown.
+            let _ = tx.send(ev);
+        }
+    }
+    if let Some(e) = endpoints {
+        // Outside the device lock: a few system calls per peer and socket.
+        for t in shared.transports {
+            t.refresh_paths(&e);
+        }
+    }
+    shared.status.publish(Status {
+        dataplane: shared.info.clone(),
+        transport: shared.transport_counters(),
+        ..snapshot
+    });
 }
 
 /// Pins the calling thread to `cpu`; an error names the CPU and what this

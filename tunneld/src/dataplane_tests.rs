@@ -108,11 +108,12 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
     let shutdown = AtomicBool::new(false);
     let mailbox = Mailbox::default();
     let device = Device::new(&cfg);
-    let shared = Shared {
+    let transports: [&dyn Transport; 1] = [&rec];
+    let common = Common {
         fast: device.fast_path(),
         device: Mutex::new(device),
         mailbox: &mailbox,
-        transport: &rec,
+        transports: &transports,
         status: &status,
         shutdown: &shutdown,
         io: IoStats::default(),
@@ -122,6 +123,10 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
         started: Instant::now(),
         events: None,
         track_auth: false,
+    };
+    let shared = Shared {
+        common: &common,
+        transport: &rec,
     };
     let p1 = SocketAddr::from(([198, 18, 0, 2], 51820));
     let p2 = SocketAddr::from(([198, 18, 0, 3], 51820));
