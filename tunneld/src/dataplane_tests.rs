@@ -3,7 +3,10 @@
 
 use super::*;
 use crate::config::{CipherKind, Config, InterfaceConfig, PeerConfig, TransportKind};
+use crate::device::Outcome;
 use crate::keys::PrivateKey;
+use crate::transport::Received;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
