@@ -14,7 +14,9 @@ use crate::config::{CipherKind, Config, HealthConfig};
 use crate::crypto::aead::{new_aead, TAG_LEN};
 use crate::crypto::cookie::CookieChecker;
 use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
-use crate::fastpath::{FastCounters, FastPath, FastPeer, IndexEntry, Opened, Sealed, Tally};
+use crate::fastpath::{
+    FastCounters, FastPath, FastPeer, IndexEntry, Opened, Sealed, Tally, Unroutable,
+};
 use crate::peer::{Peer, Pending, Session, Slot};
 use crate::wire::{self, MessageType};
 use arc_swap::ArcSwap;
@@ -673,30 +675,20 @@ impl Device {
         t: &Time,
         out: &mut Vec<Datagram>,
     ) -> Outcome {
-        if buf.len() < HEADROOM + len + TAILROOM {
-            self.counters.drop_malformed += 1;
-            return Outcome::Held;
-        }
-        let packet = &mut buf[HEADROOM..HEADROOM + len];
-        let dst = match wire::inner_ip_info(packet) {
-            Ok(info) => info.dst,
-            Err(_) => {
+        // The snapshot was published at the last change: its routes and
+        // MSS limits are the device's own.
+        let classified = self.fast.load().classify(buf, len);
+        let pi = match classified {
+            Ok(pi) => pi,
+            Err(Unroutable::Malformed) => {
                 self.counters.drop_malformed += 1;
                 return Outcome::Held;
             }
+            Err(Unroutable::NoRoute) => {
+                self.counters.drop_no_route += 1;
+                return Outcome::Held;
+            }
         };
-        let Some(pi) = self.route(dst) else {
-            self.counters.drop_no_route += 1;
-            return Outcome::Held;
-        };
-        let max_mss = if dst.is_ipv4() {
-            self.mss_v4
-        } else {
-            self.mss_v6
-        };
-        if let Some(mss) = max_mss {
-            wire::clamp_tcp_mss(packet, mss);
-        }
         let now = t.now;
         let reject = self.reject_after_time;
         let peer = &mut self.peers[pi];

@@ -121,6 +121,15 @@ pub enum Sealed {
     Slow,
 }
 
+/// Why a packet from the TUN device goes nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unroutable {
+    /// Not an IP packet we can parse, or no room to seal it.
+    Malformed,
+    /// No peer's prefixes cover its destination.
+    NoRoute,
+}
+
 /// What [`FastPath::decapsulate`] did with a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
@@ -302,30 +311,17 @@ impl FastPath {
         now: Instant,
     ) -> Sealed {
         tally.now.get_or_insert(now);
-        if buf.len() < HEADROOM + len + TAILROOM {
-            tally.drop_malformed += 1;
-            return Sealed::Dropped;
-        }
-        let packet = &mut buf[HEADROOM..HEADROOM + len];
-        let dst = match wire::inner_ip_info(packet) {
-            Ok(info) => info.dst,
-            Err(_) => {
+        let pi = match self.classify(buf, len) {
+            Ok(pi) => pi,
+            Err(Unroutable::Malformed) => {
                 tally.drop_malformed += 1;
                 return Sealed::Dropped;
             }
+            Err(Unroutable::NoRoute) => {
+                tally.drop_no_route += 1;
+                return Sealed::Dropped;
+            }
         };
-        let Some(pi) = self.route(dst) else {
-            tally.drop_no_route += 1;
-            return Sealed::Dropped;
-        };
-        let mss = if dst.is_ipv4() {
-            self.mss_v4
-        } else {
-            self.mss_v6
-        };
-        if let Some(mss) = mss {
-            wire::clamp_tcp_mss(packet, mss);
-        }
         let peer = &self.peers[pi];
         let (Some(to), Some(session)) = (
             peer.endpoint,
@@ -359,6 +355,28 @@ impl FastPath {
         tally.tx_packets += 1;
         tally.tx_bytes += len as u64;
         Sealed::Send { to, len: total }
+    }
+
+    /// Checks, routes and MSS-clamps a packet read from the TUN device into
+    /// `buf[HEADROOM..HEADROOM + len]`: the position of the peer it goes to.
+    pub(crate) fn classify(&self, buf: &mut [u8], len: usize) -> Result<usize, Unroutable> {
+        if buf.len() < HEADROOM + len + TAILROOM {
+            return Err(Unroutable::Malformed);
+        }
+        let packet = &mut buf[HEADROOM..HEADROOM + len];
+        let dst = wire::inner_ip_info(packet)
+            .map_err(|_| Unroutable::Malformed)?
+            .dst;
+        let pi = self.route(dst).ok_or(Unroutable::NoRoute)?;
+        let mss = if dst.is_ipv4() {
+            self.mss_v4
+        } else {
+            self.mss_v6
+        };
+        if let Some(mss) = mss {
+            wire::clamp_tcp_mss(packet, mss);
+        }
+        Ok(pi)
     }
 
     /// Opens one data frame received from `from` in `buf[..len]` when the
