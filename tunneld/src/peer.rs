@@ -57,6 +57,11 @@ pub struct Session {
     pub(crate) remote_index: u32,
     send_counter: AtomicU64,
     replay: Mutex<ReplayWindow>,
+    /// One past the replay window's highest accepted counter (0: none
+    /// yet), readable without its lock: a counter at or above it is fresh
+    /// at the time of the check, so in-order frames skip the lock before
+    /// decryption ([`Session::mark`] checks again under it).
+    replay_next: AtomicU64,
     pub(crate) created: Instant,
     pub(crate) initiator: bool,
     sent_bytes: AtomicU64,
@@ -86,6 +91,7 @@ impl Session {
             remote_index: keys.remote_index,
             send_counter: AtomicU64::new(0),
             replay: Mutex::new(ReplayWindow::new()),
+            replay_next: AtomicU64::new(0),
             created: now,
             initiator: keys.initiator,
             sent_bytes: AtomicU64::new(0),
@@ -138,11 +144,12 @@ impl Session {
     }
 
     /// The check before decryption: false when `counter` was seen or is
-    /// too old, so a replayed frame costs no decryption. Another opener may
-    /// take the counter between this and [`Session::mark`], which
-    /// therefore checks again.
+    /// too old, so a replayed frame costs no decryption. A counter above
+    /// the highest accepted one (in-order traffic) passes without the lock.
+    /// Another opener may take the counter between this and
+    /// [`Session::mark`], which therefore checks again.
     pub fn may_accept(&self, counter: u64) -> bool {
-        self.window().check(counter)
+        counter >= self.replay_next.load(Ordering::Relaxed) || self.window().check(counter)
     }
 
     /// Records an authenticated frame's `counter`; false when it was seen
@@ -150,7 +157,15 @@ impl Session {
     /// concurrent calls: each counter is accepted at most once. The lock is
     /// held for a bit test and set, never across a decryption.
     pub fn mark(&self, counter: u64) -> bool {
-        self.window().mark(counter)
+        let mut w = self.window();
+        let fresh = w.mark(counter);
+        if fresh {
+            // Saturating: at u64::MAX the lock-free check lets the last
+            // counter through to `mark`, which refuses it.
+            let next = w.top().map_or(0, |t| t.saturating_add(1));
+            self.replay_next.store(next, Ordering::Relaxed);
+        }
+        fresh
     }
 }
 
