@@ -284,3 +284,36 @@ fn replayed_frames_are_dropped_by_every_opener() {
     assert_eq!(n.to_b, vec![p]);
     assert_eq!(n.b.counters().drop_replay, 4);
 }
+
+/// The timers read what the workers wrote: times before and after the
+/// stats' origin come back as written, "unanswered since" keeps its first
+/// time until something is heard, and "ack due" follows received data.
+#[test]
+fn peer_stats_keep_times_either_side_of_their_origin() {
+    let stats = crate::peer::PeerStats::new();
+    let t0 = Instant::now();
+    let before = t0 - Duration::from_millis(1);
+    let after = t0 + Duration::from_secs(3600);
+    assert_eq!(stats.last_sent(), None);
+    stats.sent(before, true);
+    assert_eq!(stats.last_sent(), Some(before));
+    assert_eq!(stats.unanswered_since(), Some(before));
+    stats.sent(after, true);
+    assert_eq!(stats.last_sent(), Some(after));
+    assert_eq!(
+        stats.unanswered_since(),
+        Some(before),
+        "the first one stays"
+    );
+    stats.sent(before, false);
+    assert_eq!(stats.last_sent(), Some(after), "never moves back");
+    stats.received(after, true);
+    assert_eq!(stats.unanswered_since(), None);
+    assert_eq!(stats.ack_due_since(), Some(after));
+    assert_eq!(stats.last_received(), Some(after));
+    stats.sent(after, false);
+    assert_eq!(stats.ack_due_since(), None);
+    stats.add_tx(5);
+    stats.add_rx(7);
+    assert_eq!((stats.tx_bytes(), stats.rx_bytes()), (5, 7));
+}
