@@ -188,6 +188,25 @@ fn every_knob_combination_carries_traffic_intact() {
     }
 }
 
+/// `streams` TCP transfers of `bytes` each from host-a to `dst` at once
+/// (seeds `seed..`), every one intact.
+fn parallel_transfers(tl: &TunnelLab, streams: u64, dst: IpAddr, bytes: u64, seed: u64) {
+    let lab = tl.lab();
+    let (host_a, host_b) = (tl.dc.host_a.as_str(), tl.dc.host_b.as_str());
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..streams)
+            .map(|i| s.spawn(move || tcp_transfer(lab, host_a, host_b, dst, bytes, seed + i)))
+            .collect();
+        for (i, r) in runs.into_iter().enumerate() {
+            let t = r
+                .join()
+                .expect("transfer thread")
+                .unwrap_or_else(|e| panic!("transfer {i} to {dst}: {e:#}"));
+            assert!(t.intact(), "transfer {i} to {dst} damaged: {t:?}");
+        }
+    });
+}
+
 /// `dataplane.flows: 4` on both gateways: four parallel TCP transfers each
 /// way family arrive with matching SHA-256; the WAN saw tunnel frames from
 /// more than one source port per gateway address (the flows), all to the
@@ -224,25 +243,11 @@ fn flows_case(queue: &str) {
     }
     let lab = tl.lab();
     let cap = Capture::start(lab, &tl.dc.gw_b, topo::WAN_IF).expect("capture wan");
-    let (host_a, host_b) = (tl.dc.host_a.as_str(), tl.dc.host_b.as_str());
     for (dst, seed) in [
         (IpAddr::from(topo::HOST_B_V4), 21u64),
         (IpAddr::from(topo::HOST_B_V6), 31),
     ] {
-        std::thread::scope(|s| {
-            let runs: Vec<_> = (0..STREAMS)
-                .map(|i| {
-                    s.spawn(move || tcp_transfer(lab, host_a, host_b, dst, 24 * MIB, seed + i))
-                })
-                .collect();
-            for (i, r) in runs.into_iter().enumerate() {
-                let t = r
-                    .join()
-                    .expect("transfer thread")
-                    .unwrap_or_else(|e| panic!("transfer {i} to {dst}: {e:#}"));
-                assert!(t.intact(), "transfer {i} to {dst} damaged: {t:?}");
-            }
-        });
+        parallel_transfers(&tl, STREAMS, dst, 24 * MIB, seed);
     }
     std::thread::sleep(Duration::from_millis(200));
     let frames = cap.stop().expect("capture").frames;
@@ -381,23 +386,11 @@ fn four_workers_rekey_share_no_nonce_and_drop_replays() {
     }
     let lab = tl.lab();
     let cap = Capture::start(lab, &tl.dc.gw_b, topo::WAN_IF).expect("capture wan");
-    let (host_a, host_b) = (tl.dc.host_a.as_str(), tl.dc.host_b.as_str());
     for (dst, seed) in [
         (IpAddr::from(topo::HOST_B_V4), 41u64),
         (IpAddr::from(topo::HOST_B_V6), 51),
     ] {
-        std::thread::scope(|s| {
-            let runs: Vec<_> = (0..STREAMS)
-                .map(|i| s.spawn(move || tcp_transfer(lab, host_a, host_b, dst, 8 * MIB, seed + i)))
-                .collect();
-            for (i, r) in runs.into_iter().enumerate() {
-                let t = r
-                    .join()
-                    .expect("transfer thread")
-                    .unwrap_or_else(|e| panic!("transfer {i} to {dst}: {e:#}"));
-                assert!(t.intact(), "transfer {i} to {dst} damaged: {t:?}");
-            }
-        });
+        parallel_transfers(&tl, STREAMS, dst, 8 * MIB, seed);
     }
     std::thread::sleep(Duration::from_millis(200));
     let captured = cap.stop().expect("capture");

@@ -1048,16 +1048,9 @@ impl Device {
         t: &Time,
         out: &mut Vec<Datagram>,
     ) -> Option<Range<usize>> {
-        let (idx, counter, is_keepalive) = match wire::DataFrame::new_checked(&*frame) {
-            Ok(f) if f.payload().len() >= TAG_LEN => (
-                f.receiver_index(),
-                f.counter(),
-                frame[0] == MessageType::Keepalive as u8,
-            ),
-            _ => {
-                self.counters.drop_malformed += 1;
-                return None;
-            }
+        let Some((idx, counter, is_keepalive)) = crate::fastpath::data_header(frame) else {
+            self.counters.drop_malformed += 1;
+            return None;
         };
         let Some(&pi) = self.indexes.get(&idx) else {
             self.counters.drop_unknown_index += 1;

@@ -402,16 +402,9 @@ impl FastPath {
                 return Opened::Done;
             }
         }
-        let (idx, counter, is_keepalive) = match wire::DataFrame::new_checked(&*frame) {
-            Ok(f) if f.payload().len() >= TAG_LEN => (
-                f.receiver_index(),
-                f.counter(),
-                frame[0] == MessageType::Keepalive as u8,
-            ),
-            _ => {
-                tally.drop_malformed += 1;
-                return Opened::Done;
-            }
+        let Some((idx, counter, is_keepalive)) = data_header(frame) else {
+            tally.drop_malformed += 1;
+            return Opened::Done;
         };
         let Some(entry) = self.indexes.get(&idx) else {
             return Opened::Slow;
@@ -476,6 +469,19 @@ impl FastPath {
         tally.rx_bytes += n as u64;
         Opened::Inner(HEADROOM..HEADROOM + n)
     }
+}
+
+/// A data or keepalive frame's receiver index, counter and whether it is a
+/// keepalive; `None` when it is too short to hold a header and a tag.
+pub(crate) fn data_header(frame: &[u8]) -> Option<(u32, u64, bool)> {
+    let f = wire::DataFrame::new_checked(frame).ok()?;
+    (f.payload().len() >= TAG_LEN).then(|| {
+        (
+            f.receiver_index(),
+            f.counter(),
+            frame[0] == MessageType::Keepalive as u8,
+        )
+    })
 }
 
 /// Writes the data header for `ty` with `counter` into `buf[..HEADROOM]`
