@@ -1,6 +1,7 @@
 //! Correctness of the data path under every knob combination a sweep can
-//! pick: offload on/off × batch 1 and 128 × workers 1 and 2
-//! × queue fq_codel and fifo.
+//! pick: offload on/off × batch 1 and 128 × workers 1 and 2 × queue
+//! fq_codel and fifo, and workers 4 (oversubscribed on a 2-core machine)
+//! with offload on and batch 128 under both queues.
 //! For each: a 200 MiB TCP transfer over IPv4 and over IPv6 arrives with a
 //! matching SHA-256, and UDP datagrams of odd sizes cross intact: 1 byte and
 //! exactly the tunnel MTU; one byte more (with DF / IPv6) is refused with an
@@ -127,15 +128,18 @@ fn every_knob_combination_carries_traffic_intact() {
     if !require_root() {
         return;
     }
-    let combos = [true, false].into_iter().flat_map(|offload| {
-        [1u64, 128].into_iter().flat_map(move |batch| {
-            [1u64, 2].into_iter().flat_map(move |workers| {
-                ["fq_codel", "fifo"]
-                    .into_iter()
-                    .map(move |queue| (offload, batch, workers, queue))
+    let combos = [true, false]
+        .into_iter()
+        .flat_map(|offload| {
+            [1u64, 128].into_iter().flat_map(move |batch| {
+                [1u64, 2].into_iter().flat_map(move |workers| {
+                    ["fq_codel", "fifo"]
+                        .into_iter()
+                        .map(move |queue| (offload, batch, workers, queue))
+                })
             })
         })
-    });
+        .chain(["fq_codel", "fifo"].map(|queue| (true, 128, 4, queue)));
     for (offload, batch, workers, queue) in combos {
         let knobs = json!({"offload": offload, "batch": batch, "workers": workers, "queue": queue});
         let what = format!("offload {offload}, batch {batch}, workers {workers}, queue {queue}");
@@ -184,6 +188,25 @@ fn every_knob_combination_carries_traffic_intact() {
     }
 }
 
+/// `streams` TCP transfers of `bytes` each from host-a to `dst` at once
+/// (seeds `seed..`), every one intact.
+fn parallel_transfers(tl: &TunnelLab, streams: u64, dst: IpAddr, bytes: u64, seed: u64) {
+    let lab = tl.lab();
+    let (host_a, host_b) = (tl.dc.host_a.as_str(), tl.dc.host_b.as_str());
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..streams)
+            .map(|i| s.spawn(move || tcp_transfer(lab, host_a, host_b, dst, bytes, seed + i)))
+            .collect();
+        for (i, r) in runs.into_iter().enumerate() {
+            let t = r
+                .join()
+                .expect("transfer thread")
+                .unwrap_or_else(|e| panic!("transfer {i} to {dst}: {e:#}"));
+            assert!(t.intact(), "transfer {i} to {dst} damaged: {t:?}");
+        }
+    });
+}
+
 /// `dataplane.flows: 4` on both gateways: four parallel TCP transfers each
 /// way family arrive with matching SHA-256; the WAN saw tunnel frames from
 /// more than one source port per gateway address (the flows), all to the
@@ -220,25 +243,11 @@ fn flows_case(queue: &str) {
     }
     let lab = tl.lab();
     let cap = Capture::start(lab, &tl.dc.gw_b, topo::WAN_IF).expect("capture wan");
-    let (host_a, host_b) = (tl.dc.host_a.as_str(), tl.dc.host_b.as_str());
     for (dst, seed) in [
         (IpAddr::from(topo::HOST_B_V4), 21u64),
         (IpAddr::from(topo::HOST_B_V6), 31),
     ] {
-        std::thread::scope(|s| {
-            let runs: Vec<_> = (0..STREAMS)
-                .map(|i| {
-                    s.spawn(move || tcp_transfer(lab, host_a, host_b, dst, 24 * MIB, seed + i))
-                })
-                .collect();
-            for (i, r) in runs.into_iter().enumerate() {
-                let t = r
-                    .join()
-                    .expect("transfer thread")
-                    .unwrap_or_else(|e| panic!("transfer {i} to {dst}: {e:#}"));
-                assert!(t.intact(), "transfer {i} to {dst} damaged: {t:?}");
-            }
-        });
+        parallel_transfers(&tl, STREAMS, dst, 24 * MIB, seed);
     }
     std::thread::sleep(Duration::from_millis(200));
     let frames = cap.stop().expect("capture").frames;
@@ -347,4 +356,113 @@ fn cpus_pin_the_data_path_and_a_missing_cpu_is_refused() {
         log.contains("dataplane.cpus") && log.contains("CPU 1000"),
         "the refusal names the field and CPU: {log}"
     );
+}
+
+/// `workers: 4` on both gateways (oversubscribed on a 2-core machine),
+/// `flows: 4` so each gateway's four sockets all receive, offload off so
+/// every captured UDP datagram is one frame, and a rekey every 4 MiB: four
+/// parallel TCP transfers per address family arrive intact across the
+/// rekeys; on the underlay no (receiver index, counter) pair of gw-a's data
+/// frames appears twice (the workers never share a nonce); and gw-a's last
+/// frames, replayed to gw-b from gw-a's address on 16 source ports (which
+/// SO_REUSEPORT spreads over gw-b's workers), are every one dropped as
+/// replays.
+#[test]
+fn four_workers_rekey_share_no_nonce_and_drop_replays() {
+    const STREAMS: u64 = 4;
+    const REPLAYED: usize = 64;
+    if !require_root() {
+        return;
+    }
+    let tl = TunnelLab::start("e2e-workers", false, |_, cfg| {
+        cfg["dataplane"] = json!({"workers": 4, "flows": 4, "offload": false});
+        cfg["rekey"] = json!({"after_time": "120s", "after_bytes": "4M"});
+    })
+    .expect("start with 4 workers");
+    tl.wait_session();
+    for side in [Side::A, Side::B] {
+        let st = tl.status(side).expect("status");
+        assert_eq!(st["dataplane"]["workers"], 4, "{st}");
+    }
+    let lab = tl.lab();
+    let cap = Capture::start(lab, &tl.dc.gw_b, topo::WAN_IF).expect("capture wan");
+    for (dst, seed) in [
+        (IpAddr::from(topo::HOST_B_V4), 41u64),
+        (IpAddr::from(topo::HOST_B_V6), 51),
+    ] {
+        parallel_transfers(&tl, STREAMS, dst, 8 * MIB, seed);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let captured = cap.stop().expect("capture");
+    let a = Side::A.listen();
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    let mut indexes = std::collections::HashSet::new();
+    for f in &captured.frames {
+        let Some((src, _, 17, l4)) = e2e::capture::ip_of_frame(f) else {
+            continue;
+        };
+        let payload = l4.get(8..).unwrap_or_default();
+        // Data frames (type 4) from gw-a: header, at least a tag.
+        if src != a.ip() || payload.len() < 32 || payload[..4] != [4, 0, 0, 0] {
+            continue;
+        }
+        let index = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes"));
+        let counter = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
+        assert!(
+            seen.insert((index, counter)),
+            "nonce used twice on the underlay: index {index:#x}, counter {counter}"
+        );
+        indexes.insert(index);
+        data.push(payload.to_vec());
+    }
+    eprintln!(
+        "{} data frames from gw-a, {} sessions, {} frames captured in all",
+        data.len(),
+        indexes.len(),
+        captured.total
+    );
+    assert!(
+        data.len() > 20_000,
+        "too few data frames captured: {}",
+        data.len()
+    );
+    assert!(
+        indexes.len() >= 3,
+        "no rekey during the transfer: {indexes:?}"
+    );
+    assert!(tl.counter(Side::A, "handshakes").expect("handshakes") >= 3);
+    for side in [Side::A, Side::B] {
+        let c = tl.counters(side).expect("counters");
+        for bad in ["drop_bad_tag", "drop_malformed", "drop_replay"] {
+            assert_eq!(
+                c.get(bad).copied(),
+                Some(0),
+                "{bad} on {}: {c:?}",
+                side.letter()
+            );
+        }
+    }
+    // Replay gw-a's last frames (its current session) from its address.
+    let replay = data.split_off(data.len() - REPLAYED);
+    let b = Side::B.listen();
+    lab.run_in(&tl.dc.gw_a, move || -> io::Result<()> {
+        let socks: Vec<UdpSocket> = (0..16)
+            .map(|_| UdpSocket::bind(SocketAddr::new(a.ip(), 0)))
+            .collect::<io::Result<_>>()?;
+        for (i, f) in replay.iter().enumerate() {
+            socks[i % socks.len()].send_to(f, b)?;
+        }
+        Ok(())
+    })
+    .expect("enter gw-a")
+    .expect("replay");
+    let dropped = e2e::wait_for(Duration::from_secs(5), "gw-b to drop the replays", || {
+        let n = tl.counter(Side::B, "drop_replay")?;
+        Ok((n >= REPLAYED as u64).then_some(n))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", tl.counters(Side::B)));
+    assert_eq!(dropped, REPLAYED as u64, "each replay dropped once");
+    let c = tl.counters(Side::B).expect("counters");
+    assert_eq!(c.get("drop_bad_tag").copied(), Some(0), "{c:?}");
 }

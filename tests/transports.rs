@@ -5,7 +5,8 @@
 //! while established traffic goes on. A TCP connection killed mid-transfer
 //! (`ss -K`) is redialed and the transfer completes; a QUIC peer presenting
 //! a certificate that does not match the pin is refused with a clear log
-//! line. Needs root (skips outside CI without it).
+//! line. The end-to-end runs use `workers: 2` (with TCP and QUIC: the first
+//! worker receives, both send). Needs root (skips outside CI without it).
 
 use e2e::{bin, require_root, tcp_transfer, wait_for, wait_ping, Side, TunnelLab};
 use serde_json::{json, Value};
@@ -199,10 +200,25 @@ fn end_to_end(kind: &str, tag: &str) {
         return;
     }
     let certs = (kind == "quic").then(|| Certs::new(tag));
-    let tl = start(tag, kind, certs.as_ref());
+    // Two workers: with a TCP or QUIC transport the first receives and
+    // both send on the one shared transport.
+    let base = tweak(kind, certs.as_ref(), None);
+    let tl = TunnelLab::start(tag, false, move |side, cfg: &mut Value| {
+        base(side, cfg);
+        cfg["dataplane"]["workers"] = json!(2);
+    })
+    .expect("tunnel pair");
+    wait_ping(
+        tl.lab(),
+        &tl.dc.host_a,
+        &topo::HOST_B_V4.to_string(),
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("{kind} tunnel never came up: {e:#}"));
     for side in [Side::A, Side::B] {
         let st = tl.status(side).expect("status");
         assert_eq!(st["peers"][0]["transport"], json!(kind), "status: {st}");
+        assert_eq!(st["dataplane"]["workers"], 2, "status: {st}");
     }
     let malformed = tl.counter(Side::B, "drop_malformed").expect("counter");
     // Hostile input while a transfer runs: the transfer is undisturbed.

@@ -48,7 +48,7 @@ pub struct DataplaneStatus {
     pub udp_gro_segments: usize,
     /// TUN → network queue: `fq_codel` or `fifo`.
     pub queue: &'static str,
-    /// CPUs the workers are pinned to (TX then RX), if pinned.
+    /// CPUs the workers are pinned to (worker 0 first), if pinned.
     pub cpus: Option<Vec<u16>>,
     /// UDP flows (sockets) frames are spread over (`dataplane.flows`; 1
     /// when no peer uses UDP).
@@ -91,7 +91,7 @@ impl Status {
         Status {
             uptime_secs: now.duration_since(started).as_secs_f64(),
             peers: device.peer_status(now),
-            counters: device.counters().clone(),
+            counters: device.counters(),
             io,
             ..Status::default()
         }

@@ -51,7 +51,15 @@ fn spawn_dataplane(
             shutdown: &shutdown,
             events: None,
         };
-        dataplane::run(device, &tun, &transport, knobs, MTU, links)
+        let transports: [&dyn crate::transport::Transport; 1] = [&transport];
+        dataplane::run(
+            device,
+            std::slice::from_ref(&tun),
+            &transports,
+            knobs,
+            MTU,
+            links,
+        )
     })
 }
 

@@ -3,6 +3,9 @@
 
 use super::*;
 use crate::config::Config;
+use crate::device::Outcome;
+use crate::transport::Received;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
@@ -70,10 +73,13 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
     let status = StatusCell::default();
     let shutdown = AtomicBool::new(false);
     let mailbox = Mailbox::default();
-    let shared = Shared {
-        device: Mutex::new(Device::new(&cfg)),
+    let device = Device::new(&cfg);
+    let transports: [&dyn Transport; 1] = [&rec];
+    let common = Common {
+        fast: device.fast_path(),
+        device: Mutex::new(device),
         mailbox: &mailbox,
-        transport: &rec,
+        transports: &transports,
         status: &status,
         shutdown: &shutdown,
         io: IoStats::default(),
@@ -83,6 +89,10 @@ fn gso_runs_never_mix_flows_peers_sizes_or_ecn() {
         started: Instant::now(),
         events: None,
         track_auth: false,
+    };
+    let shared = Shared {
+        common: &common,
+        transport: &rec,
     };
     let p1 = SocketAddr::from(([198, 18, 0, 2], 51820));
     let p2 = SocketAddr::from(([198, 18, 0, 3], 51820));

@@ -14,12 +14,17 @@ use crate::config::{CipherKind, Config, HealthConfig};
 use crate::crypto::aead::{new_aead, TAG_LEN};
 use crate::crypto::cookie::CookieChecker;
 use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
+use crate::fastpath::{
+    FastCounters, FastPath, FastPeer, IndexEntry, Opened, Sealed, Tally, Unroutable,
+};
 use crate::peer::{Peer, Pending, Session, Slot};
 use crate::pmtud::{Control, Pmtud};
 use crate::wire::{self, MessageType};
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes in front of an inner packet: the data frame header.
@@ -137,7 +142,7 @@ pub struct PeerEvent {
 pub struct PeerStatus {
     pub name: String,
     /// `udp`, `quic` or `tcp`.
-    pub transport: &'static str,
+    pub transport: crate::config::TransportKind,
     pub endpoint: Option<String>,
     pub session: bool,
     /// Session established and the peer heard from recently enough (see
@@ -208,7 +213,7 @@ pub struct Device {
     cipher: CipherKind,
     peers: Vec<Peer>,
     /// Each peer's transport name (same order as `peers`), for status.
-    transports: Vec<&'static str>,
+    transports: Vec<crate::config::TransportKind>,
     /// Local session/handshake index → peer position.
     indexes: HashMap<u32, usize>,
     /// Allowed prefixes, longest first, with their peer.
@@ -238,7 +243,8 @@ pub struct Device {
     events: Vec<PeerEvent>,
     /// Each peer's `transit` list (peer positions); `None`: any.
     transit: Vec<Option<Vec<usize>>>,
-    /// Packets each peer had refused by its `transit` list.
+    /// Packets each peer had refused by its `transit` list (on the slow
+    /// path; the lock-free path counts in the peer's stats).
     transit_denied: Vec<u64>,
     /// Path MTU probing settings (`pmtud:`) and the TUN MTU it serves.
     pmtud: crate::config::PmtudConfig,
@@ -246,6 +252,12 @@ pub struct Device {
     /// The smallest frame limit probing set on any peer (frames up to it
     /// need no per-peer lookup).
     pmtu_floor: Option<usize>,
+    /// The snapshot the data-path workers seal and open with.
+    fast: Arc<ArcSwap<FastPath>>,
+    /// Counters the lock-free path moves.
+    fast_counters: Arc<FastCounters>,
+    /// State the snapshot shows changed since it was last published.
+    dirty: bool,
 }
 
 impl Device {
@@ -268,11 +280,23 @@ impl Device {
         let routes = routes_of(&peers);
         let (mss_v4, mss_v6) = mss_limits(cfg);
         let reject_after_time = reject_after(cfg.rekey_after_time);
+        let fast_counters = Arc::new(FastCounters::default());
+        let empty = FastPath {
+            routes: Vec::new(),
+            peers: Vec::new(),
+            indexes: HashMap::new(),
+            mss_v4: None,
+            mss_v6: None,
+            reject_after: Duration::ZERO,
+            single_flow: true,
+            counters: fast_counters.clone(),
+            probed_floor: None,
+        };
         let mut dev = Device {
             checker: CookieChecker::new(identity.public()),
             identity,
             cipher: cfg.cipher,
-            transports: cfg.peers.iter().map(|p| p.transport.as_str()).collect(),
+            transports: cfg.peers.iter().map(|p| p.transport).collect(),
             peers,
             indexes: HashMap::new(),
             routes,
@@ -295,9 +319,72 @@ impl Device {
             pmtud: cfg.pmtud,
             tun_mtu: usize::from(cfg.interface.mtu),
             pmtu_floor: None,
+            fast: Arc::new(ArcSwap::from_pointee(empty)),
+            fast_counters,
+            dirty: true,
         };
         dev.arm_pmtud();
+        dev.publish();
         dev
+    }
+
+    /// The published snapshot for lock-free sealing and opening
+    /// ([`crate::fastpath`]); the device replaces its contents after every
+    /// change to sessions, endpoints or routes.
+    pub fn fast_path(&self) -> Arc<ArcSwap<FastPath>> {
+        self.fast.clone()
+    }
+
+    /// Publishes a new snapshot if anything it shows changed.
+    fn publish_if_dirty(&mut self) {
+        if self.dirty {
+            self.publish();
+        }
+    }
+
+    /// Publishes the snapshot of routes, endpoints and sessions.
+    fn publish(&mut self) {
+        let udp = crate::config::TransportKind::Udp;
+        let peers = self
+            .peers
+            .iter()
+            .zip(&self.transports)
+            .zip(&self.transit)
+            .map(|((p, t), transit)| FastPeer {
+                endpoint: p.endpoint,
+                current: p.current.clone(),
+                allowed: p.allowed.clone(),
+                transit: transit.clone(),
+                udp: *t == udp,
+                stats: p.stats.clone(),
+                probed_max_frame: p.pmtu.limit(),
+            })
+            .collect();
+        let mut indexes = HashMap::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            for slot in [Slot::Current, Slot::Previous, Slot::Next] {
+                if let Some(s) = p.session(slot) {
+                    let entry = IndexEntry {
+                        peer: i,
+                        slot,
+                        session: s.clone(),
+                    };
+                    indexes.insert(s.local_index, entry);
+                }
+            }
+        }
+        self.fast.store(Arc::new(FastPath {
+            routes: self.routes.clone(),
+            peers,
+            indexes,
+            mss_v4: self.mss_v4,
+            mss_v6: self.mss_v6,
+            reject_after: self.reject_after_time,
+            single_flow: self.single_flow,
+            counters: self.fast_counters.clone(),
+            probed_floor: self.pmtu_floor,
+        }));
+        self.dirty = false;
     }
 
     /// Takes the peer up/down changes since the last call, oldest first.
@@ -323,13 +410,14 @@ impl Device {
             return false;
         }
         match self.health {
-            Some(h) => [peer.last_received, peer.last_handshake]
+            Some(h) => [peer.stats.last_received(), peer.last_handshake]
                 .into_iter()
                 .flatten()
                 .max()
                 .is_some_and(|t| now.duration_since(t) < h.dead_after),
             None => peer
-                .unanswered_since
+                .stats
+                .unanswered_since()
                 .is_none_or(|since| now.duration_since(since) < DEAD_PEER_AFTER),
         }
     }
@@ -358,9 +446,11 @@ impl Device {
         }
     }
 
-    /// The counters so far.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+    /// The counters so far (the lock-free path's included).
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters.clone();
+        self.fast_counters.add_to(&mut c);
+        c
     }
 
     /// Per-peer status at `now`.
@@ -371,7 +461,7 @@ impl Device {
             .enumerate()
             .map(|(i, (p, t))| PeerStatus {
                 name: p.name.clone(),
-                transport: t,
+                transport: *t,
                 endpoint: p.endpoint.map(|e| e.to_string()),
                 session: p
                     .current
@@ -379,12 +469,12 @@ impl Device {
                     .is_some_and(|s| s.can_send(now, self.reject_after_time)),
                 up: self.up[i],
                 downs: self.downs[i],
-                transit_denied: self.transit_denied[i],
+                transit_denied: self.transit_denied[i] + p.stats.transit_denied(),
                 last_handshake_secs_ago: p
                     .last_handshake
                     .map(|t| now.duration_since(t).as_secs_f64()),
-                tx_bytes: p.tx_bytes,
-                rx_bytes: p.rx_bytes,
+                tx_bytes: p.stats.tx_bytes(),
+                rx_bytes: p.stats.rx_bytes(),
                 handshakes: p.handshakes,
                 public_key: crate::keys::PublicKey::from_bytes(p.public).to_string(),
                 allowed_prefixes: p.allowed.iter().map(|a| a.to_string()).collect(),
@@ -508,7 +598,7 @@ impl Device {
             self.downs.push(downs);
             self.transit_denied.push(denied);
         }
-        self.transports = cfg.peers.iter().map(|p| p.transport.as_str()).collect();
+        self.transports = cfg.peers.iter().map(|p| p.transport).collect();
         // Positions moved: index the surviving sessions and handshakes again.
         self.indexes = self
             .peers
@@ -523,6 +613,7 @@ impl Device {
         self.rekey_after_bytes = cfg.rekey_after_bytes;
         self.pmtud = cfg.pmtud;
         self.arm_pmtud();
+        self.publish();
         done
     }
 
@@ -536,7 +627,7 @@ impl Device {
     /// The current endpoints of the peers on the UDP transport (whose path
     /// MTU the data path watches).
     pub fn udp_endpoints(&self) -> Vec<SocketAddr> {
-        let udp = crate::config::TransportKind::Udp.as_str();
+        let udp = crate::config::TransportKind::Udp;
         self.peers
             .iter()
             .zip(&self.transports)
@@ -576,18 +667,23 @@ impl Device {
     }
 
     fn forget_dropped(&mut self) {
+        self.dirty |= !self.dropped.is_empty();
         for idx in self.dropped.drain(..) {
             self.indexes.remove(&idx);
         }
     }
 
-    fn make_session(&self, keys: &handshake::SessionKeys, now: Instant) -> Option<Session> {
+    fn make_session(&self, keys: &handshake::SessionKeys, now: Instant) -> Option<Arc<Session>> {
         let cipher = self.cipher;
-        Session::new(keys, |k| new_aead(cipher, k), now).ok()
+        Session::new(keys, |k| new_aead(cipher, k), now)
+            .ok()
+            .map(Arc::new)
     }
 
     /// Handles one packet read from the TUN device into `buf[HEADROOM..HEADROOM + len]`
-    /// (`buf` must have `TAILROOM` more bytes behind it).
+    /// (`buf` must have `TAILROOM` more bytes behind it): the lock-free
+    /// path's [`FastPath::encapsulate`], then, for what it cannot decide,
+    /// [`Device::encapsulate_slow`].
     pub fn encapsulate(
         &mut self,
         buf: &mut [u8],
@@ -595,46 +691,71 @@ impl Device {
         t: &Time,
         out: &mut Vec<Datagram>,
     ) -> Outcome {
-        if buf.len() < HEADROOM + len + TAILROOM {
-            self.counters.drop_malformed += 1;
-            return Outcome::Held;
+        self.publish_if_dirty();
+        let sealed = {
+            let fast = self.fast.load();
+            let mut tally = Tally::default();
+            let r = fast.encapsulate(&mut tally, buf, len, t.now);
+            tally.flush(&self.fast_counters);
+            r
+        };
+        match sealed {
+            Sealed::Send { to, len } => Outcome::Send { to, len },
+            Sealed::Dropped => Outcome::Held,
+            Sealed::Slow => {
+                let o = self.encapsulate_slow(buf, len, t, out);
+                self.publish_if_dirty();
+                o
+            }
         }
-        let packet = &mut buf[HEADROOM..HEADROOM + len];
-        let dst = match wire::inner_ip_info(packet) {
-            Ok(info) => info.dst,
-            Err(_) => {
+    }
+
+    /// [`Device::encapsulate`] under the device's authority: seals with
+    /// the current session if there is one (the workers' snapshot may be a
+    /// batch behind), else stages the packet and starts a handshake.
+    fn encapsulate_slow(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        t: &Time,
+        out: &mut Vec<Datagram>,
+    ) -> Outcome {
+        // The snapshot was published at the last change: its routes and
+        // MSS limits are the device's own.
+        let classified = self.fast.load().classify(buf, len);
+        let pi = match classified {
+            Ok(pi) => pi,
+            Err(Unroutable::Malformed) => {
                 self.counters.drop_malformed += 1;
                 return Outcome::Held;
             }
+            Err(Unroutable::NoRoute) => {
+                self.counters.drop_no_route += 1;
+                return Outcome::Held;
+            }
         };
-        let Some(pi) = self.route(dst) else {
-            self.counters.drop_no_route += 1;
-            return Outcome::Held;
-        };
-        let max_mss = if dst.is_ipv4() {
-            self.mss_v4
-        } else {
-            self.mss_v6
-        };
-        if let Some(mss) = max_mss {
-            wire::clamp_tcp_mss(packet, mss);
-        }
         let now = t.now;
         let reject = self.reject_after_time;
         let peer = &mut self.peers[pi];
-        let (Some(to), Some(session)) = (
+        let sealed = match (
             peer.endpoint,
-            peer.current.as_mut().filter(|s| s.can_send(now, reject)),
-        ) else {
+            peer.current.as_ref().filter(|s| s.can_send(now, reject)),
+        ) {
+            (Some(to), Some(session)) => {
+                seal_frame(session, MessageType::Data, &mut buf[..OVERHEAD + len])
+                    .map(|total| (to, session.clone(), total))
+            }
+            _ => None,
+        };
+        let Some((to, session, total)) = sealed else {
             if !peer.stage(&buf[HEADROOM..HEADROOM + len]) {
                 self.counters.drop_no_session += 1;
             }
             self.maybe_initiate(pi, t, out);
             return Outcome::Held;
         };
-        let total = seal_frame(session, MessageType::Data, &mut buf[..OVERHEAD + len]);
-        session.sent_bytes += len as u64;
-        peer.tx_bytes += len as u64;
+        session.add_sent_bytes(len as u64);
+        peer.stats.add_tx(len as u64);
         peer.sent(now, true);
         self.counters.tx_packets += 1;
         self.counters.tx_bytes += len as u64;
@@ -643,7 +764,46 @@ impl Device {
 
     /// Handles one datagram received from `from` in `buf[..len]`. Returns the
     /// range of `buf` holding an inner packet to write to the TUN device.
+    /// Data frames go through the lock-free [`FastPath::decapsulate`]
+    /// first; what it cannot decide, and every handshake message, through
+    /// [`Device::decapsulate_slow`].
     pub fn decapsulate(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        from: SocketAddr,
+        t: &Time,
+        out: &mut Vec<Datagram>,
+    ) -> Option<Range<usize>> {
+        self.publish_if_dirty();
+        let opened = {
+            let fast = self.fast.load();
+            let mut tally = Tally::default();
+            let r = fast.decapsulate(&mut tally, buf, len, from, t.now);
+            tally.flush(&self.fast_counters);
+            r
+        };
+        match opened {
+            Opened::Inner(r) => Some(r),
+            Opened::Done => None,
+            Opened::Control {
+                peer,
+                range,
+                frame_len,
+            } => {
+                self.on_control(peer, &buf[range], frame_len, t, out);
+                None
+            }
+            Opened::Slow => {
+                let r = self.decapsulate_slow(buf, len, from, t, out);
+                self.publish_if_dirty();
+                r
+            }
+        }
+    }
+
+    /// [`Device::decapsulate`] under the device's authority.
+    fn decapsulate_slow(
         &mut self,
         buf: &mut [u8],
         len: usize,
@@ -828,6 +988,7 @@ impl Device {
         peer.last_timestamp = timestamp;
         peer.endpoint = Some(from);
         peer.install_next(session, &mut self.dropped);
+        self.dirty = true;
         log::debug!("answered initiation from peer {} at {from}", peer.name);
         out.push(Datagram {
             to: from,
@@ -888,6 +1049,7 @@ impl Device {
         let peer = &mut self.peers[pi];
         peer.endpoint = Some(from);
         peer.install_current(session, &mut self.dropped);
+        self.dirty = true;
         peer.last_handshake = Some(t.now);
         peer.next_attempt = None;
         peer.handshakes += 1;
@@ -905,21 +1067,26 @@ impl Device {
     /// confirm the new session at once.
     fn flush_staged(&mut self, pi: usize, t: &Time, out: &mut Vec<Datagram>) {
         let peer = &mut self.peers[pi];
-        let (Some(to), Some(session)) = (peer.endpoint, peer.current.as_mut()) else {
+        let (Some(to), Some(session)) = (peer.endpoint, peer.current.as_ref()) else {
             return;
         };
         let data_sent = !peer.staged.is_empty();
         if !data_sent {
             let mut data = vec![0u8; OVERHEAD];
-            seal_frame(session, MessageType::Keepalive, &mut data);
-            out.push(Datagram { to, data });
+            if seal_frame(session, MessageType::Keepalive, &mut data).is_some() {
+                out.push(Datagram { to, data });
+            }
         }
         while let Some(p) = peer.staged.pop_front() {
             let mut data = vec![0u8; OVERHEAD + p.len()];
             data[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
-            seal_frame(session, MessageType::Data, &mut data);
-            session.sent_bytes += p.len() as u64;
-            peer.tx_bytes += p.len() as u64;
+            if seal_frame(session, MessageType::Data, &mut data).is_none() {
+                // The session is exhausted: the rest stays staged for the next one.
+                peer.staged.push_front(p);
+                break;
+            }
+            session.add_sent_bytes(p.len() as u64);
+            peer.stats.add_tx(p.len() as u64);
             self.counters.tx_packets += 1;
             self.counters.tx_bytes += p.len() as u64;
             out.push(Datagram { to, data });
@@ -935,16 +1102,9 @@ impl Device {
         out: &mut Vec<Datagram>,
     ) -> Option<Range<usize>> {
         let len = frame.len();
-        let (idx, counter, is_keepalive) = match wire::DataFrame::new_checked(&*frame) {
-            Ok(f) if f.payload().len() >= TAG_LEN => (
-                f.receiver_index(),
-                f.counter(),
-                frame[0] == MessageType::Keepalive as u8,
-            ),
-            _ => {
-                self.counters.drop_malformed += 1;
-                return None;
-            }
+        let Some((idx, counter, is_keepalive)) = crate::fastpath::data_header(frame) else {
+            self.counters.drop_malformed += 1;
+            return None;
         };
         let Some(&pi) = self.indexes.get(&idx) else {
             self.counters.drop_unknown_index += 1;
@@ -972,7 +1132,7 @@ impl Device {
             return None;
         };
         let reject = self.reject_after_time;
-        let udp = self.transports[pi] == crate::config::TransportKind::Udp.as_str();
+        let udp = self.transports[pi] == crate::config::TransportKind::Udp;
         let single_flow = self.single_flow;
         let peer = &mut self.peers[pi];
         let Some(slot) = peer.slot_of(idx) else {
@@ -980,12 +1140,12 @@ impl Device {
             self.counters.drop_unknown_index += 1;
             return None;
         };
-        let session = peer.session_mut(slot)?;
+        let session = peer.session(slot)?;
         if t.now.duration_since(session.created) >= reject {
             self.counters.drop_unknown_index += 1;
             return None;
         }
-        if !session.replay.check(counter) {
+        if !session.may_accept(counter) {
             self.counters.drop_replay += 1;
             return None;
         }
@@ -994,7 +1154,7 @@ impl Device {
             self.counters.drop_bad_tag += 1;
             return None;
         };
-        if !session.replay.mark(counter) {
+        if !session.mark(counter) {
             self.counters.drop_replay += 1;
             return None;
         }
@@ -1014,9 +1174,11 @@ impl Device {
                 _ => log::info!("peer {} moved to {from}", peer.name),
             }
             peer.endpoint = Some(from);
+            self.dirty = true;
         }
         if slot == Slot::Next {
             peer.confirm_next(&mut self.dropped);
+            self.dirty = true;
             peer.last_handshake = Some(t.now);
             peer.handshakes += 1;
             peer.diag.established();
@@ -1059,7 +1221,7 @@ impl Device {
         }
         let peer = &mut self.peers[pi];
         let n = info.total_len;
-        peer.rx_bytes += n as u64;
+        peer.stats.add_rx(n as u64);
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += n as u64;
         Some(HEADROOM..HEADROOM + n)
@@ -1172,6 +1334,7 @@ impl Device {
         self.tick_timers(t, out);
         self.tick_pmtud(t, out);
         self.update_liveness(t.now);
+        self.publish_if_dirty();
     }
 
     fn tick_timers(&mut self, t: &Time, out: &mut Vec<Datagram>) {
@@ -1204,16 +1367,17 @@ impl Device {
                             .saturating_add(self.rekey_after_time / 10)
                     };
                     let silent = peer
-                        .unanswered_since
+                        .stats
+                        .unanswered_since()
                         .is_some_and(|since| now.duration_since(since) >= DEAD_PEER_AFTER)
                         || self.health.is_some_and(|h| {
-                            [peer.last_received, peer.last_handshake]
+                            [peer.stats.last_received(), peer.last_handshake]
                                 .into_iter()
                                 .flatten()
                                 .max()
                                 .is_none_or(|at| now.duration_since(at) >= h.dead_after)
                         });
-                    age >= due || s.sent_bytes >= self.rekey_after_bytes || silent
+                    age >= due || s.sent_bytes() >= self.rekey_after_bytes || silent
                 }
             };
             if need {
@@ -1223,16 +1387,21 @@ impl Device {
             // Keepalives on an established session.
             let peer = &mut self.peers[pi];
             let want = match peer.keepalive {
-                Some(k) => peer.last_sent.is_none_or(|s| now.duration_since(s) >= k),
+                Some(k) => peer
+                    .stats
+                    .last_sent()
+                    .is_none_or(|s| now.duration_since(s) >= k),
                 None => peer
-                    .ack_due_since
+                    .stats
+                    .ack_due_since()
                     .is_some_and(|since| now.duration_since(since) >= PASSIVE_KEEPALIVE),
             };
-            if let (true, Some(to), Some(session)) = (want, peer.endpoint, peer.current.as_mut()) {
+            if let (true, Some(to), Some(session)) = (want, peer.endpoint, peer.current.as_ref()) {
                 let mut data = vec![0u8; OVERHEAD];
-                seal_frame(session, MessageType::Keepalive, &mut data);
-                peer.sent(now, false);
-                out.push(Datagram { to, data });
+                if seal_frame(session, MessageType::Keepalive, &mut data).is_some() {
+                    peer.sent(now, false);
+                    out.push(Datagram { to, data });
+                }
             }
         }
     }
@@ -1244,7 +1413,7 @@ impl Device {
     /// turns it off for the others; a running search is kept, with the
     /// configured interval.
     fn arm_pmtud(&mut self) {
-        let udp = crate::config::TransportKind::Udp.as_str();
+        let udp = crate::config::TransportKind::Udp;
         for (p, t) in self.peers.iter_mut().zip(&self.transports) {
             let want = self.pmtud.enabled && *t == udp;
             let has = p.pmtu.phase() != crate::pmtud::Phase::Disabled;
@@ -1257,8 +1426,21 @@ impl Device {
         self.update_pmtu_floor();
     }
 
+    /// Recomputes the smallest probed limit and marks the snapshot for
+    /// publishing when any peer's limit differs from the published one.
     fn update_pmtu_floor(&mut self) {
         self.pmtu_floor = self.peers.iter().filter_map(|p| p.pmtu.limit()).min();
+        let fast = self.fast.load();
+        if fast.probed_floor != self.pmtu_floor
+            || fast.peers.len() != self.peers.len()
+            || self
+                .peers
+                .iter()
+                .zip(&fast.peers)
+                .any(|(p, f)| p.pmtu.limit() != f.probed_max_frame)
+        {
+            self.dirty = true;
+        }
     }
 
     /// Path MTU probing: sends the probe rounds each peer's search asks
@@ -1273,7 +1455,9 @@ impl Device {
                 continue;
             };
             let (was, holes) = (peer.pmtu.phase(), peer.pmtu.stats().black_holes);
-            let probes = peer.pmtu.poll(t.now, to, peer.data_unanswered_since);
+            let probes = peer
+                .pmtu
+                .poll(t.now, to, peer.stats.data_unanswered_since());
             log_pmtud_change(&peer.name, &peer.pmtu, was, holes);
             let Some(probes) = probes else {
                 continue;
@@ -1284,7 +1468,10 @@ impl Device {
                 };
                 let mut data = vec![0u8; p.size];
                 Control::Probe { id: p.id, size }.emit(&mut data[HEADROOM..p.size - TAILROOM]);
-                seal_frame(session, MessageType::Data, &mut data);
+                if seal_frame(session, MessageType::Data, &mut data).is_none() {
+                    // The session's counters are spent: the next one probes.
+                    break;
+                }
                 self.counters.pmtu_probes_sent += 1;
                 out.push(Datagram { to, data });
             }
@@ -1296,7 +1483,7 @@ impl Device {
     /// An authenticated control message (`plain`, from a frame of
     /// `frame_len` bytes) from peer `pi`: a probe is answered with an ack
     /// on the current session, an ack goes to the peer's search.
-    fn on_control(
+    pub(crate) fn on_control(
         &mut self,
         pi: usize,
         plain: &[u8],
@@ -1310,13 +1497,15 @@ impl Device {
             Ok(Control::Probe { id, size }) if usize::from(size) == frame_len => {
                 let (Some(to), Some(session)) = (
                     peer.endpoint,
-                    peer.current.as_mut().filter(|s| s.can_send(t.now, reject)),
+                    peer.current.as_ref().filter(|s| s.can_send(t.now, reject)),
                 ) else {
                     return;
                 };
                 let mut data = vec![0u8; Control::MIN_FRAME];
                 Control::Ack { id, size }.emit(&mut data[HEADROOM..HEADROOM + Control::LEN]);
-                seal_frame(session, MessageType::Data, &mut data);
+                if seal_frame(session, MessageType::Data, &mut data).is_none() {
+                    return;
+                }
                 peer.sent(t.now, false);
                 self.counters.pmtu_probes_answered += 1;
                 out.push(Datagram { to, data });
@@ -1327,25 +1516,15 @@ impl Device {
                 } else {
                     self.counters.pmtu_acks_stray += 1;
                 }
+                // An ack may settle a search: the workers' limit follows.
+                self.update_pmtu_floor();
+                self.publish_if_dirty();
             }
             // A probe whose stated size is not the frame's, an unknown
             // kind, non-zero reserved bytes: authenticated, yet not ours
             // to understand.
             Ok(Control::Probe { .. }) | Err(_) => self.counters.drop_malformed += 1,
         }
-    }
-
-    /// The largest frame path MTU probing allows towards the peer that
-    /// `packet` (an inner packet) goes to, if probing limits it.
-    pub fn probed_max_frame(&self, packet: &[u8]) -> Option<usize> {
-        let dst = wire::inner_ip_info(packet).ok()?.dst;
-        self.peers[self.route(dst)?].pmtu.limit()
-    }
-
-    /// The smallest frame limit probing set on any peer: frames up to it
-    /// fit every path, and need no [`Device::probed_max_frame`].
-    pub fn probed_floor(&self) -> Option<usize> {
-        self.pmtu_floor
     }
 
     /// Hands each UDP peer's search the kernel's frame limit towards its
@@ -1363,6 +1542,7 @@ impl Device {
             }
         }
         self.update_pmtu_floor();
+        self.publish_if_dirty();
     }
 }
 
@@ -1485,7 +1665,7 @@ fn reject_after(rekey_after_time: Duration) -> Duration {
 /// that rebinds the peer's port is followed within a keepalive or
 /// dead-peer interval. TCP and QUIC peers follow every frame: their
 /// `from` names the connection, and a redial comes from a new port.
-fn moves_endpoint(
+pub(crate) fn moves_endpoint(
     current: Option<SocketAddr>,
     from: SocketAddr,
     udp: bool,
@@ -1499,20 +1679,12 @@ fn moves_endpoint(
 }
 
 /// Writes the data header for `ty` into `buf[..HEADROOM]` and seals
-/// `buf[HEADROOM..]` (inner packet followed by room for the tag) in place.
-/// Returns the frame length.
-fn seal_frame(session: &mut Session, ty: MessageType, buf: &mut [u8]) -> usize {
-    let counter = session.next_counter();
-    let (header, body) = buf.split_at_mut(HEADROOM);
-    // Both only fail for buffers without room for header and tag, or a
-    // non-data type, which callers never pass; such a frame would be dropped
-    // by the peer.
-    if wire::DataFrame::emit_header(header, ty, session.remote_index, counter).is_err()
-        || session.send.seal_in_place(counter, header, body).is_err()
-    {
-        log::error!("sealing a {} byte buffer failed", body.len());
-    }
-    buf.len()
+/// `buf[HEADROOM..]` (inner packet followed by room for the tag) in place
+/// with the session's next counter. Returns the frame length, or `None`
+/// when the session has no counter left.
+fn seal_frame(session: &Session, ty: MessageType, buf: &mut [u8]) -> Option<usize> {
+    let counter = session.next_counter()?;
+    Some(crate::fastpath::seal(session, counter, ty, buf))
 }
 
 #[cfg(test)]

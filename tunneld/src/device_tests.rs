@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 #[path = "device_ha_tests.rs"]
 mod ha;
 
+#[path = "fastpath_tests.rs"]
+mod fastpath;
+
 const A_ADDR: &str = "198.18.0.1:51820";
 const B_ADDR: &str = "198.18.0.2:51820";
 
@@ -1036,8 +1039,8 @@ fn a_black_hole_between_the_devices_is_found_and_limits_the_inner_mtu() {
     assert!(n.to_b.is_empty(), "the large packets were lost");
     // The data path now answers such packets with ICMP too-big (its
     // limit: 1368-byte frames), and smaller ones cross.
-    assert_eq!(n.a.probed_max_frame(&big), Some(1368));
-    assert_eq!(n.a.probed_floor(), Some(1368));
+    assert_eq!(n.a.fast_path().load().probed_max_frame(&big), Some(1368));
+    assert_eq!(n.a.fast_path().load().probed_floor(), Some(1368));
     n.send(true, &ipv4(A_HOST, B_HOST, &[7u8; 1336 - 28]));
     n.flush();
     assert_eq!(n.to_b.len(), 1);

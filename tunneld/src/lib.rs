@@ -10,6 +10,8 @@
 //! - [`wire`]: zero-copy views over IP headers and our frame format.
 //! - [`crypto`]: AEAD providers, the Noise IK handshake, replay window.
 //! - [`peer`], [`device`]: per-peer sessions and the sans-IO protocol core;
+//!   [`fastpath`]: its lock-free half, sealing and opening data frames
+//!   with a published snapshot of the device;
 //!   [`admission`]: which handshake messages get public-key work.
 //! - [`tun`], [`transport`]: the two edges of the data path.
 //! - [`dataplane`]: the loop that moves packets between them.
@@ -31,6 +33,7 @@ pub mod control;
 pub mod crypto;
 pub mod dataplane;
 pub mod device;
+pub mod fastpath;
 pub mod fq;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -256,9 +256,47 @@ fn init(name: &str, address: &str, dir: &std::path::Path, listen: &str) -> Resul
     Ok(())
 }
 
-/// The transports the peers need: plain UDP alone (the fast path, as
-/// before), or a [`MultiTransport`] over the kinds in use.
-fn transports(cfg: &Config) -> Result<Box<dyn Transport>> {
+/// The transports the peers need, one per data-path worker that receives:
+/// with only UDP peers, one UDP transport per worker on the same ports
+/// (SO_REUSEPORT, [`UdpTransport::bind_workers`]); otherwise one
+/// [`MultiTransport`] over the kinds in use, which the first worker
+/// receives from and every worker sends on (a TCP connection or QUIC
+/// connection is one ordered stream, and one receiver keeps it so).
+fn transports(cfg: &Config) -> Result<Vec<Box<dyn Transport>>> {
+    let dp = cfg.dataplane;
+    let uses = |k: TransportKind| cfg.peers.iter().any(|p| p.transport == k);
+    if !uses(TransportKind::Tcp) && !uses(TransportKind::Quic) {
+        let all = UdpTransport::bind_workers(
+            cfg.listen,
+            cfg.socket_buffer,
+            dp.offload,
+            dp.batch,
+            dp.flows,
+            dp.workers,
+        )
+        .with_context(|| {
+            format!(
+                "binding UDP {} ({} flow(s), {} worker(s))",
+                cfg.listen, dp.flows, dp.workers
+            )
+        })?;
+        return Ok(all
+            .into_iter()
+            .map(|t| Box::new(t) as Box<dyn Transport>)
+            .collect());
+    }
+    if dp.workers > 1 {
+        log::info!(
+            "TCP/QUIC peers: one transport for {} workers; the first receives, all send",
+            dp.workers
+        );
+    }
+    Ok(vec![transports_shared(cfg)?])
+}
+
+/// The one transport of a config with TCP or QUIC peers: a
+/// [`MultiTransport`] over the kinds in use.
+fn transports_shared(cfg: &Config) -> Result<Box<dyn Transport>> {
     let dp = cfg.dataplane;
     let uses = |k: TransportKind| cfg.peers.iter().any(|p| p.transport == k);
     let udp = || {
@@ -365,8 +403,8 @@ fn run(path: &std::path::Path) -> Result<()> {
     }
     let dp = cfg.dataplane;
     let transport = transports(&cfg)?;
-    let tun = Tun::create(&cfg.interface.name, dp.offload)?;
-    tun.configure(cfg.interface.mtu, &cfg.interface.addresses)?;
+    let tuns = Tun::create_queues(&cfg.interface.name, dp.offload, dp.workers)?;
+    tuns[0].configure(cfg.interface.mtu, &cfg.interface.addresses)?;
     // Allowed prefixes are routed by the route manager (`routes:`), which
     // follows peer health in `on-session` mode and restores what it replaced.
     let routes = Arc::new(
@@ -376,7 +414,7 @@ fn run(path: &std::path::Path) -> Result<()> {
     let route_events = routes.sender();
     let status = Arc::new(StatusCell::new(Status {
         interface: cfg.interface.name.clone(),
-        listen: transport
+        listen: transport[0]
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
@@ -435,10 +473,11 @@ fn run(path: &std::path::Path) -> Result<()> {
         cfg.peers.len()
     ));
     let _watchdog = service::Watchdog::start(status.clone());
+    let transports: Vec<&dyn Transport> = transport.iter().map(|t| t.as_ref()).collect();
     let result = tunneld::dataplane::run(
         device,
-        &tun,
-        transport.as_ref(),
+        &tuns,
+        &transports,
         dp,
         usize::from(cfg.interface.mtu),
         tunneld::dataplane::Links {

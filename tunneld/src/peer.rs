@@ -16,6 +16,8 @@ use crate::crypto::ReplayWindow;
 use crate::prefix::Prefix;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Packets held per peer while a handshake is in flight. 128 covers a TCP
@@ -35,17 +37,44 @@ pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(4);
 /// handshake per 5 s, not one per frame.
 pub const TRIGGERED_HANDSHAKE_EVERY: Duration = Duration::from_secs(5);
 
-/// One established session with a peer.
+/// One established session with a peer: immutable keys plus the two pieces
+/// of state that change per packet, each safe to share between data-path
+/// workers without the device lock:
+/// - the send counter, an atomic from which runs of counters are reserved
+///   ([`Session::reserve`]), so no two workers ever seal with one nonce;
+/// - the replay window, behind a lock of its own, held for a bit test
+///   before and a bit set after each decryption, never across one (a
+///   per-session lock, so workers contend only when they open frames of
+///   one session at the same instant).
+///
+/// Sessions are shared as `Arc<Session>` between the device and the
+/// published [`crate::fastpath::FastPath`]; a rekey installs a new one and
+/// the old one lives on as `previous` until it expires.
 pub struct Session {
     pub(crate) send: Box<dyn Aead>,
     pub(crate) recv: Box<dyn Aead>,
     pub(crate) local_index: u32,
     pub(crate) remote_index: u32,
-    pub(crate) send_counter: u64,
-    pub(crate) replay: ReplayWindow,
+    send_counter: AtomicU64,
+    replay: Mutex<ReplayWindow>,
+    /// One past the replay window's highest accepted counter (0: none
+    /// yet), readable without its lock: a counter at or above it is fresh
+    /// at the time of the check, so in-order frames skip the lock before
+    /// decryption ([`Session::mark`] checks again under it).
+    replay_next: AtomicU64,
     pub(crate) created: Instant,
     pub(crate) initiator: bool,
-    pub(crate) sent_bytes: u64,
+    sent_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("local_index", &self.local_index)
+            .field("remote_index", &self.remote_index)
+            .field("counters_used", &self.counters_used())
+            .finish()
+    }
 }
 
 impl Session {
@@ -60,24 +89,83 @@ impl Session {
             recv: make(&keys.recv)?,
             local_index: keys.local_index,
             remote_index: keys.remote_index,
-            send_counter: 0,
-            replay: ReplayWindow::new(),
+            send_counter: AtomicU64::new(0),
+            replay: Mutex::new(ReplayWindow::new()),
+            replay_next: AtomicU64::new(0),
             created: now,
             initiator: keys.initiator,
-            sent_bytes: 0,
+            sent_bytes: AtomicU64::new(0),
         })
     }
 
     /// Whether this session may still seal at `now`.
     pub fn can_send(&self, now: Instant, reject_after: Duration) -> bool {
-        self.send_counter < REJECT_AFTER_MESSAGES && now.duration_since(self.created) < reject_after
+        self.send_counter.load(Ordering::Relaxed) < REJECT_AFTER_MESSAGES
+            && now.duration_since(self.created) < reject_after
     }
 
-    /// Takes the next send counter.
-    pub fn next_counter(&mut self) -> u64 {
-        let c = self.send_counter;
-        self.send_counter += 1;
-        c
+    /// Reserves `n` consecutive send counters and returns the first, or
+    /// `None` when that would pass [`REJECT_AFTER_MESSAGES`] (the counter
+    /// then stays where it is, so it can never wrap to a used value).
+    /// Counters reserved and not used are simply never sent: the peer's
+    /// replay window sees a gap, as it does for a lost frame.
+    pub fn reserve(&self, n: u64) -> Option<u64> {
+        self.send_counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                c.checked_add(n).filter(|end| *end <= REJECT_AFTER_MESSAGES)
+            })
+            .ok()
+    }
+
+    /// Takes the next send counter (`None` once the session is exhausted).
+    pub fn next_counter(&self) -> Option<u64> {
+        self.reserve(1)
+    }
+
+    /// Counters handed out so far (the next one to be reserved).
+    pub fn counters_used(&self) -> u64 {
+        self.send_counter.load(Ordering::Relaxed)
+    }
+
+    /// Inner bytes sealed with this session (the rekey-by-bytes trigger).
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Adds `n` sealed inner bytes.
+    pub fn add_sent_bytes(&self, n: u64) {
+        self.sent_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, ReplayWindow> {
+        // The window is a plain bitmap: one a panicking thread left behind
+        // is still a valid window.
+        self.replay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The check before decryption: false when `counter` was seen or is
+    /// too old, so a replayed frame costs no decryption. A counter above
+    /// the highest accepted one (in-order traffic) passes without the lock.
+    /// Another opener may take the counter between this and
+    /// [`Session::mark`], which therefore checks again.
+    pub fn may_accept(&self, counter: u64) -> bool {
+        counter >= self.replay_next.load(Ordering::Relaxed) || self.window().check(counter)
+    }
+
+    /// Records an authenticated frame's `counter`; false when it was seen
+    /// before or is too old (the frame must then be dropped). Safe under
+    /// concurrent calls: each counter is accepted at most once. The lock is
+    /// held for a bit test and set, never across a decryption.
+    pub fn mark(&self, counter: u64) -> bool {
+        let mut w = self.window();
+        let fresh = w.mark(counter);
+        if fresh {
+            // Saturating: at u64::MAX the lock-free check lets the last
+            // counter through to `mark`, which refuses it.
+            let next = w.top().map_or(0, |t| t.saturating_add(1));
+            self.replay_next.store(next, Ordering::Relaxed);
+        }
+        fresh
     }
 }
 
@@ -106,31 +194,23 @@ pub struct Peer {
     pub(crate) configured_endpoint: Option<SocketAddr>,
     pub(crate) allowed: Vec<Prefix>,
     pub(crate) keepalive: Option<Duration>,
-    pub(crate) current: Option<Session>,
-    pub(crate) previous: Option<Session>,
-    pub(crate) next: Option<Session>,
+    pub(crate) current: Option<Arc<Session>>,
+    pub(crate) previous: Option<Arc<Session>>,
+    pub(crate) next: Option<Arc<Session>>,
     pub(crate) pending: Option<Pending>,
     /// Greatest initiation timestamp accepted from this peer (replay guard).
     pub(crate) last_timestamp: [u8; TIMESTAMP_LEN],
     pub(crate) last_handshake: Option<Instant>,
     /// Earliest time a new initiation may start (backoff between attempts).
     pub(crate) next_attempt: Option<Instant>,
-    pub(crate) last_sent: Option<Instant>,
-    pub(crate) last_received: Option<Instant>,
-    /// First data packet sent since the peer was last heard from (dead-peer detection).
-    pub(crate) unanswered_since: Option<Instant>,
-    /// First data packet sent since the last data packet received (path
-    /// MTU probing's silence trigger: keepalives do not end it).
-    pub(crate) data_unanswered_since: Option<Instant>,
-    /// First data packet received since we last sent anything (passive keepalive).
-    pub(crate) ack_due_since: Option<Instant>,
+    /// Traffic times and byte counts, updated by the data-path workers
+    /// without the device lock and read by the timers.
+    pub(crate) stats: Arc<PeerStats>,
     pub(crate) staged: VecDeque<Vec<u8>>,
     /// The MACs of the handshake messages we send this peer, and its cookie.
     pub(crate) jar: CookieJar,
     /// When data for an unknown index last triggered a handshake.
     pub(crate) triggered_at: Option<Instant>,
-    pub(crate) tx_bytes: u64,
-    pub(crate) rx_bytes: u64,
     pub(crate) handshakes: u64,
     /// Why there is no session, for `tunneld show` and the log.
     pub(crate) diag: Diagnosis,
@@ -189,16 +269,10 @@ impl Peer {
             last_timestamp: [0; TIMESTAMP_LEN],
             last_handshake: None,
             next_attempt: None,
-            last_sent: None,
-            last_received: None,
-            unanswered_since: None,
-            data_unanswered_since: None,
-            ack_due_since: None,
+            stats: Arc::new(PeerStats::new()),
             staged: VecDeque::new(),
             jar: CookieJar::new(&public),
             triggered_at: None,
-            tx_bytes: 0,
-            rx_bytes: 0,
             handshakes: 0,
             diag: Diagnosis::default(),
             pmtu: crate::pmtud::Pmtud::disabled(),
@@ -212,7 +286,8 @@ impl Peer {
 
     /// Which session, if any, owns `local_index`.
     pub fn slot_of(&self, local_index: u32) -> Option<Slot> {
-        let is = |s: &Option<Session>| s.as_ref().is_some_and(|s| s.local_index == local_index);
+        let is =
+            |s: &Option<Arc<Session>>| s.as_ref().is_some_and(|s| s.local_index == local_index);
         if is(&self.current) {
             Some(Slot::Current)
         } else if is(&self.previous) {
@@ -233,18 +308,18 @@ impl Peer {
             .chain(self.pending.as_ref().map(|p| p.initiation.local_index()))
     }
 
-    /// Mutable access to a session by slot.
-    pub fn session_mut(&mut self, slot: Slot) -> Option<&mut Session> {
+    /// A session by slot.
+    pub fn session(&self, slot: Slot) -> Option<&Arc<Session>> {
         match slot {
-            Slot::Current => self.current.as_mut(),
-            Slot::Previous => self.previous.as_mut(),
-            Slot::Next => self.next.as_mut(),
+            Slot::Current => self.current.as_ref(),
+            Slot::Previous => self.previous.as_ref(),
+            Slot::Next => self.next.as_ref(),
         }
     }
 
     /// Installs a new current session; the old current becomes previous.
     /// Returns the local indexes of sessions that were dropped.
-    pub fn install_current(&mut self, s: Session, dropped: &mut Vec<u32>) {
+    pub fn install_current(&mut self, s: Arc<Session>, dropped: &mut Vec<u32>) {
         if let Some(old) = self.previous.take() {
             dropped.push(old.local_index);
         }
@@ -253,7 +328,7 @@ impl Peer {
     }
 
     /// Installs an unconfirmed responder session, replacing an older one.
-    pub fn install_next(&mut self, s: Session, dropped: &mut Vec<u32>) {
+    pub fn install_next(&mut self, s: Arc<Session>, dropped: &mut Vec<u32>) {
         if let Some(old) = self.next.replace(s) {
             dropped.push(old.local_index);
         }
@@ -296,27 +371,13 @@ impl Peer {
     }
 
     /// Records that something was sent at `now` (`data`: an inner packet).
-    pub fn sent(&mut self, now: Instant, data: bool) {
-        self.last_sent = Some(now);
-        self.ack_due_since = None;
-        if data && self.unanswered_since.is_none() {
-            self.unanswered_since = Some(now);
-        }
-        if data && self.data_unanswered_since.is_none() {
-            self.data_unanswered_since = Some(now);
-        }
+    pub fn sent(&self, now: Instant, data: bool) {
+        self.stats.sent(now, data);
     }
 
     /// Records an authenticated packet received at `now` (`data`: an inner packet).
-    pub fn received(&mut self, now: Instant, data: bool) {
-        self.last_received = Some(now);
-        self.unanswered_since = None;
-        if data {
-            self.data_unanswered_since = None;
-        }
-        if data && self.ack_due_since.is_none() {
-            self.ack_due_since = Some(now);
-        }
+    pub fn received(&self, now: Instant, data: bool) {
+        self.stats.received(now, data);
     }
 
     /// Whether data for an unknown index may trigger a handshake at `now`
@@ -337,5 +398,177 @@ impl Peer {
         HANDSHAKE_RETRY_BASE
             .saturating_mul(1u32 << attempt.min(8))
             .min(HANDSHAKE_RETRY_MAX)
+    }
+}
+
+/// A peer's traffic times and byte counts, shared by every data-path
+/// worker and read by the device's timers. Times are stored as signed
+/// nanoseconds from an origin (an `Instant` cannot be an atomic), with
+/// [`NEVER`] for none. Writers skip the store when the value is already
+/// there, so a batch of packets costs one write per field, not one per
+/// packet, and workers do not bounce the cache line for nothing.
+#[derive(Debug)]
+pub struct PeerStats {
+    origin: Instant,
+    last_sent: AtomicI64,
+    last_received: AtomicI64,
+    /// First data packet sent since the peer was last heard from (dead-peer detection).
+    unanswered_since: AtomicI64,
+    /// First data packet sent since the last data packet received (path
+    /// MTU probing's silence trigger: keepalives do not end it).
+    data_unanswered_since: AtomicI64,
+    /// First data packet received since we last sent anything (passive keepalive).
+    ack_due_since: AtomicI64,
+    tx_bytes: AtomicU64,
+    rx_bytes: AtomicU64,
+    /// Packets refused by the peer's `transit` list on the lock-free path.
+    transit_denied: AtomicU64,
+}
+
+/// "No such time" in a [`PeerStats`] field.
+const NEVER: i64 = i64::MIN;
+
+impl Default for PeerStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PeerStats {
+    /// Nothing sent or received yet.
+    pub fn new() -> Self {
+        PeerStats {
+            origin: Instant::now(),
+            last_sent: AtomicI64::new(NEVER),
+            last_received: AtomicI64::new(NEVER),
+            unanswered_since: AtomicI64::new(NEVER),
+            data_unanswered_since: AtomicI64::new(NEVER),
+            ack_due_since: AtomicI64::new(NEVER),
+            tx_bytes: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            transit_denied: AtomicU64::new(0),
+        }
+    }
+
+    fn encode(&self, t: Instant) -> i64 {
+        // i64 nanoseconds cover 292 years either side of the origin.
+        let clamp = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        match t.checked_duration_since(self.origin) {
+            Some(d) => clamp(d),
+            None => -clamp(self.origin.duration_since(t)),
+        }
+    }
+
+    fn decode(&self, v: i64) -> Option<Instant> {
+        if v == NEVER {
+            return None;
+        }
+        let d = Duration::from_nanos(v.unsigned_abs());
+        if v >= 0 {
+            self.origin.checked_add(d)
+        } else {
+            self.origin.checked_sub(d)
+        }
+    }
+
+    fn get(&self, a: &AtomicI64) -> Option<Instant> {
+        self.decode(a.load(Ordering::Relaxed))
+    }
+
+    fn set(a: &AtomicI64, v: i64) {
+        if a.load(Ordering::Relaxed) != v {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn set_if_never(a: &AtomicI64, v: i64) {
+        if a.load(Ordering::Relaxed) == NEVER {
+            let _ = a.compare_exchange(NEVER, v, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Something was sent at `now` (`data`: an inner packet).
+    pub fn sent(&self, now: Instant, data: bool) {
+        let v = self.encode(now);
+        if self.last_sent.load(Ordering::Relaxed) < v {
+            self.last_sent.fetch_max(v, Ordering::Relaxed);
+        }
+        Self::set(&self.ack_due_since, NEVER);
+        if data {
+            Self::set_if_never(&self.unanswered_since, v);
+            Self::set_if_never(&self.data_unanswered_since, v);
+        }
+    }
+
+    /// An authenticated packet was received at `now` (`data`: an inner packet).
+    pub fn received(&self, now: Instant, data: bool) {
+        let v = self.encode(now);
+        if self.last_received.load(Ordering::Relaxed) < v {
+            self.last_received.fetch_max(v, Ordering::Relaxed);
+        }
+        Self::set(&self.unanswered_since, NEVER);
+        if data {
+            Self::set(&self.data_unanswered_since, NEVER);
+            Self::set_if_never(&self.ack_due_since, v);
+        }
+    }
+
+    /// When anything was last sent.
+    pub fn last_sent(&self) -> Option<Instant> {
+        self.get(&self.last_sent)
+    }
+
+    /// When an authenticated packet was last received.
+    pub fn last_received(&self) -> Option<Instant> {
+        self.get(&self.last_received)
+    }
+
+    /// The first data packet sent since the peer was last heard from.
+    pub fn unanswered_since(&self) -> Option<Instant> {
+        self.get(&self.unanswered_since)
+    }
+
+    /// The first data packet sent since the last data packet received.
+    pub fn data_unanswered_since(&self) -> Option<Instant> {
+        self.get(&self.data_unanswered_since)
+    }
+
+    /// The first data packet received since we last sent anything.
+    pub fn ack_due_since(&self) -> Option<Instant> {
+        self.get(&self.ack_due_since)
+    }
+
+    /// Adds sealed inner bytes.
+    pub fn add_tx(&self, n: u64) {
+        if n > 0 {
+            self.tx_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds opened inner bytes.
+    pub fn add_rx(&self, n: u64) {
+        if n > 0 {
+            self.rx_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a packet refused by the `transit` list.
+    pub fn add_transit_denied(&self) {
+        self.transit_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Inner bytes sealed for this peer.
+    pub fn tx_bytes(&self) -> u64 {
+        self.tx_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Inner bytes opened from this peer.
+    pub fn rx_bytes(&self) -> u64 {
+        self.rx_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Packets refused by the `transit` list on the lock-free path.
+    pub fn transit_denied(&self) -> u64 {
+        self.transit_denied.load(Ordering::Relaxed)
     }
 }

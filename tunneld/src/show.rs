@@ -207,7 +207,7 @@ pub(crate) mod tests {
     pub(crate) fn peer_status(name: &str) -> PeerStatus {
         PeerStatus {
             name: name.into(),
-            transport: "udp",
+            transport: crate::config::TransportKind::Udp,
             endpoint: Some("198.18.0.2:51820".into()),
             session: true,
             up: true,

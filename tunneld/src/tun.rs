@@ -128,13 +128,28 @@ impl Tun {
     /// Creates the TUN interface `name`, non-blocking; with `offload`, asks
     /// for TSO/GRO and falls back (logged) when the kernel refuses.
     pub fn create(name: &str, offload: bool) -> Result<Tun, TunError> {
+        let mut queues = Tun::create_queues(name, offload, 1)?;
+        queues.pop().ok_or_else(|| TunError::Create {
+            name: name.to_string(),
+            source: io::Error::other("no queue"),
+        })
+    }
+
+    /// Creates the TUN interface `name` with `queues` queues (one per
+    /// data-path worker). With more than one the device is IFF_MULTI_QUEUE:
+    /// the kernel picks the queue a packet is read from by its flow hash,
+    /// so one inner flow is always read by one worker (and keeps its
+    /// order), and any queue may be written.
+    pub fn create_queues(name: &str, offload: bool, queues: usize) -> Result<Vec<Tun>, TunError> {
         let err = |source| TunError::Create {
             name: name.to_string(),
             source,
         };
+        let multi = queues > 1;
         let dev = DeviceBuilder::new()
             .name(name)
             .offload(offload)
+            .multi_queue(multi)
             .build_sync()
             .map_err(err)?;
         dev.set_nonblocking(true).map_err(err)?;
@@ -153,11 +168,24 @@ impl Tun {
                 );
             }
         }
-        Ok(Tun {
-            dev,
-            name: name.to_string(),
-            offload: active,
-        })
+        let mut devs = Vec::with_capacity(queues);
+        for _ in 1..queues {
+            let q = dev.try_clone().map_err(err)?;
+            q.set_nonblocking(true).map_err(err)?;
+            devs.push(q);
+        }
+        devs.insert(0, dev);
+        if multi {
+            log::info!("TUN {name}: {queues} queues (IFF_MULTI_QUEUE)");
+        }
+        Ok(devs
+            .into_iter()
+            .map(|dev| Tun {
+                dev,
+                name: name.to_string(),
+                offload: active,
+            })
+            .collect())
     }
 
     /// The interface name.

@@ -22,7 +22,7 @@ pub enum Knob {
     Offload,
     /// tunneld `dataplane.batch` (packets per system-call batch).
     Batch,
-    /// tunneld `dataplane.workers` (1 or 2 threads).
+    /// tunneld `dataplane.workers` (data-path threads, 1..=64).
     Workers,
     /// tunneld `dataplane.flows` (UDP sockets per peer, 1..=16).
     Flows,
@@ -240,7 +240,7 @@ bounded_type!(
     *tunneld::config::WORKERS_RANGE.start(),
     *tunneld::config::WORKERS_RANGE.end(),
     false,
-    "worker count (1 or 2)"
+    "worker count (1..=64)"
 );
 bounded_type!(
     FlowsV,

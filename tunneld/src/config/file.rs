@@ -57,13 +57,25 @@ pub const DEFAULT_BATCH: u64 = 64;
 /// Largest batch: the most segments a UDP GSO send may carry is 64 on older
 /// kernels and 128 since 5.x; beyond that batching buys nothing.
 pub const BATCH_RANGE: std::ops::RangeInclusive<u64> = 1..=128;
-/// Default data-path threads: one loop for both directions. Both workers
-/// seal and open under the device lock, so a second thread only overlaps
-/// system calls; on the 2-core lab hosts one loop moves as much with less
-/// CPU (docs/performance.md).
+/// Default data-path workers: one loop for both directions. On the 2-core
+/// lab hosts a second worker competes with the peer's, the WAN emulator's
+/// and the applications' threads for the same two cores
+/// (docs/measurements/2026-12-04-workers.md); on a gateway with cores to
+/// spare, `auto` or a count spreads the tunnel over them.
 pub const DEFAULT_WORKERS: u64 = 1;
-/// Worker counts the data path supports (a loop for both directions, or one per direction).
-pub const WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=2;
+/// Most workers: each is a thread with its own TUN queue and UDP socket,
+/// so 64 (more cores than one NIC's queues usually reach) bounds the
+/// descriptors and buffers (~8 MB per worker) a typo could cost.
+pub const MAX_WORKERS: usize = 64;
+/// Worker counts (see [`MAX_WORKERS`]).
+pub const WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=MAX_WORKERS as u64;
+/// `workers: auto` in the file form (a count of 0 is never valid, so it
+/// cannot be mistaken for one).
+pub const WORKERS_AUTO: u64 = 0;
+/// `workers: auto` takes one worker per CPU this process may run on, at
+/// most this many: past 16 a single tunnel's flows rarely spread evenly
+/// enough to use more, and the NIC's queues are usually fewer.
+pub const AUTO_WORKERS_MAX: usize = 16;
 /// Default CoDel target and interval (RFC 8289's, for Internet RTTs; a
 /// tunnel between nearby DCs can go lower).
 pub const DEFAULT_CODEL_TARGET: Duration = Duration::from_millis(5);
@@ -245,9 +257,14 @@ pub struct DataplaneFile {
     /// super-packet segments): 1..=128.
     #[serde(default = "default_batch")]
     pub batch: u64,
-    /// Data-path threads: 1 (one loop for both directions) or 2 (one per
-    /// direction).
-    #[serde(default = "default_workers")]
+    /// Data-path workers, 1..=64 or `auto` (one per usable CPU, at most
+    /// 16); each seals and opens with its own TUN queue and UDP socket.
+    /// [`WORKERS_AUTO`] stands for `auto`.
+    #[serde(
+        default = "default_workers",
+        deserialize_with = "de_workers",
+        serialize_with = "ser_workers"
+    )]
     pub workers: u64,
     /// The TUN → network queue: `fifo` (default) or `fq_codel`.
     #[serde(default)]
@@ -274,9 +291,9 @@ pub struct DataplaneFile {
     /// (5-tuple) always leaves on the same one. Ignored for TCP/QUIC peers.
     #[serde(default = "default_flows")]
     pub flows: u64,
-    /// CPUs the data-path threads are pinned to: `[c]` pins the loop (or
-    /// both workers) to CPU `c`; `[tx, rx]` pins the TX and RX workers
-    /// apart (with one worker the first is used). Unset: not pinned.
+    /// CPUs the data-path workers are pinned to: `[c]` pins every worker
+    /// to CPU `c`; a list of one CPU per worker pins each apart. Unset:
+    /// not pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Vec<u64>>,
 }
@@ -545,6 +562,29 @@ fn de_span<'de, D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
         what: "a duration such as 30s",
         parse: |s| Ok(Span(units::parse_duration(s).map_err(|e| e.to_string())?)),
     })
+}
+
+fn de_workers<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_any(Quantity {
+        what: "a worker count (1..=64) or auto",
+        parse: |s| match s.trim() {
+            "auto" => Ok(WORKERS_AUTO),
+            t => match t.parse::<u64>() {
+                // 0 would read as `auto`: refused here, by name.
+                Ok(0) => Err("0 workers: give 1..=64 or auto".into()),
+                Ok(n) => Ok(n),
+                Err(_) => Err(format!("`{t}` is not a worker count (1..=64) or auto")),
+            },
+        },
+    })
+}
+
+fn ser_workers<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    if *v == WORKERS_AUTO {
+        s.serialize_str("auto")
+    } else {
+        s.serialize_u64(*v)
+    }
 }
 
 /// `rekey:`.

@@ -22,11 +22,11 @@ use std::time::Duration;
 
 pub use file::{
     DataplaneFile, HealthFile, InterfaceFile, Kind, MetricsFile, PeerFile, PeerQuicFile, QuicFile,
-    RekeyFile, RouteInstall, RoutesFile, TunnelFile, BATCH_RANGE, DEFAULT_BATCH, DEFAULT_FLOWS,
-    DEFAULT_METRICS_LISTEN, DEFAULT_MTU, DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE,
+    RekeyFile, RouteInstall, RoutesFile, TunnelFile, AUTO_WORKERS_MAX, BATCH_RANGE, DEFAULT_BATCH,
+    DEFAULT_FLOWS, DEFAULT_METRICS_LISTEN, DEFAULT_MTU, DEFAULT_QUIC_IDLE, DEFAULT_QUIC_KEEPALIVE,
     DEFAULT_REKEY_BYTES, DEFAULT_REKEY_TIME, DEFAULT_SOCKET_BUFFER, DEFAULT_WORKERS, FLOWS_RANGE,
-    IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MIN_REKEY_BYTES,
-    MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE, WORKERS_RANGE,
+    IPV6_MIN_MTU, KEEPALIVE_RANGE, MAX_IFNAME_LEN, MAX_PEER_NAME_LEN, MAX_WORKERS, MIN_REKEY_BYTES,
+    MIN_REKEY_TIME, MTU_RANGE, QUIC_IDLE_RANGE, SOCKET_BUFFER_RANGE, WORKERS_AUTO, WORKERS_RANGE,
 };
 pub use file::{
     HEALTH_DEAD_AFTER_RANGE, HEALTH_INTERVAL_RANGE, HEALTH_MIN_INTERVALS, MAIN_ROUTE_TABLE,
@@ -211,9 +211,55 @@ pub struct DataplaneConfig {
     pub queue_limit: usize,
     /// ECN propagation (RFC 6040) and CE marking by fq_codel.
     pub ecn: bool,
-    /// CPUs of the (TX, RX) workers (the same one twice for `[c]`); `None`:
-    /// not pinned.
-    pub cpus: Option<(u16, u16)>,
+    /// CPUs the workers are pinned to; `None`: not pinned.
+    pub cpus: Option<CpuList>,
+}
+
+/// `dataplane.cpus`, checked: one CPU for every worker, or one per worker
+/// (a fixed array, so the knobs stay `Copy`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CpuList {
+    cpus: [u16; file::MAX_WORKERS],
+    len: u8,
+}
+
+impl CpuList {
+    /// A list of 1..=64 CPUs (longer lists are cut; the config check
+    /// refuses them first).
+    pub fn new(list: &[u16]) -> CpuList {
+        let mut cpus = [0u16; file::MAX_WORKERS];
+        let len = list.len().min(cpus.len());
+        cpus[..len].copy_from_slice(&list[..len]);
+        CpuList {
+            cpus,
+            len: len as u8,
+        }
+    }
+
+    /// The CPU worker `i` runs on.
+    pub fn for_worker(&self, i: usize) -> u16 {
+        if self.len <= 1 {
+            self.cpus[0]
+        } else {
+            self.cpus[i.min(usize::from(self.len) - 1)]
+        }
+    }
+
+    /// The CPUs listed.
+    pub fn as_slice(&self) -> &[u16] {
+        &self.cpus[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for CpuList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), at least 1.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Default for DataplaneConfig {
@@ -539,9 +585,15 @@ pub fn check(
 
     let control_socket = socket_path(raw.control_socket.as_deref(), &iface.name, base_dir);
     let dp = &raw.dataplane;
+    // `auto`: one worker per CPU this process may use, capped.
+    let workers = if dp.workers == file::WORKERS_AUTO {
+        usable_cpus().min(file::AUTO_WORKERS_MAX) as u64
+    } else {
+        dp.workers
+    };
     for (field, v, range) in [
         ("dataplane.batch", dp.batch, file::BATCH_RANGE),
-        ("dataplane.workers", dp.workers, file::WORKERS_RANGE),
+        ("dataplane.workers", workers, file::WORKERS_RANGE),
         (
             "dataplane.queue_limit",
             dp.queue_limit,
@@ -577,10 +629,21 @@ pub fn check(
         None => None,
         Some(list) => {
             let bad = |why: String| cx.invalid("dataplane.cpus".into(), why);
-            if list.is_empty() || list.len() > 2 {
+            // More CPUs than workers is what a config written for more
+            // workers has (or the former `[tx, rx]` with one loop): the
+            // first ones are used. Fewer would leave workers unplaced.
+            if list.is_empty() || (list.len() > 1 && (list.len() as u64) < workers) {
                 return Err(bad(format!(
-                    "{} CPUs listed: give one ([c]) or one per worker ([tx, rx])",
+                    "{} CPUs listed for {workers} worker(s): give one CPU for all \
+                     ([c]) or one per worker",
                     list.len()
+                )));
+            }
+            if list.len() > file::MAX_WORKERS {
+                return Err(bad(format!(
+                    "{} CPUs listed: at most {} (one per worker)",
+                    list.len(),
+                    file::MAX_WORKERS
                 )));
             }
             if let Some(c) = list.iter().find(|c| **c > file::MAX_CPU) {
@@ -589,14 +652,18 @@ pub fn check(
                     file::MAX_CPU
                 )));
             }
-            let first = list[0] as u16;
-            Some((first, list.get(1).map_or(first, |c| *c as u16)))
+            let cpus: Vec<u16> = list
+                .iter()
+                .take(workers as usize)
+                .map(|c| *c as u16)
+                .collect();
+            Some(CpuList::new(&cpus))
         }
     };
     let dataplane = DataplaneConfig {
         offload: dp.offload,
         batch: dp.batch as usize,
-        workers: dp.workers as usize,
+        workers: workers as usize,
         queue: dp.queue,
         codel_target: dp.codel_target.0,
         codel_interval: dp.codel_interval.0,

@@ -177,13 +177,27 @@ fn cpus_pin_workers_and_bad_lists_name_field_and_line() {
             .replace("peers:\n", &format!("dataplane:\n{dp}peers:\n"))
     };
     let one = f.parse(&with("  cpus: [1]\n")).expect("one CPU");
-    assert_eq!(one.dataplane.cpus, Some((1, 1)));
-    let two = f.parse(&with("  cpus: [0, 3]\n")).expect("two CPUs");
-    assert_eq!(two.dataplane.cpus, Some((0, 3)));
+    let c = one.dataplane.cpus.expect("pinned");
+    assert_eq!(
+        (c.as_slice(), c.for_worker(0), c.for_worker(3)),
+        (&[1u16][..], 1, 1)
+    );
+    let two = f
+        .parse(&with("  workers: 2\n  cpus: [0, 3]\n"))
+        .expect("two CPUs");
+    let c = two.dataplane.cpus.expect("pinned");
+    assert_eq!((c.for_worker(0), c.for_worker(1)), (0, 3));
+    let four = f
+        .parse(&with("  workers: 4\n  cpus: [4, 5, 6, 7]\n"))
+        .expect("one CPU per worker");
+    assert_eq!(
+        four.dataplane.cpus.expect("pinned").as_slice(),
+        &[4, 5, 6, 7]
+    );
     assert_eq!(f.parse(&f.yaml()).expect("default").dataplane.cpus, None);
     for (bad, why) in [
         ("[]", "0 CPUs"),
-        ("[0, 1, 2]", "3 CPUs"),
+        ("[0, 1, 2]\n  workers: 4", "3 CPUs listed for 4 worker"),
         ("[1024]", "out of range"),
     ] {
         let t = with(&format!("  cpus: {bad}\n"));
@@ -193,6 +207,27 @@ fn cpus_pin_workers_and_bad_lists_name_field_and_line() {
     for bad in ["[-1]", "[one]", "0", "[1.5]"] {
         let t = with(&format!("  cpus: {bad}\n"));
         f.expect_err(&t, "cpus", "cpus:");
+    }
+}
+
+#[test]
+fn workers_take_a_count_or_auto_and_refuse_the_rest_by_line() {
+    let f = fixture();
+    let with = |dp: &str| {
+        f.yaml()
+            .replace("peers:\n", &format!("dataplane:\n{dp}peers:\n"))
+    };
+    let n = |dp: &str| f.parse(&with(dp)).expect(dp).dataplane.workers;
+    assert_eq!(n("  workers: 1\n"), 1);
+    assert_eq!(n("  workers: 64\n"), 64);
+    let auto = n("  workers: auto\n");
+    assert_eq!(
+        auto,
+        crate::config::usable_cpus().min(crate::config::AUTO_WORKERS_MAX)
+    );
+    for bad in ["0", "65", "-1", "many", "1.5"] {
+        let t = with(&format!("  workers: {bad}\n"));
+        f.expect_err(&t, "workers", "workers:");
     }
 }
 

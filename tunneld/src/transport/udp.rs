@@ -85,6 +85,56 @@ impl UdpTransport {
         batch: usize,
         flows: usize,
     ) -> io::Result<UdpTransport> {
+        UdpTransport::bind_shared(listen, buffer, offload, batch, flows, None)
+    }
+
+    /// One transport per data-path worker, `workers` in all: the first as
+    /// [`UdpTransport::bind_flows`], each of the others on the very same
+    /// addresses (flow 0 on `listen`, flow i on the first one's flow i),
+    /// every socket with SO_REUSEPORT. The kernel then hashes each outer
+    /// 4-tuple to one socket of a port's group, so one peer flow is always
+    /// received by one worker (its frames stay in order) and a peer's
+    /// several flows (`dataplane.flows`) spread over the workers. Every
+    /// worker sends from the same ports, so peers see no difference.
+    pub fn bind_workers(
+        listen: SocketAddr,
+        buffer: usize,
+        offload: bool,
+        batch: usize,
+        flows: usize,
+        workers: usize,
+    ) -> io::Result<Vec<UdpTransport>> {
+        if workers <= 1 {
+            return Ok(vec![UdpTransport::bind_flows(
+                listen, buffer, offload, batch, flows,
+            )?]);
+        }
+        let first = UdpTransport::bind_shared(listen, buffer, offload, batch, flows, Some(&[]))?;
+        let addrs = first.flow_addrs()?;
+        let mut all = vec![first];
+        for _ in 1..workers {
+            all.push(UdpTransport::bind_shared(
+                listen,
+                buffer,
+                offload,
+                batch,
+                flows,
+                Some(&addrs),
+            )?);
+        }
+        Ok(all)
+    }
+
+    /// [`UdpTransport::bind_flows`]; with `reuse`, every socket has
+    /// SO_REUSEPORT and flow i binds `reuse[i]` where given.
+    fn bind_shared(
+        listen: SocketAddr,
+        buffer: usize,
+        offload: bool,
+        batch: usize,
+        flows: usize,
+        reuse: Option<&[SocketAddr]>,
+    ) -> io::Result<UdpTransport> {
         if !(1..=MAX_FLOWS).contains(&flows) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -93,12 +143,12 @@ impl UdpTransport {
         }
         let mut socks = Vec::with_capacity(flows);
         for i in 0..flows {
-            let addr = if i == 0 {
-                listen
-            } else {
-                SocketAddr::new(listen.ip(), 0)
+            let addr = match reuse.and_then(|r| r.get(i)) {
+                Some(a) => *a,
+                None if i == 0 => listen,
+                None => SocketAddr::new(listen.ip(), 0),
             };
-            let sock = bind_one(addr, buffer)?;
+            let sock = bind_one(addr, buffer, reuse.is_some())?;
             let state = UdpSocketState::new((&sock).into())?;
             if !offload {
                 disable_gro(&sock);
@@ -205,7 +255,7 @@ impl UdpTransport {
 
 /// A non-blocking UDP socket bound to `addr`, with `buffer` bytes of socket
 /// buffer (dual-stack when `addr` is IPv6).
-fn bind_one(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+fn bind_one(addr: SocketAddr, buffer: usize, reuse_port: bool) -> io::Result<UdpSocket> {
     let domain = Domain::for_address(addr);
     let sock = Socket::new(
         domain,
@@ -216,6 +266,9 @@ fn bind_one(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
         sock.set_only_v6(false)?;
     }
     set_buffers(&sock, buffer);
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     sock.bind(&addr.into())?;
     Ok(sock.into())
 }
