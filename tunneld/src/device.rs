@@ -10,13 +10,14 @@
 //! range of the same buffer.
 
 use crate::admission::{Admission, Admit};
-use crate::config::{CipherKind, Config, HealthConfig};
+use crate::config::{CipherKind, Config, HealthConfig, PeerConfig, PmtudConfig};
 use crate::crypto::aead::{new_aead, TAG_LEN};
 use crate::crypto::cookie::CookieChecker;
 use crate::crypto::handshake::{self, Identity, INIT_NOISE_LEN, RESPONSE_NOISE_LEN};
 use crate::fastpath::{
     FastCounters, FastPath, FastPeer, IndexEntry, Opened, Sealed, Tally, Unroutable,
 };
+use crate::keys::{PrivateKey, PublicKey};
 use crate::peer::{Peer, Pending, Session, Slot};
 use crate::pmtud::{Control, Pmtud};
 use crate::wire::{self, MessageType};
@@ -207,6 +208,60 @@ pub enum Outcome {
     Held,
 }
 
+/// What the protocol core reads from a checked [`Config`]: its keys and
+/// cipher, the peers, rekey limits, MSS clamping, liveness and path MTU
+/// probing. The interface, sockets, routes, metrics and the control socket
+/// are the daemon's and never reach the device.
+#[derive(Clone)]
+pub struct DeviceConfig {
+    /// Our static key (read by [`Device::new`] only; a reload cannot
+    /// change it).
+    pub private_key: PrivateKey,
+    pub public_key: PublicKey,
+    /// The AEAD of data frames (read by [`Device::new`] only).
+    pub cipher: CipherKind,
+    pub peers: Vec<PeerConfig>,
+    pub rekey_after_time: Duration,
+    pub rekey_after_bytes: u64,
+    /// The largest TCP MSS of IPv4 and IPv6 SYNs, when `mss_clamp` is on.
+    pub mss: (Option<u16>, Option<u16>),
+    /// The TUN device's MTU: what path MTU probing searches for.
+    pub tun_mtu: u16,
+    /// `dataplane.flows: 1`: a peer's frames all come from one socket.
+    pub single_flow: bool,
+    pub health: Option<HealthConfig>,
+    pub pmtud: PmtudConfig,
+}
+
+impl From<&Config> for DeviceConfig {
+    fn from(cfg: &Config) -> Self {
+        DeviceConfig {
+            private_key: cfg.private_key.clone(),
+            public_key: cfg.public_key,
+            cipher: cfg.cipher,
+            peers: cfg.peers.clone(),
+            rekey_after_time: cfg.rekey_after_time,
+            rekey_after_bytes: cfg.rekey_after_bytes,
+            mss: mss_limits(cfg),
+            tun_mtu: cfg.interface.mtu,
+            single_flow: cfg.dataplane.flows <= 1,
+            health: cfg.health,
+            pmtud: cfg.pmtud,
+        }
+    }
+}
+
+impl std::fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key is never printed.
+        f.debug_struct("DeviceConfig")
+            .field("public_key", &self.public_key)
+            .field("cipher", &self.cipher)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The protocol state of one tunnel interface.
 pub struct Device {
     identity: Identity,
@@ -262,7 +317,8 @@ pub struct Device {
 
 impl Device {
     /// Builds the device state from a checked config.
-    pub fn new(cfg: &Config) -> Self {
+    pub fn new(cfg: impl Into<DeviceConfig>) -> Self {
+        let cfg: DeviceConfig = cfg.into();
         let identity = Identity::new(*cfg.private_key.as_bytes(), *cfg.public_key.as_bytes());
         let peers: Vec<Peer> = cfg
             .peers
@@ -278,7 +334,7 @@ impl Device {
             })
             .collect();
         let routes = routes_of(&peers);
-        let (mss_v4, mss_v6) = mss_limits(cfg);
+        let (mss_v4, mss_v6) = cfg.mss;
         let reject_after_time = reject_after(cfg.rekey_after_time);
         let fast_counters = Arc::new(FastCounters::default());
         let empty = FastPath {
@@ -305,7 +361,7 @@ impl Device {
             rekey_after_time: cfg.rekey_after_time,
             reject_after_time,
             rekey_after_bytes: cfg.rekey_after_bytes,
-            single_flow: cfg.dataplane.flows <= 1,
+            single_flow: cfg.single_flow,
             counters: Counters::default(),
             admission: Admission::new(),
             refused_log: crate::lograte::LogLimiter::new(),
@@ -317,7 +373,7 @@ impl Device {
             transit: cfg.peers.iter().map(|p| p.transit.clone()).collect(),
             transit_denied: vec![0; cfg.peers.len()],
             pmtud: cfg.pmtud,
-            tun_mtu: usize::from(cfg.interface.mtu),
+            tun_mtu: usize::from(cfg.tun_mtu),
             pmtu_floor: None,
             fast: Arc::new(ArcSwap::from_pointee(empty)),
             fast_counters,
@@ -502,7 +558,8 @@ impl Device {
     /// Rekey limits and MSS clamping take effect for every packet from now
     /// on. The interface, listen address, private key and cipher are not
     /// read: the caller refuses changes to those.
-    pub fn reconfigure(&mut self, cfg: &Config) -> Reconfigured {
+    pub fn reconfigure(&mut self, cfg: impl Into<DeviceConfig>) -> Reconfigured {
+        let cfg: DeviceConfig = cfg.into();
         // Liveness and counters of each peer, by public key, to carry over.
         let was: HashMap<[u8; 32], (String, bool, u64, u64)> = self
             .peers
@@ -607,7 +664,7 @@ impl Device {
             .flat_map(|(i, p)| p.local_indexes().map(move |x| (x, i)))
             .collect();
         self.routes = routes_of(&self.peers);
-        (self.mss_v4, self.mss_v6) = mss_limits(cfg);
+        (self.mss_v4, self.mss_v6) = cfg.mss;
         self.rekey_after_time = cfg.rekey_after_time;
         self.reject_after_time = reject_after(cfg.rekey_after_time);
         self.rekey_after_bytes = cfg.rekey_after_bytes;
@@ -966,11 +1023,16 @@ impl Device {
         let timestamp = received.timestamp;
         let local = self.new_index(pi);
         let mut frame_out = vec![0u8; RESPONSE_FRAME_LEN];
-        frame_out[0] = MessageType::HandshakeResponse as u8;
-        frame_out[4..8].copy_from_slice(&local.to_le_bytes());
-        frame_out[8..12].copy_from_slice(&received.remote_index.to_le_bytes());
+        if wire::HandshakeResponse::emit_header(&mut frame_out, local, received.remote_index)
+            .is_err()
+        {
+            // Unreachable: the buffer is sized for the whole frame.
+            self.indexes.remove(&local);
+            return;
+        }
         let noise_end = RESPONSE_FRAME_LEN - wire::MACS_LEN;
-        let (keys, n) = match received.respond(local, &mut frame_out[12..noise_end]) {
+        let noise = wire::HANDSHAKE_RESPONSE_HEADER_LEN..noise_end;
+        let (keys, n) = match received.respond(local, &mut frame_out[noise]) {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("writing handshake response failed: {e}");
@@ -978,7 +1040,7 @@ impl Device {
                 return;
             }
         };
-        frame_out.truncate(12 + n + wire::MACS_LEN);
+        frame_out.truncate(wire::HANDSHAKE_RESPONSE_HEADER_LEN + n + wire::MACS_LEN);
         let Some(session) = self.make_session(&keys, t.now) else {
             self.indexes.remove(&local);
             return;
@@ -1256,19 +1318,23 @@ impl Device {
         let local = self.new_index(pi);
         let ts = handshake::timestamp(t.unix.as_secs(), t.unix.subsec_nanos());
         let mut data = vec![0u8; INIT_FRAME_LEN];
-        data[0] = MessageType::HandshakeInit as u8;
-        data[4..8].copy_from_slice(&local.to_le_bytes());
+        if wire::HandshakeInit::emit_header(&mut data, local).is_err() {
+            // Unreachable: the buffer is sized for the whole frame.
+            self.indexes.remove(&local);
+            return;
+        }
         let public = self.peers[pi].public;
         let noise_end = INIT_FRAME_LEN - wire::MACS_LEN;
+        let header = wire::HANDSHAKE_INIT_HEADER_LEN;
         match handshake::start_initiation(
             &self.identity,
             &public,
             local,
             ts,
-            &mut data[8..noise_end],
+            &mut data[header..noise_end],
         ) {
             Ok((initiation, n)) => {
-                data.truncate(8 + n + wire::MACS_LEN);
+                data.truncate(header + n + wire::MACS_LEN);
                 let peer = &mut self.peers[pi];
                 peer.jar.stamp(&mut data, t.now);
                 peer.pending = Some(Pending {

@@ -184,12 +184,13 @@ fn index_and_counter(frame: &[u8]) -> (u32, u64) {
 #[test]
 fn concurrent_sealing_across_rekeys_never_reuses_a_nonce() {
     let mut n = Net::new();
-    // Path MTU probes take counters from the same session at the device's
-    // ticks and reach B first, moving its window past the sealers' frames
-    // this test delivers afterwards, sorted: not what it measures.
-    let mut cfg = a_config();
-    cfg.pmtud.enabled = false;
-    n.a = Device::new(&cfg);
+    // Path MTU probes and acks take counters from the same sessions at the
+    // devices' ticks and reach the peer first, moving its window past the
+    // sealers' frames this test delivers afterwards: not what it measures.
+    for (dev, mut cfg) in [(&mut n.a, a_config()), (&mut n.b, b_config())] {
+        cfg.pmtud.enabled = false;
+        *dev = Device::new(&cfg);
+    }
     n.established();
     let packet = ipv4(A_HOST, B_HOST, &[0x5a; 64]);
     let mut all = HashSet::new();

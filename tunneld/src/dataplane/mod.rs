@@ -21,7 +21,7 @@
 //!    with the snapshot (no lock), write the inner packets to the TUN queue
 //!    coalesced. The device lock is taken once per batch only for what the
 //!    snapshot cannot decide (no session, handshakes, a session's first
-//!    frame, unknown indexes, roaming).
+//!    frame, unknown indexes, roaming, path MTU probes and acks).
 //! 5. The first worker also runs the device's timers every [`TICK`], the
 //!    jobs other threads posted to the [`Mailbox`] (a reload), and publishes
 //!    the status snapshot with the I/O counters ([`stats`]).
