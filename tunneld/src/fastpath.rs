@@ -303,18 +303,17 @@ impl FastPath {
             .map(|(_, i)| *i)
     }
 
-    /// Where an inner packet would be sent (its peer's current endpoint),
-    /// without sealing it; `None` for unroutable or malformed packets.
-    pub fn endpoint_for(&self, packet: &[u8]) -> Option<SocketAddr> {
+    /// The peer an inner packet would be sent to, without sealing it;
+    /// `None` for unroutable or malformed packets.
+    pub fn peer_for(&self, packet: &[u8]) -> Option<&FastPeer> {
         let dst = wire::inner_ip_info(packet).ok()?.dst;
-        self.peers[self.route(dst)?].endpoint
+        self.peers.get(self.route(dst)?)
     }
 
     /// The frame limit path MTU probing set towards the peer an inner
     /// packet goes to, if any.
     pub fn probed_max_frame(&self, packet: &[u8]) -> Option<usize> {
-        let dst = wire::inner_ip_info(packet).ok()?.dst;
-        self.peers[self.route(dst)?].probed_max_frame
+        self.peer_for(packet)?.probed_max_frame
     }
 
     /// The smallest frame limit probing set on any peer: frames up to it

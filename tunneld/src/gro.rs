@@ -26,12 +26,10 @@ use crate::tso::{
 };
 use crate::wire::{fold, pseudo_header_sum, sum_words_fast};
 use std::net::IpAddr;
-use tun_rs::{
-    VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN,
-};
+use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6};
 
-/// Room in front of each packet for the virtio-net header.
-pub const VNET: usize = VIRTIO_NET_HDR_LEN;
+// Room in front of each packet for the virtio-net header.
+use crate::tso::VNET_HDR_LEN as VNET;
 /// Flows that can grow at once; a packet of a further flow closes the
 /// oldest.
 const MAX_OPEN: usize = 16;

@@ -24,7 +24,7 @@ use tun_rs::{DeviceBuilder, GROTable, SyncDevice};
 
 /// Bytes the vnet header takes in front of a packet written with offload;
 /// write offsets must be at least this.
-pub const VNET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+pub use crate::tso::VNET_HDR_LEN;
 /// Scratch space for one raw read: vnet header plus the largest super-packet.
 pub const READ_SCRATCH: usize = VNET_HDR_LEN + 65_535;
 /// Most packets one super-packet splits into. 64 KiB at an MSS of 536 is

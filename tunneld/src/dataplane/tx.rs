@@ -333,10 +333,12 @@ fn too_big(
     packet: &[u8],
     icmp: &mut Vec<Vec<u8>>,
 ) -> bool {
-    let kernel = dev
-        .endpoint_for(packet)
-        .and_then(|to| transport.max_frame(to));
-    let Some(max) = min_limit(kernel, dev.probed_max_frame(packet)) else {
+    // One parse and route lookup for both limits.
+    let Some(peer) = dev.peer_for(packet) else {
+        return false;
+    };
+    let kernel = peer.endpoint.and_then(|to| transport.max_frame(to));
+    let Some(max) = min_limit(kernel, peer.probed_max_frame) else {
         return false;
     };
     if packet.len() + OVERHEAD <= max {
