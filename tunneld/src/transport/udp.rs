@@ -16,6 +16,10 @@
 //! that learned another of our ports arrive on any flow, so all are
 //! received from, fairly.
 //!
+//! Some drivers (no UDP checksum offload) and kernels refuse GSO only at
+//! send time (EIO, EINVAL): the transport then logs it once, resends that
+//! train one datagram per call and sends every later one that way.
+//!
 //! A dual-stack socket (`[::]:port`) reaches IPv4 peers through v4-mapped
 //! addresses; this module maps and unmaps them so that the rest of the daemon
 //! only ever sees plain IPv4 or IPv6 endpoints.
@@ -26,7 +30,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Most flows (sockets) one transport holds: the config's limit
 /// (`dataplane.flows`), and the width of the ready mask.
@@ -57,6 +61,9 @@ pub struct UdpTransport {
     v6: bool,
     max_segments: usize,
     gro_segments: usize,
+    /// Sends may carry several datagrams (UDP_SEGMENT); cleared when the
+    /// kernel refuses segmentation at send time.
+    gso_ok: AtomicBool,
     /// Path MTU per peer endpoint, as the kernel learned it.
     paths: super::pmtu::PathMtus,
 }
@@ -195,6 +202,7 @@ impl UdpTransport {
             v6: listen.is_ipv6(),
             max_segments,
             gro_segments,
+            gso_ok: AtomicBool::new(max_segments > 1),
             paths: super::pmtu::PathMtus::default(),
         })
     }
@@ -226,6 +234,17 @@ impl UdpTransport {
             };
         }
         Ok(got)
+    }
+
+    /// `to` as this transport's sockets address it (v4-mapped on a
+    /// dual-stack socket).
+    fn destination(&self, to: SocketAddr) -> SocketAddr {
+        match (self.v6, to) {
+            (true, SocketAddr::V4(v4)) => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            _ => to,
+        }
     }
 
     /// Asks epoll which flows are readable (without waiting).
@@ -366,25 +385,41 @@ impl Transport for UdpTransport {
         segment_size: usize,
         ecn: u8,
     ) -> io::Result<()> {
-        let destination = match (self.v6, to) {
-            (true, SocketAddr::V4(v4)) => {
-                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-            }
-            _ => to,
-        };
-        let transmit = Transmit {
-            destination,
+        let f = &self.flows[flow % self.flows.len()];
+        let mut transmit = Transmit {
+            destination: self.destination(to),
             ecn: EcnCodepoint::from_bits(ecn),
             contents,
-            segment_size: (contents.len() > segment_size).then_some(segment_size),
+            segment_size: None,
             src_ip: None,
         };
-        let f = &self.flows[flow % self.flows.len()];
-        f.state.try_send((&f.sock).into(), &transmit)?;
-        f.sent.fetch_add(
-            contents.len().div_ceil(segment_size.max(1)) as u64,
-            Ordering::Relaxed,
-        );
+        let seg = segment_size.max(1);
+        if contents.len() > seg && self.gso_ok.load(Ordering::Relaxed) {
+            transmit.segment_size = Some(seg);
+            match f.state.try_send((&f.sock).into(), &transmit) {
+                Ok(()) => {
+                    f.sent
+                        .fetch_add(contents.len().div_ceil(seg) as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                    if self.gso_ok.swap(false, Ordering::Relaxed) {
+                        log::warn!(
+                            "UDP GSO refused at send time ({e}): one datagram per send from now on"
+                        );
+                    }
+                    transmit.segment_size = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // One datagram per call; the first error ends the train (the rest
+        // would meet the same full buffer or unreachable peer).
+        for datagram in contents.chunks(seg) {
+            transmit.contents = datagram;
+            f.state.try_send((&f.sock).into(), &transmit)?;
+            f.sent.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -419,7 +454,11 @@ impl Transport for UdpTransport {
     }
 
     fn max_segments(&self) -> usize {
-        self.max_segments
+        if self.gso_ok.load(Ordering::Relaxed) {
+            self.max_segments
+        } else {
+            1
+        }
     }
 
     fn gro_segments(&self) -> usize {
@@ -604,6 +643,35 @@ mod tests {
             // The dual-stack socket answers a plain IPv4 endpoint.
             b.send(got[0].0, b"back", 4).expect("reply");
             assert_eq!(recv_all(&a, 1)[0].1, b"back");
+        }
+    }
+
+    #[test]
+    fn a_train_the_kernel_refuses_is_sent_frame_by_frame_from_then_on() {
+        let any = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+        let a = UdpTransport::bind(any("127.0.0.1:0"), 4 << 20, true, 64).expect("bind a");
+        if a.max_segments() <= 1 {
+            eprintln!("no UDP GSO on this kernel: nothing to refuse");
+            return;
+        }
+        let b = UdpTransport::bind(any("127.0.0.1:0"), 4 << 20, true, 64).expect("bind b");
+        let to = b.local_addr().expect("addr");
+        // 130 segments is past the kernel's UDP_MAX_SEGMENTS (64; 128 in
+        // newer kernels): EINVAL, as a NIC without checksum offload
+        // answers EIO. Every frame still arrives, and later trains go one
+        // datagram per call.
+        for round in 0..2 {
+            let mut contents = Vec::new();
+            for i in 0..129u8 {
+                contents.extend_from_slice(&[i; 100]);
+            }
+            contents.extend_from_slice(&[0xEE; 40]);
+            a.send_flow(0, to, &contents, 100, 0).expect("send");
+            let got: Vec<Vec<u8>> = recv_all(&b, 130).into_iter().map(|(_, d)| d).collect();
+            let want: Vec<Vec<u8>> = contents.chunks(100).map(<[u8]>::to_vec).collect();
+            assert_eq!(got, want, "round {round}");
+            assert_eq!(a.max_segments(), 1, "GSO off after EINVAL");
+            assert_eq!(a.flows[0].sent.load(Ordering::Relaxed), 130 * (round + 1));
         }
     }
 
