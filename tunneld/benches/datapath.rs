@@ -1,7 +1,9 @@
 //! Data-path micro-benchmarks (divan): AEAD seal and open of one 1420-byte
 //! packet per cipher, the split of a 64 KiB TCP super-packet (tun-rs's
 //! and ours, [`tunneld::tso`]), our
-//! coalescing of 46 segments (and tun-rs's, for comparison), and `Device` encapsulate + decapsulate of 64
+//! coalescing of 46 segments (and tun-rs's, for comparison), one GSO
+//! send of 44 sealed frames over loopback (copied into one buffer first,
+//! as before, and sent from the slab they were sealed in), and `Device` encapsulate + decapsulate of 64
 //! packets after an in-memory handshake. Every bench counts bytes, so divan
 //! reports throughput per core. `handshake_cost`: what a handshake message
 //! costs the responder (mac1 check, cookie reply, reading the initiation).
@@ -20,7 +22,9 @@ use tunneld::crypto::aead::{new_aead, TAG_LEN};
 use tunneld::device::{Datagram, Device, Outcome, Time, HEADROOM, OVERHEAD};
 use tunneld::gro::Coalescer;
 use tunneld::keys::PrivateKey;
+use tunneld::slab::{Slab, Slots};
 use tunneld::testkit::{self, PacketRepr, L4};
+use tunneld::transport::{Transport, UdpTransport};
 use tunneld::tso::{self, VnetHdr};
 
 fn main() {
@@ -131,6 +135,74 @@ fn split_64k_fused(bencher: Bencher) {
             let n =
                 tso::split(divan::black_box(&read), &mut out, &mut sizes, HEADROOM).expect("split");
             assert_eq!(n, 48);
+        });
+}
+
+// ---------------------------------------------------------------- send
+
+/// Sealed frames of one TSO super-packet in their own buffers, as the
+/// data path holds them: 44 frames of a 1420-byte MTU (the most under
+/// the 65,000-byte cap of one GSO send).
+fn sealed_frames() -> Vec<Vec<u8>> {
+    (0..44u8)
+        .map(|i| {
+            let mut b = vec![i; HEADROOM + PACKET + OVERHEAD];
+            b.truncate(PACKET + OVERHEAD);
+            b
+        })
+        .collect()
+}
+
+/// A sender and a receiver on loopback. The receiver takes GRO trains
+/// whole and is never read: once its buffer is full the kernel drops each
+/// train on arrival, the same cost for both ways of sending.
+fn loopback_pair() -> (UdpTransport, SocketAddr, UdpTransport) {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let a = UdpTransport::bind(any, 4 << 20, true, 64).expect("bind sender");
+    let b = UdpTransport::bind(any, 256 << 10, true, 64).expect("bind receiver");
+    let to = b.local_addr().expect("addr");
+    (a, to, b)
+}
+
+#[divan::bench]
+fn send_train_copied(bencher: Bencher) {
+    // One GSO send of 44 sealed frames, each in its own buffer, copied
+    // back to back first (how every run was sent before the TX slab).
+    let frames = sealed_frames();
+    let (a, to, _b) = loopback_pair();
+    let seg = frames[0].len();
+    let mut gso = Vec::with_capacity(65_536);
+    bencher
+        .counter(BytesCount::new(seg * frames.len()))
+        .bench_local(|| {
+            gso.clear();
+            for f in &frames {
+                gso.extend_from_slice(f);
+            }
+            a.send_flow(0, to, divan::black_box(&gso), seg, 0)
+                .expect("send");
+        });
+}
+
+#[divan::bench]
+fn send_train_in_place(bencher: Bencher) {
+    // The same send from where the frames were sealed: the data path's
+    // TX slots are one slab, one full frame each, so consecutive full
+    // frames already lie back to back (tunneld::slab).
+    let frames = sealed_frames();
+    let (a, to, _b) = loopback_pair();
+    let seg = frames[0].len();
+    let mut slab = Slab::new(frames.len(), seg);
+    for (i, f) in frames.iter().enumerate() {
+        slab.slot(i).copy_from_slice(f);
+    }
+    let positions: Vec<usize> = (0..frames.len()).collect();
+    bencher
+        .counter(BytesCount::new(seg * frames.len()))
+        .bench_local(|| {
+            let train = slab.train(&positions, seg, seg).expect("back to back");
+            a.send_flow(0, to, divan::black_box(train), seg, 0)
+                .expect("send");
         });
 }
 

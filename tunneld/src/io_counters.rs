@@ -71,6 +71,14 @@ pub const QUEUE_PACKETS: Family = Family {
     kind: MetricKind::Gauge,
     label: None,
 };
+/// Sends whose frames were copied into one buffer first.
+pub const SEND_COPIES: Family = Family {
+    name: "tunneld_udp_send_copies",
+    help: "UDP sends whose frames did not lie back to back where they were sealed, \
+           copied into one buffer first.",
+    kind: MetricKind::Counter,
+    label: None,
+};
 /// System calls, by operation.
 pub const IO_CALLS: Family = Family {
     name: "tunneld_io_calls",
@@ -87,7 +95,7 @@ pub const IO_PACKETS: Family = Family {
 };
 
 /// Every family, in the order they are served.
-pub const FAMILIES: [Family; 7] = [
+pub const FAMILIES: [Family; 8] = [
     IO_ERRORS,
     PATH_TOO_BIG,
     QUEUE_DROPS,
@@ -95,6 +103,7 @@ pub const FAMILIES: [Family; 7] = [
     QUEUE_PACKETS,
     IO_CALLS,
     IO_PACKETS,
+    SEND_COPIES,
 ];
 
 /// One I/O counter as declared.
@@ -190,6 +199,12 @@ io_counters! {
     udp_sends: IO_CALLS["udp_send"],
     /// Frames those sends carried (more frames than calls: GSO).
     udp_send_frames: IO_PACKETS["udp_send"],
+    /// Of those sends, the ones whose frames were copied into one buffer
+    /// first. Full-size frames sealed in consecutive slots, and any single
+    /// frame, leave from where they were sealed; a run of smaller frames
+    /// (hosts with a smaller MSS, bursts of ACKs) or one with another
+    /// peer's frames between its own is copied.
+    udp_send_copies: SEND_COPIES,
     /// UDP receive buffers.
     udp_recv_buffers: IO_CALLS["udp_recv"],
     /// Frames those buffers held (more frames than buffers: GRO).

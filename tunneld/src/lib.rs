@@ -50,6 +50,7 @@ pub mod reload;
 pub mod routes;
 pub mod service;
 pub mod show;
+pub mod slab;
 #[doc(hidden)]
 pub mod testkit;
 pub mod transport;

@@ -19,6 +19,7 @@
 //! filled in the same way while it is copied. Nothing here trusts the
 //! header: every offset is checked against the packet before use.
 
+use crate::slab::Slots;
 use tun_rs::{VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (linux/virtio_net.h).
@@ -150,11 +151,11 @@ impl VnetHdr {
 }
 
 /// Splits `read` (a virtio-net header, then a packet) into `bufs`: packet
-/// `i` lands at `bufs[i][offset..offset + sizes[i]]`. Returns how many.
-/// The packet itself is only read.
-pub fn split<B: AsMut<[u8]>>(
+/// `i` lands at `bufs.slot(i)[offset..offset + sizes[i]]`. Returns how
+/// many. The packet itself is only read.
+pub fn split<S: Slots + ?Sized>(
     read: &[u8],
-    bufs: &mut [B],
+    bufs: &mut S,
     sizes: &mut [usize],
     offset: usize,
 ) -> Result<usize, SplitError> {
@@ -165,12 +166,12 @@ pub fn split<B: AsMut<[u8]>>(
         return Err(SplitError::Short(read.len()));
     };
     let packet = &read[VNET_HDR_LEN..];
-    let room = bufs.len().min(sizes.len());
+    let room = bufs.count().min(sizes.len());
     if room == 0 {
         return Err(SplitError::TooManySegments { segments: 1, room });
     }
     if hdr.gso_type == GSO_NONE {
-        return copy_one(hdr, packet, bufs[0].as_mut(), &mut sizes[0], offset);
+        return copy_one(hdr, packet, bufs.slot(0), &mut sizes[0], offset);
     }
     let plan = Plan::new(hdr, packet)?;
     let segments = plan.payload.div_ceil(plan.gso_size);
@@ -178,20 +179,20 @@ pub fn split<B: AsMut<[u8]>>(
         return Err(SplitError::TooManySegments { segments, room });
     }
     let need = offset + plan.hdr_len + plan.payload.min(plan.gso_size);
-    for b in bufs[..segments].iter_mut() {
-        let have = b.as_mut().len();
+    for i in 0..segments {
+        let have = bufs.slot(i).len();
         if have < need {
             return Err(SplitError::BufferTooSmall { have, need });
         }
     }
     let payload = &packet[plan.hdr_len..];
-    for (i, (chunk, (b, size))) in payload
+    for (i, (chunk, size)) in payload
         .chunks(plan.gso_size)
-        .zip(bufs.iter_mut().zip(sizes.iter_mut()))
+        .zip(sizes.iter_mut())
         .enumerate()
     {
         let last = i + 1 == segments;
-        let out = &mut b.as_mut()[offset..offset + plan.hdr_len + chunk.len()];
+        let out = &mut bufs.slot(i)[offset..offset + plan.hdr_len + chunk.len()];
         plan.emit(packet, i, last, chunk, out);
         *size = out.len();
     }

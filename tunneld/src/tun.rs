@@ -17,6 +17,7 @@
 //! which every gateway has.
 
 use crate::prefix::Prefix;
+use crate::slab::Slots;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Command;
@@ -80,13 +81,13 @@ pub trait TunIo: AsRawFd + Send + Sync {
 
     /// Reads what is queued: one packet, or one super-packet split into
     /// several ([`crate::tso::split`]). Packet `i` lands at
-    /// `bufs[i][offset..offset + sizes[i]]`. `WouldBlock` when nothing is
+    /// `bufs.slot(i)[offset..offset + sizes[i]]`. `WouldBlock` when nothing is
     /// queued; `InvalidData` (a [`crate::tso::SplitError`]) for a read that
     /// cannot be split, which is then lost.
     fn read_batch(
         &self,
         scratch: &mut [u8],
-        bufs: &mut [Vec<u8>],
+        bufs: &mut dyn Slots,
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
@@ -94,9 +95,10 @@ pub trait TunIo: AsRawFd + Send + Sync {
             let n = self.read_raw(scratch)?;
             return Ok(crate::tso::split(&scratch[..n], bufs, sizes, offset)?);
         }
-        let (Some(buf), Some(size)) = (bufs.first_mut(), sizes.first_mut()) else {
+        let Some(size) = sizes.first_mut().filter(|_| bufs.count() > 0) else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no buffer"));
         };
+        let buf = bufs.slot(0);
         let Some(buf) = buf.get_mut(offset..) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

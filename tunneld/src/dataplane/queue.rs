@@ -11,14 +11,16 @@ use super::{Shared, MAX_DRAIN_READS, MAX_FRAME};
 use crate::config::DataplaneConfig;
 use crate::device::{HEADROOM, OVERHEAD};
 use crate::fq::{FqCodel, FqParams};
+use crate::slab::{Slab, Slots};
 use crate::tun::{TunIo, MAX_SPLIT};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The fq_codel stage of the TX direction: a pool of packet buffers and the
-/// queue of their slot numbers. Buffers move between the read staging area,
-/// the pool and the send batch by swapping `Vec`s, never by copying bytes.
+/// queue of their slot numbers. A read's packets move from the staging area
+/// into the pool by swapping `Vec`s; a released packet is copied into the
+/// TX slab, where the batch's frames are sealed back to back.
 pub(super) struct TxQueue {
     pub(super) fq: FqCodel,
     /// Packet buffers by slot; grown up to `capacity` as the queue first
@@ -33,8 +35,6 @@ pub(super) struct TxQueue {
     /// Where one read lands before its packets are queued.
     staging: Vec<Vec<u8>>,
     staging_sizes: Vec<usize>,
-    /// Slots whose buffers are in the send batch, by batch position.
-    in_batch: Vec<u32>,
     dropped: Vec<u32>,
     /// Packets lost because no slot was free (not expected: see `new`).
     no_slot: u64,
@@ -61,7 +61,6 @@ impl TxQueue {
             mtu: mtu as u32,
             ecn: k.ecn,
         };
-        let batch = MAX_SPLIT.max(k.batch);
         TxQueue {
             fq: FqCodel::new(params, capacity),
             pool: Vec::new(),
@@ -72,7 +71,6 @@ impl TxQueue {
             buf_size: slot_size(mtu),
             staging: vec![vec![0u8; slot_size(mtu)]; MAX_SPLIT],
             staging_sizes: vec![0; MAX_SPLIT],
-            in_batch: Vec::with_capacity(batch),
             dropped: Vec::with_capacity(capacity),
             no_slot: 0,
             key: {
@@ -143,21 +141,21 @@ impl TxQueue {
         Ok(())
     }
 
-    /// Moves up to `batch` packets from the queue into `bufs[..]` (their
-    /// buffers swapped in); returns how many.
+    /// Copies up to `batch` packets from the queue into `bufs`' first
+    /// slots and frees theirs; returns how many.
     /// Their flow hashes go to `hashes`, so the outer flow is not hashed
     /// again.
     pub(super) fn release(
         &mut self,
-        bufs: &mut [Vec<u8>],
+        bufs: &mut Slab,
         sizes: &mut [usize],
         hashes: &mut [u64],
         batch: usize,
     ) -> usize {
         let now = self.now();
-        self.in_batch.clear();
-        let want = batch.min(bufs.len());
-        while self.in_batch.len() < want {
+        let want = batch.min(bufs.count());
+        let mut n = 0;
+        while n < want {
             let Some((slot, mark)) = self.fq.dequeue(now, &mut self.dropped) else {
                 break;
             };
@@ -167,23 +165,18 @@ impl TxQueue {
                 let packet = &mut self.pool[slot as usize][HEADROOM..HEADROOM + len];
                 crate::wire::ecn::set(packet, crate::wire::ecn::CE);
             }
-            let i = self.in_batch.len();
-            std::mem::swap(&mut bufs[i], &mut self.pool[slot as usize]);
-            sizes[i] = len;
-            hashes[i] = self.hashes[slot as usize];
-            self.in_batch.push(slot);
+            // Copied into the TX slab (only the packet; the headroom is
+            // written by sealing), so the batch's full-size frames form
+            // GSO trains there as without the queue.
+            let end = HEADROOM + len;
+            bufs.slot(n)[HEADROOM..end].copy_from_slice(&self.pool[slot as usize][HEADROOM..end]);
+            sizes[n] = len;
+            hashes[n] = self.hashes[slot as usize];
+            self.free.push(slot);
+            n += 1;
         }
         self.free.append(&mut self.dropped);
-        self.in_batch.len()
-    }
-
-    /// Returns the batch's buffers to their slots and frees the slots.
-    pub(super) fn take_back(&mut self, bufs: &mut [Vec<u8>], n: usize) {
-        for (i, &slot) in self.in_batch.iter().take(n).enumerate() {
-            std::mem::swap(&mut bufs[i], &mut self.pool[slot as usize]);
-            self.free.push(slot);
-        }
-        self.in_batch.clear();
+        n
     }
 
     pub(super) fn publish(&self, io: &IoStats) {

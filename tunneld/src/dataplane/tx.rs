@@ -9,9 +9,11 @@
 //!    snapshot, without its lock (a run of nonce counters reserved per
 //!    batch); packets for a peer without a usable session go to the device
 //!    under its lock, once per batch;
-//! 3. send: runs of equal-sized frames to the same peer and outer flow are
-//!    copied back to back and sent with one GSO `sendmsg` of up to `batch`
-//!    segments; with `flows` > 1 each packet's outer flow is its inner
+//! 3. send: runs of equal-sized frames to the same peer and outer flow
+//!    leave with one GSO `sendmsg` of up to `batch` segments; the TX slots
+//!    are one [`Slab`], so full-size frames sealed in consecutive slots
+//!    are sent from where they were sealed (other runs are copied back to
+//!    back first); with `flows` > 1 each packet's outer flow is its inner
 //!    5-tuple's hash, taken before sealing, so an inner flow keeps its order.
 
 use super::queue::TxQueue;
@@ -20,15 +22,23 @@ use super::{time_now, would_block, Shared, MAX_FRAME, MAX_GSO_BYTES, TUN_WRITE_O
 use crate::config::QueueKind;
 use crate::device::{Datagram, Outcome, HEADROOM, OVERHEAD, TAILROOM};
 use crate::fastpath::{FastPath, Sealed, Tally};
+use crate::slab::{Slab, Slots};
 use crate::transport::Transport;
 use crate::tun::{TunIo, MAX_SPLIT, READ_SCRATCH};
 use std::io;
 use std::sync::atomic::Ordering;
 
+/// Most frames in one GSO run: the largest `dataplane.batch` (the kernel
+/// takes at most 64 segments per send, 128 in newer kernels:
+/// UDP_MAX_SEGMENTS).
+const MAX_RUN: usize = 128;
+
 /// Buffers of the TUN → network direction.
 pub(super) struct TxState {
     pub(super) scratch: Vec<u8>,
-    pub(super) bufs: Vec<Vec<u8>>,
+    /// One slot per packet of the batch; sealed in place, full-size frames
+    /// in consecutive slots form a GSO train where they lie.
+    pub(super) bufs: Slab,
     pub(super) sizes: Vec<usize>,
     /// Outer flow of each packet (its inner 5-tuple's hash).
     pub(super) flow: Vec<usize>,
@@ -44,6 +54,9 @@ pub(super) struct TxState {
     pub(super) slow: Vec<usize>,
     /// The batch's accounting on the lock-free path.
     pub(super) tally: Tally,
+    /// Positions of the frames of the GSO run being formed.
+    pub(super) run: Vec<usize>,
+    /// A run whose frames do not lie back to back, copied.
     pub(super) gso: Vec<u8>,
     pub(super) control: Vec<Datagram>,
     pub(super) batch: usize,
@@ -59,14 +72,14 @@ pub(super) struct TxState {
 impl TxState {
     pub(super) fn new(shared: &Shared<'_>) -> TxState {
         let k = &shared.knobs;
-        let max_segments = shared.transport.max_segments();
+        let max_segments = shared.transport.max_segments().min(MAX_RUN);
         // A batch, plus room for one more super-packet's split: reads go on
         // while fewer than `batch` packets are in.
         let slots = MAX_SPLIT + k.batch;
         let queue = (k.queue == QueueKind::FqCodel).then(|| TxQueue::new(k, shared.mtu));
         TxState {
             scratch: vec![0u8; READ_SCRATCH],
-            bufs: vec![vec![0u8; slot_size(shared.mtu)]; slots],
+            bufs: Slab::new(slots, slot_size(shared.mtu)),
             sizes: vec![0; slots],
             flow: vec![0; slots],
             hashes: vec![0; slots],
@@ -75,6 +88,7 @@ impl TxState {
             outcomes: Vec::with_capacity(slots),
             slow: Vec::with_capacity(slots),
             tally: Tally::default(),
+            run: Vec::with_capacity(MAX_RUN),
             gso: Vec::with_capacity(max_segments.max(1) * (MAX_FRAME + OVERHEAD)),
             control: Vec::new(),
             batch: k.batch,
@@ -119,9 +133,6 @@ impl TxState {
             return Ok(());
         }
         self.seal_and_send(shared, tun, n);
-        if let Some(q) = self.queue.as_mut() {
-            q.take_back(&mut self.bufs, n);
-        }
         Ok(())
     }
 
@@ -134,12 +145,12 @@ impl TxState {
         // and many of them still make one batch and few sends.
         let room = if tun.offload() { MAX_SPLIT } else { 1 };
         let mut n = 0;
-        while n < self.batch && self.bufs.len() - n >= room {
+        while n < self.batch && self.bufs.count() - n >= room {
             match read_tun(
                 shared,
                 tun,
                 &mut self.scratch,
-                &mut self.bufs[n..],
+                &mut self.bufs.tail(n),
                 &mut self.sizes[n..],
             )? {
                 Some(k) => n += k,
@@ -160,7 +171,7 @@ impl TxState {
         // its own key, which keeps every inner flow on one outer flow just
         // as well) and the ECN field.
         for i in 0..n {
-            let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
+            let packet = &self.bufs.get(i)[HEADROOM..HEADROOM + self.sizes[i]];
             if self.flows > 1 {
                 self.flow[i] = if self.queue.is_some() {
                     (self.hashes[i] % self.flows as u64) as usize
@@ -184,7 +195,7 @@ impl TxState {
             self.tally.expect(n);
             for i in 0..n {
                 if floor.is_some_and(|f| self.sizes[i] + OVERHEAD > f) {
-                    let packet = &self.bufs[i][HEADROOM..HEADROOM + self.sizes[i]];
+                    let packet = &self.bufs.get(i)[HEADROOM..HEADROOM + self.sizes[i]];
                     if too_big(&fp, shared.transport, packet, &mut self.icmp) {
                         add(&shared.io.path_too_big, 1);
                         self.outcomes.push(Outcome::Held);
@@ -193,7 +204,7 @@ impl TxState {
                 }
                 let o = match fp.encapsulate(
                     &mut self.tally,
-                    &mut self.bufs[i],
+                    self.bufs.slot(i),
                     self.sizes[i],
                     t.now,
                 ) {
@@ -212,7 +223,7 @@ impl TxState {
             let mut dev = shared.lock();
             for &i in &self.slow {
                 self.outcomes[i] =
-                    dev.encapsulate(&mut self.bufs[i], self.sizes[i], &t, &mut self.control);
+                    dev.encapsulate(self.bufs.slot(i), self.sizes[i], &t, &mut self.control);
             }
         }
         if !self.icmp.is_empty() {
@@ -229,43 +240,76 @@ impl TxState {
     /// Sends sealed frames, grouping runs of equal size to one peer on one
     /// outer flow into GSO sends (a shorter frame may end a run).
     pub(super) fn send(&mut self, shared: &Shared<'_>) {
-        // ((to, outer flow, outer ECN), segment, count)
-        let mut run: Option<(Destination, usize, usize)> = None;
-        self.gso.clear();
-        for (i, o) in self.outcomes.iter().enumerate() {
-            let Outcome::Send { to, len } = *o else {
+        // (where, segment size, bytes so far, last frame's length); the
+        // run's frames are `self.run`'s positions.
+        let mut run: Option<(Destination, usize, usize, usize)> = None;
+        self.run.clear();
+        for i in 0..self.outcomes.len() {
+            let Outcome::Send { to, len } = self.outcomes[i] else {
                 continue;
             };
-            let frame = &self.bufs[i][..len];
             let dest = (to, self.flow[i], self.ecn[i]);
             match run {
-                Some((rdest, seg, count))
+                Some((rdest, seg, bytes, _))
                     if rdest == dest
                         && len <= seg
-                        && count < self.max_segments
-                        && self.gso.len() + len <= MAX_GSO_BYTES =>
+                        && self.run.len() < self.max_segments
+                        && bytes + len <= MAX_GSO_BYTES =>
                 {
-                    self.gso.extend_from_slice(frame);
+                    self.run.push(i);
                     // A shorter frame must be the run's last.
-                    run = (len == seg).then_some((rdest, seg, count + 1));
+                    run = (len == seg).then_some((rdest, seg, bytes + len, len));
                     if run.is_none() {
-                        flush(shared, rdest, &self.gso, seg);
-                        self.gso.clear();
+                        self.flush(shared, rdest, seg, len);
                     }
                 }
                 _ => {
-                    if let Some((rdest, seg, _)) = run.take() {
-                        flush(shared, rdest, &self.gso, seg);
-                        self.gso.clear();
+                    if let Some((rdest, seg, _, last)) = run.take() {
+                        self.flush(shared, rdest, seg, last);
                     }
-                    self.gso.extend_from_slice(frame);
-                    run = Some((dest, len, 1));
+                    self.run.push(i);
+                    run = Some((dest, len, len, len));
                 }
             }
         }
-        if let Some((dest, seg, _)) = run {
-            flush(shared, dest, &self.gso, seg);
+        if let Some((dest, seg, _, last)) = run {
+            self.flush(shared, dest, seg, last);
         }
+    }
+
+    /// Sends the run of frames at `self.run`'s positions (`seg` bytes each,
+    /// the last `last`) as one GSO send, then empties the run. Frames that
+    /// lie back to back in the slab leave from there; others are copied
+    /// back to back into one buffer first.
+    fn flush(
+        &mut self,
+        shared: &Shared<'_>,
+        (to, flow, ecn): Destination,
+        seg: usize,
+        last: usize,
+    ) {
+        if self.run.is_empty() {
+            return;
+        }
+        add(&shared.io.udp_sends, 1);
+        add(&shared.io.udp_send_frames, self.run.len());
+        let contents = match self.bufs.train(&self.run, seg, last) {
+            Some(train) => train,
+            None => {
+                self.gso.clear();
+                for (k, &i) in self.run.iter().enumerate() {
+                    let len = if k + 1 == self.run.len() { last } else { seg };
+                    self.gso.extend_from_slice(&self.bufs.get(i)[..len]);
+                }
+                add(&shared.io.udp_send_copies, 1);
+                &self.gso[..]
+            }
+        };
+        if let Err(e) = shared.transport.send_flow(flow, to, contents, seg, ecn) {
+            shared.io.send_errors.fetch_add(1, Ordering::Relaxed);
+            log::debug!("send to {to} failed: {e}");
+        }
+        self.run.clear();
     }
 }
 
@@ -280,7 +324,7 @@ pub(super) fn read_tun(
     shared: &Shared<'_>,
     tun: &dyn TunIo,
     scratch: &mut [u8],
-    bufs: &mut [Vec<u8>],
+    bufs: &mut dyn Slots,
     sizes: &mut [usize],
 ) -> io::Result<Option<usize>> {
     match tun.read_batch(scratch, bufs, sizes, HEADROOM) {
@@ -359,19 +403,3 @@ fn too_big(
 
 /// Where a GSO run goes: (peer, outer flow, outer ECN codepoint).
 type Destination = (std::net::SocketAddr, usize, u8);
-
-/// Sends one GSO run.
-fn flush(shared: &Shared<'_>, (to, flow, ecn): Destination, contents: &[u8], seg: usize) {
-    if contents.is_empty() {
-        return;
-    }
-    add(&shared.io.udp_sends, 1);
-    add(
-        &shared.io.udp_send_frames,
-        contents.len().div_ceil(seg.max(1)),
-    );
-    if let Err(e) = shared.transport.send_flow(flow, to, contents, seg, ecn) {
-        shared.io.send_errors.fetch_add(1, Ordering::Relaxed);
-        log::debug!("send to {to} failed: {e}");
-    }
-}
