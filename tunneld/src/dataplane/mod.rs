@@ -214,6 +214,10 @@ pub struct Links<'a> {
     /// Where peer up/down events go (taken from the device at each timer
     /// tick; see [`crate::routes::RouteWorker`]), if anywhere.
     pub events: Option<&'a Sender<PeerEvent>>,
+    /// Why `dataplane.workers: auto` chose as many workers as there are
+    /// TUN queues ([`crate::workers::decide`]), for the status; `None` for
+    /// a count from the config.
+    pub workers_auto: Option<&'a str>,
 }
 
 /// What a worker does. Every worker reads its own TUN queue and seals
@@ -255,6 +259,7 @@ pub fn run<T: TunIo>(
         mailbox,
         shutdown,
         events,
+        workers_auto,
     } = links;
     let (Some(tun), Some(transport)) = (tuns.first(), transports.first()) else {
         return Err(io::Error::new(
@@ -265,6 +270,7 @@ pub fn run<T: TunIo>(
     let workers = tuns.len();
     let info = DataplaneStatus {
         workers,
+        workers_auto: workers_auto.map(str::to_string),
         batch: knobs.batch,
         tun_offload: tun.offload(),
         udp_gso_segments: transport.max_segments(),
