@@ -162,7 +162,16 @@ fn rx_queues_are_counted_and_stacked_devices_use_those_below() {
         (b"la", 2, &["lb"]),
         (b"lb", 5, &["la"]),
     ]);
+    // A bond over the oddly named device (sysfs lists it byte for byte).
+    std::fs::create_dir_all(sys.0.join("bond2/queues/rx-0")).expect("bond2");
+    std::os::unix::fs::symlink(
+        std::ffi::OsStr::from_bytes(b"../e\xffth"),
+        sys.0
+            .join(std::ffi::OsStr::from_bytes(b"bond2/lower_e\xffth")),
+    )
+    .expect("odd lower link");
     let q = |n: &[u8]| rx_queues(&sys.0, n, 0);
+    assert_eq!(q(b"bond2"), Ok(3), "through the odd name");
     assert_eq!(q(b"eth0"), Ok(4));
     assert_eq!(q(b"bond0"), Ok(4), "the most of its slaves");
     assert_eq!(q(b"bond0.100"), Ok(4), "a VLAN on the bond");
@@ -216,6 +225,12 @@ impl Lookup for FakeKernel {
     fn owner(&mut self, ip: IpAddr) -> io::Result<Option<(Vec<u8>, bool)>> {
         Ok(self.owners.get(&ip).cloned())
     }
+}
+
+/// Asserts `d` is `workers` for a reason starting with `prefix`.
+fn assert_starts(d: &Decision, workers: usize, prefix: &str) {
+    assert_eq!(d.workers, workers, "{}", d.reason);
+    assert!(d.reason.starts_with(prefix), "{}", d.reason);
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -275,13 +290,10 @@ fn the_peers_routes_find_the_nic_and_unroutable_endpoints_are_counted() {
 
     // Every endpoint unroutable: no cap, and the words say why.
     let cfg = gateway(&[Some("198.19.9.9:51820")]);
-    let d = decide(&probe_with(&cfg, 6, &sys.0, &mut k));
-    assert_eq!(d.workers, 6);
-    assert!(
-        d.reason
-            .starts_with("6 usable CPUs, no NIC cap: peer p0 (198.19.9.9:51820): no route: Network is unreachable"),
-        "{}",
-        d.reason
+    assert_starts(
+        &decide(&probe_with(&cfg, 6, &sys.0, &mut k)),
+        6,
+        "6 usable CPUs, no NIC cap: peer p0 (198.19.9.9:51820): no route: Network is unreachable",
     );
 }
 
@@ -295,26 +307,17 @@ fn a_device_name_that_sysfs_does_not_list_is_no_cap_and_stays_one_line() {
     );
     let cfg = gateway(&[Some("198.18.0.2:51820")]);
     let d = decide(&probe_with(&cfg, 4, &sys.0, &mut k));
-    assert_eq!(d.workers, 4);
-    assert!(
-        d.reason
-            .starts_with("4 usable CPUs, no NIC cap: ev\\nil\\xfe: "),
-        "{}",
-        d.reason
-    );
+    assert_starts(&d, 4, "4 usable CPUs, no NIC cap: ev\\nil\\xfe: ");
     assert!(!d.reason.contains('\n'));
     // And with no /sys at all.
     k.routes.insert(
         "198.18.0.2".parse().expect("ip"),
         Ok(Routed::Device(b"eth0".to_vec())),
     );
-    let d = decide(&probe_with(&cfg, 4, Path::new("/nonexistent"), &mut k));
-    assert_eq!(d.workers, 4);
-    assert!(
-        d.reason
-            .starts_with("4 usable CPUs, no NIC cap: eth0: /nonexistent/eth0/queues:"),
-        "{}",
-        d.reason
+    assert_starts(
+        &decide(&probe_with(&cfg, 4, Path::new("/nonexistent"), &mut k)),
+        4,
+        "4 usable CPUs, no NIC cap: eth0: /nonexistent/eth0/queues:",
     );
 }
 

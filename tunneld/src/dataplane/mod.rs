@@ -3,8 +3,9 @@
 //! data frames are its lock-free half's ([`crate::fastpath`]).
 //!
 //! Parallelism model:
-//! 1. `workers: N` runs N workers, OS threads (no async runtime) pinned to
-//!    CPUs when `dataplane.cpus` says so. Each has its own TUN queue
+//! 1. `workers: N` runs N workers (`auto`: as many as
+//!    [`crate::workers::decide`] found at start), OS threads (no async
+//!    runtime) pinned to CPUs when `dataplane.cpus` says so. Each has its own TUN queue
 //!    (IFF_MULTI_QUEUE with N > 1: the kernel reads an inner flow from one
 //!    queue, so it keeps its order) and, with only UDP peers, its own UDP
 //!    socket on the shared ports (SO_REUSEPORT: an outer flow hashes to one
