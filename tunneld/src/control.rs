@@ -39,6 +39,9 @@ pub use crate::io_counters::IoCounters;
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DataplaneStatus {
     pub workers: usize,
+    /// For `dataplane.workers: auto`, why this many (e.g. `16 usable CPUs,
+    /// eth0 has 4 RX queues`); `null` for a count from the config.
+    pub workers_auto: Option<String>,
     pub batch: usize,
     /// TUN TSO/GRO via IFF_VNET_HDR.
     pub tun_offload: bool,

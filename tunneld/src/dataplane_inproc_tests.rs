@@ -50,6 +50,7 @@ fn spawn_dataplane(
             mailbox: &mailbox,
             shutdown: &shutdown,
             events: None,
+            workers_auto: None,
         };
         let transports: [&dyn crate::transport::Transport; 1] = [&transport];
         dataplane::run(

@@ -59,6 +59,7 @@ pub mod tun;
 pub mod tuntest;
 pub mod units;
 pub mod wire;
+pub mod workers;
 pub mod yaml;
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tunneld::cli::{error_chain, write_new};
-use tunneld::config::{self, CipherKind, Config, TransportKind};
+use tunneld::config::{self, CipherKind, Config, TransportKind, Workers};
 use tunneld::control::{self, ControlServer, ReloadFn, Status, StatusCell};
 use tunneld::dataplane::Mailbox;
 use tunneld::device::Device;
@@ -19,6 +19,7 @@ use tunneld::service;
 use tunneld::transport::quic::{self, QuicPeer, QuicSettings};
 use tunneld::transport::{MultiTransport, QuicTransport, TcpTransport, Transport, UdpTransport};
 use tunneld::tun::Tun;
+use tunneld::workers;
 
 /// Userspace site-to-site IP tunnel on Linux TUN devices (Noise IK + AES-256-GCM over UDP, QUIC or TCP).
 #[derive(Parser, Debug)]
@@ -143,6 +144,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if cfg.peers.is_empty() {
                 println!("note: no peers yet; add one under `peers:` and reload");
             }
+            if cfg.dataplane.workers == Workers::Auto {
+                // What `run` would decide here; the daemon decides again
+                // at its start, where it runs.
+                let d = workers::decide(&workers::probe(&cfg));
+                println!("workers auto: {} on this host ({})", d.workers, d.reason);
+            }
             Ok(())
         }
         Cmd::Init {
@@ -262,7 +269,7 @@ fn init(name: &str, address: &str, dir: &std::path::Path, listen: &str) -> Resul
 /// [`MultiTransport`] over the kinds in use, which the first worker
 /// receives from and every worker sends on (a TCP connection or QUIC
 /// connection is one ordered stream, and one receiver keeps it so).
-fn transports(cfg: &Config) -> Result<Vec<Box<dyn Transport>>> {
+fn transports(cfg: &Config, workers: usize) -> Result<Vec<Box<dyn Transport>>> {
     let dp = cfg.dataplane;
     let uses = |k: TransportKind| cfg.peers.iter().any(|p| p.transport == k);
     if !uses(TransportKind::Tcp) && !uses(TransportKind::Quic) {
@@ -272,12 +279,12 @@ fn transports(cfg: &Config) -> Result<Vec<Box<dyn Transport>>> {
             dp.offload,
             dp.batch,
             dp.flows,
-            dp.workers,
+            workers,
         )
         .with_context(|| {
             format!(
-                "binding UDP {} ({} flow(s), {} worker(s))",
-                cfg.listen, dp.flows, dp.workers
+                "binding UDP {} ({} flow(s), {workers} worker(s))",
+                cfg.listen, dp.flows
             )
         })?;
         return Ok(all
@@ -285,10 +292,9 @@ fn transports(cfg: &Config) -> Result<Vec<Box<dyn Transport>>> {
             .map(|t| Box::new(t) as Box<dyn Transport>)
             .collect());
     }
-    if dp.workers > 1 {
+    if workers > 1 {
         log::info!(
-            "TCP/QUIC peers: one transport for {} workers; the first receives, all send",
-            dp.workers
+            "TCP/QUIC peers: one transport for {workers} workers; the first receives, all send"
         );
     }
     Ok(vec![transports_shared(cfg)?])
@@ -402,8 +408,9 @@ fn run(path: &std::path::Path) -> Result<()> {
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
     }
     let dp = cfg.dataplane;
-    let transport = transports(&cfg)?;
-    let tuns = Tun::create_queues(&cfg.interface.name, dp.offload, dp.workers)?;
+    let (workers, workers_auto) = resolve_workers(&cfg);
+    let transport = transports(&cfg, workers)?;
+    let tuns = Tun::create_queues(&cfg.interface.name, dp.offload, workers)?;
     tuns[0].configure(cfg.interface.mtu, &cfg.interface.addresses)?;
     // Allowed prefixes are routed by the route manager (`routes:`), which
     // follows peer health in `on-session` mode and restores what it replaced.
@@ -485,6 +492,7 @@ fn run(path: &std::path::Path) -> Result<()> {
             mailbox: &mailbox,
             shutdown: &shutdown,
             events: route_events.as_ref(),
+            workers_auto: workers_auto.as_deref(),
         },
     )
     .context("data path failed");
@@ -497,6 +505,27 @@ fn run(path: &std::path::Path) -> Result<()> {
     result?;
     log::info!("shutting down: removing {}", cfg.interface.name);
     Ok(())
+}
+
+/// The data-path workers to run, and for `auto` why that many
+/// ([`tunneld::workers`]); logged once. An explicit count is kept as given,
+/// with a note when it is more than the NIC's RX queues.
+fn resolve_workers(cfg: &Config) -> (usize, Option<String>) {
+    match cfg.dataplane.workers {
+        Workers::Auto => {
+            let d = workers::decide(&workers::probe(cfg));
+            log::info!("workers auto: {} ({})", d.workers, d.reason);
+            (d.workers, Some(d.reason))
+        }
+        // One worker (the default) is never more than a NIC's queues.
+        Workers::Count(1) => (1, None),
+        Workers::Count(n) => {
+            if let Some(note) = workers::note_explicit(n, &workers::probe(cfg)) {
+                log::info!("{note}");
+            }
+            (n, None)
+        }
+    }
 }
 
 /// Reloads the config and tells the log, systemd and the status what

@@ -289,6 +289,11 @@ mod tests {
     use crate::keys::PrivateKey;
 
     fn base() -> Config {
+        with_dataplane("")
+    }
+
+    /// The base config with `dataplane` lines (`  workers: auto\n`).
+    fn with_dataplane(dp: &str) -> Config {
         let dir = crate::keys::tests::TempDir::new("reload");
         PrivateKey::from_bytes([1; 32])
             .save_file(&dir.0.join("k"))
@@ -298,7 +303,12 @@ mod tests {
             "kind: tunnel\ninterface: {{name: t0, addresses: [198.19.0.1/24]}}\n\
              listen: 198.18.0.1:51820\nprivate_key_file: k\npeers:\n\
              - name: b\n  public_key: \"{peer}\"\n  endpoint: 198.18.0.2:51820\n  \
-             allowed_prefixes: [198.18.2.0/24]\n"
+             allowed_prefixes: [198.18.2.0/24]\n{}",
+            if dp.is_empty() {
+                String::new()
+            } else {
+                format!("dataplane:\n{dp}")
+            }
         );
         config::parse_str(&yaml, &dir.0).expect("base config")
     }
@@ -318,7 +328,7 @@ mod tests {
         let mut bad = new.clone();
         bad.interface.name = "t1".into();
         bad.listen = "198.18.0.1:51821".parse().expect("addr");
-        bad.dataplane.workers = 2;
+        bad.dataplane.workers = config::Workers::Count(2);
         let why = restart_only(&old, &bad);
         assert_eq!(why.len(), 3, "{why:?}");
         assert!(why[0].starts_with("interface.name changed"), "{why:?}");
@@ -332,6 +342,24 @@ mod tests {
             why.iter().any(|w| w.contains("peers[b].transport")),
             "{why:?}"
         );
+    }
+
+    #[test]
+    fn an_unchanged_auto_is_no_change_whatever_it_resolved_to() {
+        // The daemon resolves `auto` at start and keeps the config as
+        // written, so the reloaded file compares equal to it.
+        let old = with_dataplane("  workers: auto\n");
+        let mut new = with_dataplane("  workers: auto\n");
+        assert_eq!(old.dataplane.workers, config::Workers::Auto);
+        new.peers[0].keepalive = Some(Duration::from_secs(5));
+        assert!(restart_only(&old, &new).is_empty());
+        let pinned = with_dataplane("  workers: auto\n  cpus: [0, 1]\n");
+        assert!(restart_only(&pinned, &pinned.clone()).is_empty());
+        // auto to a count (even the one auto chose) needs a restart.
+        let two = with_dataplane("  workers: 2\n");
+        let why = restart_only(&old, &two);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].starts_with("dataplane changed"), "{why:?}");
     }
 
     #[test]

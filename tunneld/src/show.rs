@@ -42,6 +42,9 @@ pub fn render(s: &Status, now_unix: u64) -> String {
             offloads.join(", ")
         }
     );
+    if let Some(why) = &d.workers_auto {
+        let _ = writeln!(o, "  workers auto: {} ({why})", d.workers);
+    }
     let r = &s.reloads;
     if r.applied + r.refused > 0 {
         let _ = writeln!(
@@ -242,9 +245,13 @@ pub(crate) mod tests {
             ..Status::default()
         };
         s.counters.drop_replay = 4;
+        s.dataplane.workers = 4;
+        s.dataplane.workers_auto = Some("16 usable CPUs, eth0 has 4 RX queues".into());
         let text = render(&s, 1_700_000_000);
         for line in [
             "interface: tun-a\n",
+            "  data path: 4 worker(s), batch 0",
+            "  workers auto: 4 (16 usable CPUs, eth0 has 4 RX queues)\n",
             "  up: 1 hour, 2 minutes, 3 seconds\n",
             "  drops: replay 4\n",
             "peer: dc-b (udp)\n",
@@ -270,6 +277,7 @@ pub(crate) mod tests {
             ..Status::default()
         };
         let text = render(&s, 0);
+        assert!(!text.contains("workers auto"), "a count: no reason\n{text}");
         for line in [
             "  path mtu: 1396 (probing: complete, 1 black hole found); inner packets over 1336 bytes get ICMP too-big\n",
             "  path mtu: not probed (the peer does not answer probes: an older tunneld?)\n",

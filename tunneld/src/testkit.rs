@@ -41,7 +41,7 @@ pub fn config(me: u8, peer: u8, endpoint: Option<SocketAddr>, allowed: &[&str]) 
         dataplane: DataplaneConfig {
             offload: true,
             batch: 64,
-            workers: 1,
+            workers: crate::config::Workers::Count(1),
             flows: 1,
             ..Default::default()
         },

@@ -73,8 +73,9 @@ pub const WORKERS_RANGE: std::ops::RangeInclusive<u64> = 1..=MAX_WORKERS as u64;
 /// cannot be mistaken for one).
 pub const WORKERS_AUTO: u64 = 0;
 /// `workers: auto` takes one worker per CPU this process may run on, at
-/// most this many: past 16 a single tunnel's flows rarely spread evenly
-/// enough to use more, and the NIC's queues are usually fewer.
+/// most this many (and no more than the outer NIC's RX queues,
+/// [`crate::workers::decide`]): past 16 a single tunnel's flows rarely
+/// spread evenly enough to use more.
 pub const AUTO_WORKERS_MAX: usize = 16;
 /// Default CoDel target and interval (RFC 8289's, for Internet RTTs; a
 /// tunnel between nearby DCs can go lower).
@@ -257,9 +258,10 @@ pub struct DataplaneFile {
     /// super-packet segments): 1..=128.
     #[serde(default = "default_batch")]
     pub batch: u64,
-    /// Data-path workers, 1..=64 or `auto` (one per usable CPU, at most
-    /// 16); each seals and opens with its own TUN queue and UDP socket.
-    /// [`WORKERS_AUTO`] stands for `auto`.
+    /// Data-path workers, 1..=64 or `auto` (one per usable CPU, capped by
+    /// the outer NIC's RX queues and at most 16, decided by the daemon at
+    /// start: [`crate::workers`]); each seals and opens with its own TUN
+    /// queue and UDP socket. [`WORKERS_AUTO`] stands for `auto`.
     #[serde(
         default = "default_workers",
         deserialize_with = "de_workers",

@@ -197,8 +197,9 @@ pub struct DataplaneConfig {
     pub offload: bool,
     /// Packets per system-call batch.
     pub batch: usize,
-    /// Data-path threads.
-    pub workers: usize,
+    /// Data-path threads: a count, or `auto`, which the daemon resolves at
+    /// start ([`crate::workers`]).
+    pub workers: Workers,
     /// UDP flows (sockets) per peer; TCP and QUIC peers ignore it.
     pub flows: usize,
     /// The TUN → network queue discipline.
@@ -213,6 +214,36 @@ pub struct DataplaneConfig {
     pub ecn: bool,
     /// CPUs the workers are pinned to; `None`: not pinned.
     pub cpus: Option<CpuList>,
+}
+
+/// `dataplane.workers`, checked: a count, or `auto`, which only the daemon
+/// resolves at start (it depends on the host's CPUs and NIC queues, so
+/// `check` and a reload compare `auto` as written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per usable CPU, capped ([`crate::workers::decide`]).
+    Auto,
+    /// This many (1..=64), never capped.
+    Count(usize),
+}
+
+impl Workers {
+    /// The count, if one was given.
+    pub fn count(self) -> Option<usize> {
+        match self {
+            Workers::Auto => None,
+            Workers::Count(n) => Some(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workers::Auto => f.write_str("auto"),
+            Workers::Count(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// `dataplane.cpus`, checked: one CPU for every worker, or one per worker
@@ -268,7 +299,7 @@ impl Default for DataplaneConfig {
         DataplaneConfig {
             offload: true,
             batch: file::DEFAULT_BATCH as usize,
-            workers: file::DEFAULT_WORKERS as usize,
+            workers: Workers::Count(file::DEFAULT_WORKERS as usize),
             queue: QueueKind::default(),
             codel_target: file::DEFAULT_CODEL_TARGET,
             codel_interval: file::DEFAULT_CODEL_INTERVAL,
@@ -585,15 +616,16 @@ pub fn check(
 
     let control_socket = socket_path(raw.control_socket.as_deref(), &iface.name, base_dir);
     let dp = &raw.dataplane;
-    // `auto`: one worker per CPU this process may use, capped.
+    // `auto` is resolved by the daemon at start; a count is checked here.
     let workers = if dp.workers == file::WORKERS_AUTO {
-        usable_cpus().min(file::AUTO_WORKERS_MAX) as u64
+        Workers::Auto
     } else {
-        dp.workers
+        Workers::Count(dp.workers as usize)
     };
+    let count = workers.count().map_or(1, |n| n as u64);
     for (field, v, range) in [
         ("dataplane.batch", dp.batch, file::BATCH_RANGE),
-        ("dataplane.workers", workers, file::WORKERS_RANGE),
+        ("dataplane.workers", count, file::WORKERS_RANGE),
         (
             "dataplane.queue_limit",
             dp.queue_limit,
@@ -632,7 +664,11 @@ pub fn check(
             // More CPUs than workers is what a config written for more
             // workers has (or the former `[tx, rx]` with one loop): the
             // first ones are used. Fewer would leave workers unplaced.
-            if list.is_empty() || (list.len() > 1 && (list.len() as u64) < workers) {
+            // With `auto`, the list caps the count instead.
+            let short = workers
+                .count()
+                .is_some_and(|n| list.len() > 1 && list.len() < n);
+            if list.is_empty() || short {
                 return Err(bad(format!(
                     "{} CPUs listed for {workers} worker(s): give one CPU for all \
                      ([c]) or one per worker",
@@ -654,7 +690,7 @@ pub fn check(
             }
             let cpus: Vec<u16> = list
                 .iter()
-                .take(workers as usize)
+                .take(workers.count().unwrap_or(file::MAX_WORKERS))
                 .map(|c| *c as u16)
                 .collect();
             Some(CpuList::new(&cpus))
@@ -663,7 +699,7 @@ pub fn check(
     let dataplane = DataplaneConfig {
         offload: dp.offload,
         batch: dp.batch as usize,
-        workers: workers as usize,
+        workers,
         queue: dp.queue,
         codel_target: dp.codel_target.0,
         codel_interval: dp.codel_interval.0,

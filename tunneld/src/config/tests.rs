@@ -217,13 +217,22 @@ fn workers_take_a_count_or_auto_and_refuse_the_rest_by_line() {
         f.yaml()
             .replace("peers:\n", &format!("dataplane:\n{dp}peers:\n"))
     };
+    use crate::config::Workers;
     let n = |dp: &str| f.parse(&with(dp)).expect(dp).dataplane.workers;
-    assert_eq!(n("  workers: 1\n"), 1);
-    assert_eq!(n("  workers: 64\n"), 64);
-    let auto = n("  workers: auto\n");
+    assert_eq!(n("  workers: 1\n"), Workers::Count(1));
+    assert_eq!(n("  workers: 64\n"), Workers::Count(64));
+    // `auto` stays `auto` in the checked config: the daemon resolves it at
+    // start, so `check` and reload compare it as written.
+    assert_eq!(n("  workers: auto\n"), Workers::Auto);
+    assert_eq!(n(""), Workers::Count(1), "the default");
+    // With `auto`, a CPU list is a cap, never too short; it is kept whole.
+    let pinned = f
+        .parse(&with("  workers: auto\n  cpus: [2, 3, 5]\n"))
+        .expect("auto with CPUs");
+    assert_eq!(pinned.dataplane.workers, Workers::Auto);
     assert_eq!(
-        auto,
-        crate::config::usable_cpus().min(crate::config::AUTO_WORKERS_MAX)
+        pinned.dataplane.cpus.expect("pinned").as_slice(),
+        &[2, 3, 5]
     );
     for bad in ["0", "65", "-1", "many", "1.5"] {
         let t = with(&format!("  workers: {bad}\n"));

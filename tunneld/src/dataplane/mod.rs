@@ -3,8 +3,9 @@
 //! data frames are its lock-free half's ([`crate::fastpath`]).
 //!
 //! Parallelism model:
-//! 1. `workers: N` runs N workers, OS threads (no async runtime) pinned to
-//!    CPUs when `dataplane.cpus` says so. Each has its own TUN queue
+//! 1. `workers: N` runs N workers (`auto`: as many as
+//!    [`crate::workers::decide`] found at start), OS threads (no async
+//!    runtime) pinned to CPUs when `dataplane.cpus` says so. Each has its own TUN queue
 //!    (IFF_MULTI_QUEUE with N > 1: the kernel reads an inner flow from one
 //!    queue, so it keeps its order) and, with only UDP peers, its own UDP
 //!    socket on the shared ports (SO_REUSEPORT: an outer flow hashes to one
@@ -214,6 +215,10 @@ pub struct Links<'a> {
     /// Where peer up/down events go (taken from the device at each timer
     /// tick; see [`crate::routes::RouteWorker`]), if anywhere.
     pub events: Option<&'a Sender<PeerEvent>>,
+    /// Why `dataplane.workers: auto` chose as many workers as there are
+    /// TUN queues ([`crate::workers::decide`]), for the status; `None` for
+    /// a count from the config.
+    pub workers_auto: Option<&'a str>,
 }
 
 /// What a worker does. Every worker reads its own TUN queue and seals
@@ -255,6 +260,7 @@ pub fn run<T: TunIo>(
         mailbox,
         shutdown,
         events,
+        workers_auto,
     } = links;
     let (Some(tun), Some(transport)) = (tuns.first(), transports.first()) else {
         return Err(io::Error::new(
@@ -265,6 +271,7 @@ pub fn run<T: TunIo>(
     let workers = tuns.len();
     let info = DataplaneStatus {
         workers,
+        workers_auto: workers_auto.map(str::to_string),
         batch: knobs.batch,
         tun_offload: tun.offload(),
         udp_gso_segments: transport.max_segments(),
