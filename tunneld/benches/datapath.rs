@@ -339,6 +339,87 @@ fn device_roundtrip_64(bencher: Bencher, cipher: CipherKind) {
         });
 }
 
+/// Workers sealing and opening on one shared session at once, as the data
+/// path's workers do: each thread seals a batch of 44 packets through A's
+/// published snapshot and opens them through B's (no device lock, no
+/// sockets). With `threads = N` divan runs N copies at once and reports
+/// each one's time: flat times from 1 to N threads mean the shared state
+/// (the send counter, the replay window, the counters) does not serialise
+/// the workers. `settled`: the replay window marked once per batch
+/// ([`tunneld::fastpath::FastPath::settle`], what the data path does);
+/// `marked_each`: marked frame by frame, one window lock each. This host
+/// has 2 CPUs, so 4 threads share them.
+mod fastpath_threads {
+    use super::*;
+    use tunneld::fastpath::{FastPath, Opened, Sealed, Tally};
+
+    const BATCH: usize = 44;
+
+    fn run(bencher: Bencher, settle: bool) {
+        let t = Time {
+            now: Instant::now(),
+            unix: Duration::from_secs(1_700_000_000),
+        };
+        let (mut a, mut b) = pair(CipherKind::Aes256Gcm, &t);
+        // The session's first data frame goes through B's device (it
+        // confirms the session); every later one takes the lock-free path.
+        let packet = udp4();
+        let mut control = Vec::new();
+        let mut first = vec![0u8; HEADROOM + PACKET + OVERHEAD];
+        first[HEADROOM..HEADROOM + PACKET].copy_from_slice(&packet);
+        let Outcome::Send { len, .. } = a.encapsulate(&mut first, PACKET, &t, &mut control) else {
+            panic!("no session");
+        };
+        let from = addr(A_ADDR);
+        b.decapsulate(&mut first, len, from, &t, &mut control)
+            .expect("first frame opened");
+        let (fa, fb) = (a.fast_path(), b.fast_path());
+        bencher
+            .counter(BytesCount::new(BATCH * PACKET))
+            .with_inputs(|| {
+                (
+                    vec![vec![0u8; HEADROOM + PACKET + OVERHEAD]; BATCH],
+                    Tally::default(),
+                    Tally::default(),
+                )
+            })
+            .bench_refs(|(bufs, seal, open)| {
+                let (pa, pb): (&FastPath, &FastPath) = (&fa.load(), &fb.load());
+                seal.expect(BATCH);
+                for buf in bufs.iter_mut() {
+                    buf[HEADROOM..HEADROOM + PACKET].copy_from_slice(&packet);
+                    let Sealed::Send { len, .. } = pa.encapsulate(seal, buf, PACKET, t.now) else {
+                        panic!("not sealed on the lock-free path");
+                    };
+                    let opened = if settle {
+                        pb.decapsulate_deferred(open, buf, len, from, t.now)
+                    } else {
+                        pb.decapsulate(open, buf, len, from, t.now)
+                    };
+                    let Opened::Inner(r) = opened else {
+                        panic!("not opened on the lock-free path");
+                    };
+                    assert_eq!(r.len(), PACKET);
+                }
+                if settle {
+                    pb.settle(open, |k| panic!("frame {k} refused"));
+                }
+                seal.flush(pa.counters());
+                open.flush(pb.counters());
+            });
+    }
+
+    #[divan::bench(threads = [1, 2, 4])]
+    fn settled(bencher: Bencher) {
+        run(bencher, true);
+    }
+
+    #[divan::bench(threads = [1, 2, 4])]
+    fn marked_each(bencher: Bencher) {
+        run(bencher, false);
+    }
+}
+
 // ------------------------------------------------ handshake admission costs
 
 /// What a handshake initiation costs the responder at each stage: the mac1

@@ -105,8 +105,9 @@ impl Drop for Gateway {
 }
 
 /// Forwards frames between the gateways: A's to B with `mark` as the outer
-/// ECN codepoint (or as received), B's to A as received; records the
-/// length of each frame A sent.
+/// ECN codepoint (or as received), each twice with `twice` (a replay
+/// right behind the original), B's to A as received; records the length
+/// of each frame A sent.
 struct Relay {
     addr: SocketAddr,
     a_lens: Arc<Mutex<Vec<usize>>>,
@@ -115,7 +116,7 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(a: SocketAddr, b: SocketAddr, mark: Option<u8>) -> Relay {
+    fn start(a: SocketAddr, b: SocketAddr, mark: Option<u8>, twice: bool) -> Relay {
         let sock = UdpTransport::bind(([127, 0, 0, 1], 0).into(), 1 << 22, false, 1)
             .expect("relay socket");
         let addr = sock.local_addr().expect("relay address");
@@ -141,13 +142,15 @@ impl Relay {
                 }
                 let r = got[0];
                 let frame = &buf[..r.len];
-                let (to, codepoint) = if r.from == a {
+                let (to, codepoint, copies) = if r.from == a {
                     lens.lock().expect("relay log").push(r.len);
-                    (b, mark.unwrap_or(r.ecn))
+                    (b, mark.unwrap_or(r.ecn), if twice { 2 } else { 1 })
                 } else {
-                    (a, r.ecn)
+                    (a, r.ecn, 1)
                 };
-                let _ = sock.send_flow(0, to, frame, frame.len(), codepoint);
+                for _ in 0..copies {
+                    let _ = sock.send_flow(0, to, frame, frame.len(), codepoint);
+                }
             }
         });
         Relay {
@@ -176,6 +179,8 @@ struct Setup {
     batch_a: usize,
     /// Put a relay between the gateways; `Some(mark)`: it marks A's frames.
     relay: Option<Option<u8>>,
+    /// The relay sends each of A's frames twice.
+    replay: bool,
 }
 
 impl Default for Setup {
@@ -186,6 +191,7 @@ impl Default for Setup {
             queue_a: QueueKind::Fifo,
             batch_a: 64,
             relay: None,
+            replay: false,
         }
     }
 }
@@ -208,7 +214,7 @@ fn pair(s: Setup) -> Pair {
         ta.local_addr().expect("address"),
         tb.local_addr().expect("address"),
     );
-    let relay = s.relay.map(|mark| Relay::start(aa, ba, mark));
+    let relay = s.relay.map(|mark| Relay::start(aa, ba, mark, s.replay));
     let (a_to_b, b_to_a) = match &relay {
         Some(r) => (r.addr, r.addr),
         None => (ba, aa),
@@ -366,6 +372,80 @@ fn super_packet_round_trip(v6: bool, mss: usize, segments: usize, last: usize) {
     let io =
         p.b.wait_io("B coalesced", |io| io.tun_write_packets > segments as u64);
     assert_eq!(io.tun_writes, 2, "the ping and one super-packet: {io:?}");
+}
+
+/// Every frame of A's arrives twice in a row, so most copies land in the
+/// batch of their original: B delivers each packet once (its replay
+/// window is marked at the end of each batch, refusing the copy by its
+/// position), writes the super-packet whole and counts one replay per
+/// frame.
+#[test]
+fn frames_received_twice_in_one_batch_are_delivered_once() {
+    let p = pair(Setup {
+        relay: Some(None),
+        replay: true,
+        ..Setup::default()
+    });
+    cross(&p.a, &p.b, &echo(A_HOST, B_HOST, 1));
+    // The ping's copy is a replay too; the status shows it within a tick
+    // or two.
+    let replays = || p.b.status.get().counters.drop_replay;
+    let deadline = Instant::now() + WAIT;
+    while replays() == 0 {
+        assert!(Instant::now() < deadline, "the ping's copy was not refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = replays();
+    let (segments, mss) = (30, 1000);
+    let mut repr = PacketRepr::tcp(A_HOST, B_HOST, 5_000);
+    if let L4::Tcp { ref mut flags, .. } = repr.l4 {
+        *flags = testkit::tcp_flags::ACK | testkit::tcp_flags::PSH;
+    }
+    let payload: Vec<u8> = (0..segments * mss).map(|i| (i % 251) as u8).collect();
+    let packet = repr.emit(&payload);
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: repr.header_len() as u16,
+        gso_size: mss as u16,
+        csum_start: repr.ip_header_len() as u16,
+        csum_offset: 16,
+    };
+    p.a.tun.inject_offloaded(hdr, &packet).expect("inject");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got.len() < payload.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some((_, w)) = p.b.tun.recv(left).expect("TUN peer") else {
+            panic!("{} of {} payload bytes arrived", got.len(), payload.len());
+        };
+        got.extend_from_slice(&w[repr.header_len()..]);
+    }
+    assert!(
+        got == payload,
+        "every byte once, in order: {} bytes for {}",
+        got.len(),
+        payload.len()
+    );
+    // Nothing more comes out: the copies were all refused.
+    assert_eq!(
+        p.b.tun.recv(Duration::from_millis(300)).expect("TUN peer"),
+        None
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let replays = replays() - before;
+        if replays == segments as u64 {
+            break;
+        }
+        assert!(replays < segments as u64, "{replays} replays counted");
+        assert!(
+            Instant::now() < deadline,
+            "{replays} of {segments} replays counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

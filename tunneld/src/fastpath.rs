@@ -19,7 +19,12 @@
 //!
 //! Per-batch accounting goes into a worker-local [`Tally`], added to the
 //! shared atomics once per batch ([`Tally::flush`]), so workers sealing for
-//! one peer do not contend on its counters packet by packet.
+//! one peer do not contend on its counters packet by packet. The replay
+//! window is marked per batch too: a worker opens its frames with
+//! [`FastPath::decapsulate_deferred`], which leaves each authenticated
+//! frame's counter in the tally, and [`FastPath::settle`] marks them under
+//! one taking of each session's window lock before any of the batch's
+//! packets is delivered, refusing the ones seen before.
 
 use crate::crypto::aead::TAG_LEN;
 use crate::device::{Counters, HEADROOM, OVERHEAD, TAILROOM};
@@ -179,6 +184,19 @@ pub struct Tally {
     want: u64,
     /// The batch's clock reading (for the peers' traffic times).
     now: Option<Instant>,
+    /// Data frames opened with [`FastPath::decapsulate_deferred`] whose
+    /// counters [`FastPath::settle`] has yet to mark, in opening order.
+    pending: Vec<PendingMark>,
+}
+
+/// An authenticated data frame waiting for its counter to be marked.
+#[derive(Debug, Clone, Copy)]
+struct PendingMark {
+    /// Its session's receiver index (in the snapshot that opened it).
+    index: u32,
+    counter: u64,
+    /// Inner bytes, counted once the counter is accepted.
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -264,9 +282,19 @@ impl Tally {
         self.now.unwrap_or_else(Instant::now)
     }
 
+    /// Data frames opened and not settled yet ([`FastPath::settle`]).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Adds everything counted since the last flush to the shared
     /// counters and peer stats, and drops the unused reserved counters.
+    /// Frames still pending were never settled: their packets must not
+    /// have been delivered, and they are counted as replays.
     pub fn flush(&mut self, shared: &FastCounters) {
+        debug_assert!(self.pending.is_empty(), "flush before settle");
+        self.drop_replay += self.pending.len() as u64;
+        self.pending.clear();
         self.flush_peer();
         let add = |a: &AtomicU64, v: &mut u64| {
             if *v > 0 {
@@ -407,7 +435,8 @@ impl FastPath {
     }
 
     /// Opens one data frame received from `from` in `buf[..len]` when the
-    /// snapshot can decide it (see the module doc).
+    /// snapshot can decide it (see the module doc), and marks its counter
+    /// in the replay window at once.
     pub fn decapsulate(
         &self,
         tally: &mut Tally,
@@ -415,6 +444,89 @@ impl FastPath {
         len: usize,
         from: SocketAddr,
         now: Instant,
+    ) -> Opened {
+        let opened = self.open(tally, buf, len, from, now, false);
+        debug_assert_eq!(tally.pending(), 0);
+        opened
+    }
+
+    /// [`FastPath::decapsulate`] for a batch: an authenticated data frame's
+    /// counter is left in `tally` instead of being marked, and its inner
+    /// packet ([`Opened::Inner`]) may be delivered only once
+    /// [`FastPath::settle`] has accepted it. Keepalives, control messages
+    /// and frames dropped after opening are marked at once, as before.
+    pub fn decapsulate_deferred(
+        &self,
+        tally: &mut Tally,
+        buf: &mut [u8],
+        len: usize,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Opened {
+        self.open(tally, buf, len, from, now, true)
+    }
+
+    /// Marks the counters of the frames [`FastPath::decapsulate_deferred`]
+    /// opened since the last settle, one window lock per run of frames of
+    /// one session, and counts the accepted ones. `refused(k)` is called
+    /// for the `k`-th of them (from 0, in opening order) when its counter
+    /// was seen before (a replay, or the same frame received twice in the
+    /// batch, or by another worker first): its packet must be dropped.
+    /// Must be called with the snapshot that opened them.
+    pub fn settle(&self, tally: &mut Tally, mut refused: impl FnMut(usize)) {
+        let pending = std::mem::take(&mut tally.pending);
+        let mut k = 0;
+        while k < pending.len() {
+            let index = pending[k].index;
+            let run = pending[k..].iter().take_while(|p| p.index == index).count();
+            let frames = &pending[k..k + run];
+            match self.indexes.get(&index) {
+                Some(entry) => {
+                    let peer = &self.peers[entry.peer];
+                    let (accepted, bytes) = entry.session.mark_batch(|mark| {
+                        let (mut n, mut bytes) = (0u64, 0u64);
+                        for (j, f) in frames.iter().enumerate() {
+                            if mark(f.counter) {
+                                n += 1;
+                                bytes += f.bytes;
+                            } else {
+                                refused(k + j);
+                            }
+                        }
+                        (n, bytes)
+                    });
+                    tally.drop_replay += run as u64 - accepted;
+                    if accepted > 0 {
+                        let p = tally.peer(&peer.stats);
+                        p.received = Some(true);
+                        p.rx_bytes += bytes;
+                        tally.rx_packets += accepted;
+                        tally.rx_bytes += bytes;
+                    }
+                }
+                // Cannot happen with the snapshot that opened them; if it
+                // does, nothing unmarked is delivered.
+                None => {
+                    for j in 0..run {
+                        refused(k + j);
+                    }
+                    tally.drop_replay += run as u64;
+                }
+            }
+            k += run;
+        }
+        tally.pending = pending;
+        tally.pending.clear();
+    }
+
+    fn open(
+        &self,
+        tally: &mut Tally,
+        buf: &mut [u8],
+        len: usize,
+        from: SocketAddr,
+        now: Instant,
+        defer: bool,
     ) -> Opened {
         tally.now.get_or_insert(now);
         let Some(frame) = buf.get_mut(..len) else {
@@ -459,16 +571,39 @@ impl FastPath {
             tally.drop_bad_tag += 1;
             return Opened::Done;
         };
-        if !session.mark(counter) {
-            tally.drop_replay += 1;
-            return Opened::Done;
-        }
         let control = !is_keepalive
             && plain_len > 0
             && crate::pmtud::Control::is_control(&frame[HEADROOM..HEADROOM + plain_len]);
         // A control message is traffic from the peer but not data: it must
         // not end path MTU probing's "data sent, none back" silence.
         let data = !is_keepalive && plain_len > 0 && !control;
+        if defer && data {
+            // Marked by `settle`, unless a check below drops the frame.
+            let plain = &frame[HEADROOM..HEADROOM + plain_len];
+            let why = match self.check_inner(entry.peer, plain) {
+                Ok(n) => {
+                    tally.pending.push(PendingMark {
+                        index: idx,
+                        counter,
+                        bytes: n as u64,
+                    });
+                    return Opened::Inner(HEADROOM..HEADROOM + n);
+                }
+                Err(why) => why,
+            };
+            // Dropped: marked now, so a replay of it counts as one.
+            if !session.mark(counter) {
+                tally.drop_replay += 1;
+                return Opened::Done;
+            }
+            tally.peer(&peer.stats).received = Some(true);
+            self.count_inner_drop(tally, entry.peer, why);
+            return Opened::Done;
+        }
+        if !session.mark(counter) {
+            tally.drop_replay += 1;
+            return Opened::Done;
+        }
         let p = tally.peer(&peer.stats);
         p.received = Some(p.received.unwrap_or(false) || data);
         if control {
@@ -481,33 +616,58 @@ impl FastPath {
         if !data {
             return Opened::Done;
         }
-        let info = match wire::inner_ip_info(&frame[HEADROOM..HEADROOM + plain_len]) {
-            Ok(i) => i,
-            Err(_) => {
-                tally.drop_malformed += 1;
-                return Opened::Done;
+        match self.check_inner(entry.peer, &frame[HEADROOM..HEADROOM + plain_len]) {
+            Ok(n) => {
+                tally.peer(&peer.stats).rx_bytes += n as u64;
+                tally.rx_packets += 1;
+                tally.rx_bytes += n as u64;
+                Opened::Inner(HEADROOM..HEADROOM + n)
             }
-        };
-        if !peer.allowed.iter().any(|a| a.contains(info.src)) {
-            tally.drop_spoofed_source += 1;
-            return Opened::Done;
+            Err(why) => {
+                self.count_inner_drop(tally, entry.peer, why);
+                Opened::Done
+            }
         }
-        if let Some(to) = &peer.transit {
+    }
+
+    /// The checks an opened data frame's inner packet must pass: a
+    /// well-formed IP packet (its length), from a source the peer may use,
+    /// to a destination it may reach (transit).
+    fn check_inner(&self, peer: usize, packet: &[u8]) -> Result<usize, InnerDrop> {
+        let info = wire::inner_ip_info(packet).map_err(|_| InnerDrop::Malformed)?;
+        let p = &self.peers[peer];
+        if !p.allowed.iter().any(|a| a.contains(info.src)) {
+            return Err(InnerDrop::SpoofedSource);
+        }
+        if let Some(to) = &p.transit {
             if self
                 .route(info.dst)
-                .is_some_and(|j| j != entry.peer && !to.contains(&j))
+                .is_some_and(|j| j != peer && !to.contains(&j))
             {
-                tally.drop_transit_denied += 1;
-                peer.stats.add_transit_denied();
-                return Opened::Done;
+                return Err(InnerDrop::TransitDenied);
             }
         }
-        let n = info.total_len;
-        tally.peer(&peer.stats).rx_bytes += n as u64;
-        tally.rx_packets += 1;
-        tally.rx_bytes += n as u64;
-        Opened::Inner(HEADROOM..HEADROOM + n)
+        Ok(info.total_len)
     }
+
+    fn count_inner_drop(&self, tally: &mut Tally, peer: usize, why: InnerDrop) {
+        match why {
+            InnerDrop::Malformed => tally.drop_malformed += 1,
+            InnerDrop::SpoofedSource => tally.drop_spoofed_source += 1,
+            InnerDrop::TransitDenied => {
+                tally.drop_transit_denied += 1;
+                self.peers[peer].stats.add_transit_denied();
+            }
+        }
+    }
+}
+
+/// Why an opened inner packet is dropped ([`FastPath::check_inner`]).
+#[derive(Debug, Clone, Copy)]
+enum InnerDrop {
+    Malformed,
+    SpoofedSource,
+    TransitDenied,
 }
 
 /// A data or keepalive frame's receiver index, counter and whether it is a

@@ -292,6 +292,95 @@ fn replayed_frames_are_dropped_by_every_opener() {
     assert_eq!(n.b.counters().drop_replay, 4);
 }
 
+/// Opening a batch with the replay window marked once at its end: a frame
+/// received twice in the batch and a frame settled in an earlier batch are
+/// refused by position, only accepted frames count as received, and 4
+/// threads settling the same 60 frames accept each exactly once.
+#[test]
+fn a_batch_settles_its_counters_once_and_refuses_repeats() {
+    let mut n = Net::new();
+    n.established();
+    let mut frames = Vec::new();
+    for i in 0..60u8 {
+        n.send(true, &ipv4(A_HOST, B_HOST, &[i; 40]));
+        let (_, from, frame) = n.wire.pop().expect("frame");
+        frames.push((from, frame));
+    }
+    // The session's first frame goes through the device.
+    let (from, first) = frames.remove(0);
+    n.deliver(addr(B_ADDR), from, first.clone());
+    let fast = n.b.fast_path();
+    let fp = fast.load();
+    let rx_before = n.b.counters().rx_packets;
+
+    // One batch: frames 0..10, frame 3 again, and the first frame (settled
+    // before, by the device).
+    let mut batch: Vec<Vec<u8>> = frames[..10].iter().map(|(_, f)| f.clone()).collect();
+    batch.push(frames[3].1.clone());
+    batch.push(first);
+    let mut tally = Tally::default();
+    let mut opened = Vec::new();
+    for buf in batch.iter_mut() {
+        let len = buf.len();
+        let r = fp.decapsulate_deferred(&mut tally, buf, len, from, Instant::now());
+        opened.push(matches!(r, crate::fastpath::Opened::Inner(_)));
+    }
+    // The first frame was marked by the device: refused before it is
+    // decrypted. The repeat of frame 3 is opened (nothing is marked before
+    // the batch settles) and refused by `settle`, by its position.
+    assert_eq!(opened, [vec![true; 11], vec![false]].concat());
+    assert_eq!(tally.pending(), 11);
+    let mut refused = Vec::new();
+    fp.settle(&mut tally, |k| refused.push(k));
+    assert_eq!(refused, vec![10]);
+    assert_eq!(tally.pending(), 0);
+    tally.flush(fp.counters());
+    let c = n.b.counters();
+    assert_eq!(c.rx_packets - rx_before, 10);
+    assert_eq!(c.drop_replay, 2);
+
+    // The other 49 frames, given to 4 threads at once: each counter is
+    // accepted by exactly one of them.
+    let rest: Vec<Vec<u8>> = frames[10..].iter().map(|(_, f)| f.clone()).collect();
+    let accepted: usize = (0..4)
+        .map(|_| {
+            let (fast, rest) = (fast.clone(), rest.clone());
+            std::thread::spawn(move || {
+                let fp = fast.load();
+                let mut tally = Tally::default();
+                let mut ok = 0;
+                for chunk in rest.chunks(7) {
+                    for f in chunk {
+                        let mut buf = f.clone();
+                        let r = fp.decapsulate_deferred(
+                            &mut tally,
+                            &mut buf,
+                            f.len(),
+                            from,
+                            Instant::now(),
+                        );
+                        assert!(matches!(
+                            r,
+                            crate::fastpath::Opened::Inner(_) | crate::fastpath::Opened::Done
+                        ));
+                    }
+                    let mut refused = 0;
+                    let pending = tally.pending();
+                    fp.settle(&mut tally, |_| refused += 1);
+                    ok += pending - refused;
+                }
+                tally.flush(fp.counters());
+                ok
+            })
+        })
+        .map(|h| h.join().expect("opener"))
+        .sum();
+    assert_eq!(accepted, 49);
+    let c = n.b.counters();
+    assert_eq!(c.rx_packets - rx_before, 10 + 49);
+    assert_eq!(c.drop_replay, 2 + 3 * 49);
+}
+
 /// The timers read what the workers wrote: times before and after the
 /// stats' origin come back as written, "unanswered since" keeps its first
 /// time until something is heard, and "ack due" follows received data.

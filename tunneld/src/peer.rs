@@ -157,15 +157,29 @@ impl Session {
     /// concurrent calls: each counter is accepted at most once. The lock is
     /// held for a bit test and set, never across a decryption.
     pub fn mark(&self, counter: u64) -> bool {
+        self.mark_batch(|mark| mark(counter))
+    }
+
+    /// [`Session::mark`] for many counters under one taking of the lock:
+    /// `f` gets the marker and calls it once per counter (true: fresh,
+    /// accept; false: seen or too old, drop). A worker opening a GRO train
+    /// marks its ~44 frames with one lock instead of 44, so workers
+    /// opening frames of one session at once seldom meet on it.
+    pub fn mark_batch<R>(&self, f: impl FnOnce(&mut dyn FnMut(u64) -> bool) -> R) -> R {
         let mut w = self.window();
-        let fresh = w.mark(counter);
-        if fresh {
+        let mut any = false;
+        let r = f(&mut |counter| {
+            let fresh = w.mark(counter);
+            any |= fresh;
+            fresh
+        });
+        if any {
             // Saturating: at u64::MAX the lock-free check lets the last
             // counter through to `mark`, which refuses it.
             let next = w.top().map_or(0, |t| t.saturating_add(1));
             self.replay_next.store(next, Ordering::Relaxed);
         }
-        fresh
+        r
     }
 }
 

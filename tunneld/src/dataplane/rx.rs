@@ -7,7 +7,9 @@
 //! 2. open: every frame is opened in place with the device's published
 //!    snapshot, without its lock; the lock is taken once per batch only for
 //!    what the snapshot cannot decide (handshakes, a session's first frame,
-//!    unknown indexes, a roaming peer);
+//!    unknown indexes, a roaming peer); the batch's counters are then
+//!    marked in each session's replay window under one lock per session,
+//!    and replays dropped, before anything is written;
 //! 3. write: each inner packet is copied once, straight into its TCP flow's
 //!    super-packet or a buffer of its own ([`crate::gro`], with offload on),
 //!    and each buffer is one TUN write.
@@ -45,6 +47,9 @@ pub(super) struct RxState {
     per_pass: usize,
     /// The batch's accounting on the lock-free path.
     tally: Tally,
+    /// For each frame waiting in `tally` to be settled, its position in
+    /// `inner` (`None`: dropped already, for ECN).
+    settle_at: Vec<Option<usize>>,
 }
 
 impl RxState {
@@ -71,6 +76,7 @@ impl RxState {
             authenticated: Vec::new(),
             per_pass: (RX_PASS_FRAMES / gro_segments.max(1)).clamp(1, MAX_RECV_BATCH),
             tally: Tally::default(),
+            settle_at: Vec::with_capacity(MAX_RECV_BATCH * 64),
         }
     }
 
@@ -140,31 +146,36 @@ impl RxState {
                     let end = (off + r.stride).min(buf.len());
                     let frame = &mut buf[off..end];
                     let len = frame.len();
-                    let opened = match fp.decapsulate(&mut self.tally, frame, len, r.from, t.now) {
-                        Opened::Inner(range) => Some(range),
-                        Opened::Done => None,
-                        Opened::Control {
-                            peer,
-                            range,
-                            frame_len,
-                        } => {
-                            dev.get_or_insert_with(|| shared.lock()).on_control(
+                    // A fast-path data frame's counter is marked at the
+                    // end of the batch (`settle`), one window lock per
+                    // session; its packet is dropped there if refused.
+                    let pending = self.tally.pending();
+                    let opened =
+                        match fp.decapsulate_deferred(&mut self.tally, frame, len, r.from, t.now) {
+                            Opened::Inner(range) => Some(range),
+                            Opened::Done => None,
+                            Opened::Control {
                                 peer,
-                                &frame[range],
+                                range,
                                 frame_len,
+                            } => {
+                                dev.get_or_insert_with(|| shared.lock()).on_control(
+                                    peer,
+                                    &frame[range],
+                                    frame_len,
+                                    &t,
+                                    &mut self.control,
+                                );
+                                None
+                            }
+                            Opened::Slow => dev.get_or_insert_with(|| shared.lock()).decapsulate(
+                                frame,
+                                len,
+                                r.from,
                                 &t,
                                 &mut self.control,
-                            );
-                            None
-                        }
-                        Opened::Slow => dev.get_or_insert_with(|| shared.lock()).decapsulate(
-                            frame,
-                            len,
-                            r.from,
-                            &t,
-                            &mut self.control,
-                        ),
-                    };
+                            ),
+                        };
                     if let Some(range) = opened {
                         // RFC 6040: a CE mark the path put on the outer
                         // header reaches the inner packet (or drops it when
@@ -183,6 +194,9 @@ impl RxState {
                                     false
                                 }
                             };
+                        if self.tally.pending() > pending {
+                            self.settle_at.push(keep.then_some(self.inner.len()));
+                        }
                         if keep {
                             self.inner.push((b, off + range.start..off + range.end));
                         }
@@ -203,6 +217,21 @@ impl RxState {
                     self.authenticated.push(r.from);
                 }
             }
+            // Before anything is delivered: mark the batch's counters;
+            // a refused frame's packet (a replay, or taken by another
+            // worker first) is emptied and left out of the write.
+            let (settle_at, inner) = (&self.settle_at, &mut self.inner);
+            let mut refused = false;
+            fp.settle(&mut self.tally, |k| {
+                if let Some(&Some(i)) = settle_at.get(k) {
+                    inner[i].1 = 0..0;
+                    refused = true;
+                }
+            });
+            if refused {
+                self.inner.retain(|(_, r)| !r.is_empty());
+            }
+            self.settle_at.clear();
             self.tally.flush(fp.counters());
         }
         shared.send_control(&mut self.control);
