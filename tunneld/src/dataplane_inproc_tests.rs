@@ -310,6 +310,23 @@ fn a_ping_crosses_both_ways_v4_and_v6_with_and_without_offload() {
     }
 }
 
+/// The virtio-net header the kernel gives a TCP super-packet of `repr`'s
+/// headers cut into `mss`-byte segments (checksum left partial).
+fn tso_header(repr: &PacketRepr, mss: usize, v6: bool) -> VnetHdr {
+    VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: if v6 {
+            VIRTIO_NET_HDR_GSO_TCPV6
+        } else {
+            VIRTIO_NET_HDR_GSO_TCPV4
+        },
+        hdr_len: repr.header_len() as u16,
+        gso_size: mss as u16,
+        csum_start: repr.ip_header_len() as u16,
+        csum_offset: 16,
+    }
+}
+
 /// A's TUN returns `segments` TCP segments of `mss` bytes (the last
 /// `last` bytes) as one super-packet; B must write them as one
 /// super-packet again, with the same `gso_size`, payload and flags.
@@ -334,18 +351,7 @@ fn super_packet_round_trip(v6: bool, mss: usize, segments: usize, last: usize) {
     let len = mss * (segments - 1) + last;
     let payload: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
     let packet = repr.emit(&payload);
-    let hdr = VnetHdr {
-        flags: F_NEEDS_CSUM,
-        gso_type: if v6 {
-            VIRTIO_NET_HDR_GSO_TCPV6
-        } else {
-            VIRTIO_NET_HDR_GSO_TCPV4
-        },
-        hdr_len: repr.header_len() as u16,
-        gso_size: mss as u16,
-        csum_start: repr.ip_header_len() as u16,
-        csum_offset: 16,
-    };
+    let hdr = tso_header(&repr, mss, v6);
     p.a.tun.inject_offloaded(hdr, &packet).expect("inject");
     let mut got = Vec::new();
     let mut writes = Vec::new();
@@ -404,15 +410,9 @@ fn frames_received_twice_in_one_batch_are_delivered_once() {
     }
     let payload: Vec<u8> = (0..segments * mss).map(|i| (i % 251) as u8).collect();
     let packet = repr.emit(&payload);
-    let hdr = VnetHdr {
-        flags: F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-        hdr_len: repr.header_len() as u16,
-        gso_size: mss as u16,
-        csum_start: repr.ip_header_len() as u16,
-        csum_offset: 16,
-    };
-    p.a.tun.inject_offloaded(hdr, &packet).expect("inject");
+    p.a.tun
+        .inject_offloaded(tso_header(&repr, mss, false), &packet)
+        .expect("inject");
     let mut got = Vec::new();
     let deadline = Instant::now() + WAIT;
     while got.len() < payload.len() {
