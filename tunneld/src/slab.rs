@@ -78,12 +78,8 @@ impl Slab {
     /// the last fills its slot. `None` otherwise.
     pub fn train(&self, positions: &[usize], seg: usize, last: usize) -> Option<&[u8]> {
         let (&first, &end) = (positions.first()?, positions.last()?);
-        let n = positions.len();
-        let full = n == 1 || seg == self.stride;
-        if !full || last > self.stride || end.checked_sub(first)? + 1 != n {
-            return None;
-        }
-        if positions.windows(2).any(|w| w[1] != w[0] + 1) {
+        let full = positions.len() == 1 || seg == self.stride;
+        if !full || last > self.stride || positions.windows(2).any(|w| w[1] != w[0] + 1) {
             return None;
         }
         self.mem.get(first * self.stride..end * self.stride + last)
